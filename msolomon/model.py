@@ -1,0 +1,432 @@
+"""`MSolomon`: one Qwen2-VL model that decides, augments and embeds (adaptive query augmentation).
+
+Inference for a batch of queries (DESIGN.md section 2):
+1. one prefill of the prompts gives the decision logits at the last prompt position;
+   p_augment = softmax over the logits of `/augment` and `/embed`;
+2. the batch splits by decision: `/embed` rows feed `/embed` + terminal in one cached step and are done
+   (they never wait on generation); `/augment` rows feed `/augment`, decode greedily with the KV cache
+   and feed the terminal token once;
+3. the embedding is the last-layer state of the terminal token, L2-normalised.
+The query is never re-encoded: the cached path equals one full pass over the same tokens (tested).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from msolomon import prompts
+from msolomon.backbone import (
+    FormatSettings,
+    TinyConfig,
+    build_processor,
+    ensure_special_tokens,
+    is_adapter_dir,
+    load_processor,
+    load_qwen_tokenizer,
+    quantization_config,
+    tiny_model_config,
+    train_bpe_tokenizer,
+    unwrap,
+)
+from msolomon.inputs import Candidate, Query, QueryResult, as_candidate, as_query
+from msolomon.processing import Encoder, ImageLimits, ItemEncoding
+
+logger = logging.getLogger(__name__)
+
+AUGMENT_MODES = ("auto", "never", "always")
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "model"
+
+
+def _now(device) -> float:
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _is_single(items: Any) -> bool:
+    return isinstance(items, (str, Candidate, dict)) or (hasattr(items, "convert") and hasattr(items, "size"))
+
+
+def select_cache_rows(cache, rows):
+    """A new DynamicCache holding only the given batch rows (the original is left as it is)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+
+
+class MSolomon:
+    """Adaptive query augmentation embedder over a stock transformers Qwen2-VL / Qwen2.5-VL model."""
+
+    def __init__(self, model, processor, settings: FormatSettings | None = None,
+                 image_limits: ImageLimits | None = None):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.settings = settings or FormatSettings()
+        self.encoder = Encoder(processor, max_length=self.settings.max_length, image_limits=image_limits)
+        self.augment_id = self.encoder.augment_id
+        self.embed_id = self.encoder.embed_id
+        self.terminal_id = self.encoder.terminal_id
+        self.pad_id = self.encoder.pad_id
+        vocab = unwrap(model).get_output_embeddings().weight.shape[0]
+        banned = [i for i in self.tokenizer.added_tokens_decoder if i != self.terminal_id and i < vocab]
+        self._banned_in_augmentation = sorted(set(banned))
+
+    # ------------------------------------------------------------------ construction
+    @property
+    def device(self):
+        return next(unwrap(self.model).parameters()).device
+
+    @property
+    def dtype(self):
+        return unwrap(self.model).get_output_embeddings().weight.dtype
+
+    @property
+    def padding_side(self) -> str:
+        return self.settings.padding_side
+
+    @padding_side.setter
+    def padding_side(self, side: str) -> None:
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+        self.settings.padding_side = side
+
+    @classmethod
+    def tiny(cls, seed: int = 0, config: TinyConfig | None = None, corpus: Sequence[str] | None = None,
+             **config_overrides) -> "MSolomon":
+        """An untrained small Qwen2-VL (or Qwen2.5-VL) with a local tokenizer: same classes and code path as
+        Qwen2-VL-2B, fast enough for tests and for training from scratch on a CPU."""
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        cfg = replace(config or TinyConfig(), **config_overrides)
+        if cfg.tokenizer == "bpe":
+            tokenizer = train_bpe_tokenizer(corpus, cfg.vocab_size)
+        elif cfg.tokenizer == "qwen":
+            tokenizer = ensure_special_tokens(load_qwen_tokenizer())
+        else:
+            raise ValueError(f"TinyConfig.tokenizer must be 'bpe' or 'qwen', got {cfg.tokenizer!r}")
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(tiny_model_config(tokenizer, cfg), dtype=torch.float32)
+        model.eval()
+        processor = build_processor(tokenizer, cfg.min_pixels, cfg.max_pixels)
+        settings = FormatSettings(max_length=cfg.max_position_embeddings // 2, extra={"tiny": vars(cfg) | {"seed": seed}})
+        return cls(model, processor, settings)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | Path | None = None, adapter: str | Path | None = None,
+                        dtype: Any = None, quantization: str | None = None, device: Any = None) -> "MSolomon":
+        """Load a Qwen2-VL / Qwen2.5-VL checkpoint (local folder or hub id already in the local cache), a
+        merged M-Solomon checkpoint, or a base model plus a LoRA adapter; optionally quantised (8bit/4bit)."""
+        import json
+
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+        source = str(path_or_id if path_or_id is not None else DEFAULT_MODEL_DIR)
+        if adapter is None and Path(source).is_dir() and is_adapter_dir(source):
+            adapter = source
+            source = json.loads((Path(source) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        token_source = str(adapter) if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file() \
+            else source
+        try:
+            tokenizer = ensure_special_tokens(AutoTokenizer.from_pretrained(token_source))
+            processor = load_processor(source, tokenizer)
+            qconf = quantization_config(quantization, dtype)
+            kwargs: dict[str, Any] = {"dtype": dtype}
+            if qconf is not None:
+                kwargs.update(quantization_config=qconf, device_map={"": str(device)})
+            model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        except (OSError, EnvironmentError) as err:
+            raise ValueError(f"cannot load a model from {source!r}: {err}") from None
+        if model.get_output_embeddings().weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter))
+        if qconf is None:
+            model.to(device)
+        model.eval()
+        settings = FormatSettings.load(Path(adapter) if adapter is not None else Path(source))
+        return cls(model, processor, settings)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Weights (safetensors; the adapter only for a peft model), tokenizer, image processor and the
+        format settings, written to a temporary folder then moved in place, so a crash leaves no half model."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp-save")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(str(tmp))
+        self.tokenizer.save_pretrained(str(tmp))
+        self.processor.image_processor.save_pretrained(str(tmp))
+        self.settings.save(tmp)
+        if path.exists():
+            old = path.with_name(path.name + ".tmp-old")
+            if old.exists():
+                shutil.rmtree(old)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+
+    # ------------------------------------------------------------------ forward passes
+    def rope_positions(self, batch: dict):
+        """Qwen2-VL's 3-D M-RoPE positions for a padded batch (padding ignored), from the stock model."""
+        core = unwrap(self.model).model
+        positions, _ = core.get_rope_index(
+            input_ids=batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"), attention_mask=batch["attention_mask"],
+        )
+        return positions
+
+    def forward_hidden(self, batch: dict, cache=None, position_ids=None):
+        """Last-layer hidden states (B, L, H) of a collated batch; `cache` is filled when given."""
+        core = unwrap(self.model).model
+        device = self.device
+        if position_ids is None:
+            position_ids = self.rope_positions(batch)
+        pixel_values = batch.get("pixel_values")
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(device=device, dtype=self.dtype)
+        grid = batch.get("image_grid_thw")
+        out = core(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            position_ids=position_ids.to(device),
+            pixel_values=pixel_values,
+            image_grid_thw=grid.to(device) if grid is not None else None,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state
+
+    def logits(self, hidden):
+        """Language-model logits for selected hidden states only (the full-vocab head is costly)."""
+        return unwrap(self.model).lm_head(hidden)
+
+    def decision_probability(self, last_hidden):
+        """p_augment = softmax over the two decision tokens' logits (the fallback when neither is argmax)."""
+        import torch
+
+        head = unwrap(self.model).lm_head
+        weight = head.weight[[self.augment_id, self.embed_id]]
+        pair = (last_hidden @ weight.T.to(last_hidden.dtype)).float()
+        if getattr(head, "bias", None) is not None:
+            pair = pair + head.bias[[self.augment_id, self.embed_id]].float()
+        return torch.softmax(pair, dim=-1)[:, 0]
+
+    @staticmethod
+    def normalize(vectors):
+        import torch
+
+        return torch.nn.functional.normalize(vectors.float(), dim=-1)
+
+    def embed_encodings(self, items: Sequence[ItemEncoding], padding_side: str | None = None):
+        """Teacher-forced embeddings: one full pass per sequence, state of each row's last real token."""
+        import torch
+
+        batch = self.encoder.collate(items, padding_side or self.padding_side)
+        hidden = self.forward_hidden(batch)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return self.normalize(hidden[rows, batch["last_index"].to(hidden.device)])
+
+    # ------------------------------------------------------------------ public encoding API
+    def encode_candidates(self, candidates, batch_size: int = 32, show_progress_bar: bool | None = None) -> np.ndarray:
+        """Embeddings of candidates (prompt + terminal token, no generation): (n, d) float32, L2-normalised."""
+        import torch
+
+        single = _is_single(candidates)
+        items = [as_candidate(c) for c in ([candidates] if single else list(candidates))]
+        out = []
+        with torch.inference_mode():
+            for start in self._progress(range(0, len(items), batch_size), show_progress_bar, len(items),
+                                        "candidates"):
+                encs = [self.encoder.encode_candidate(c) for c in items[start:start + batch_size]]
+                out.append(self.embed_encodings(encs).cpu().numpy())
+        dim = unwrap(self.model).config.text_config.hidden_size
+        vectors = np.concatenate(out, 0).astype(np.float32) if out else np.zeros((0, dim), np.float32)
+        return vectors[0] if single else vectors
+
+    def encode_queries(self, queries, augment: str = "auto", threshold: float | None = None, batch_size: int = 8,
+                       max_new_tokens: int = 64, show_progress_bar: bool | None = None):
+        """Decide, augment when needed, embed. Returns one `QueryResult` per query (a single one for a
+        single input). `augment`: "auto" (the model decides, p_augment ≥ threshold), "never" (force `/embed`,
+        the NoAug path) or "always" (force `/augment`, the AlwaysAug path)."""
+        import torch
+
+        if augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
+        threshold = self.settings.default_threshold if threshold is None else float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        single = _is_single(queries)
+        items = [as_query(q) for q in ([queries] if single else list(queries))]
+        results: list[QueryResult] = []
+        with torch.inference_mode():
+            for start in self._progress(range(0, len(items), batch_size), show_progress_bar, len(items), "queries"):
+                results.extend(self._encode_query_batch(items[start:start + batch_size], augment, threshold,
+                                                        max_new_tokens))
+        return results[0] if single else results
+
+    # ------------------------------------------------------------------ internals
+    def _progress(self, iterable, show: bool | None, n: int, what: str):
+        if show is None:
+            show = n > 256 and logger.getEffectiveLevel() <= logging.INFO
+        if not show:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=f"encoding {what}", unit="batch")
+
+    def _encode_query_batch(self, queries: list[Query], augment: str, threshold: float,
+                            max_new_tokens: int) -> list[QueryResult]:
+        import torch
+        from transformers import DynamicCache
+
+        device = self.device
+        t0 = _now(device)
+        encs = [self.encoder.encode_prompt(q, reserve=max_new_tokens + 1) for q in queries]
+        batch = self.encoder.collate(encs, self.padding_side)
+        positions = self.rope_positions(batch)
+        t_pre = _now(device)
+
+        cache = DynamicCache()
+        hidden = self.forward_hidden(batch, cache=cache, position_ids=positions)
+        n = hidden.shape[0]
+        rows = torch.arange(n, device=hidden.device)
+        last = hidden[rows, batch["last_index"].to(hidden.device)]
+        p_aug = self.decision_probability(last).cpu()
+        if augment == "always":
+            wants = torch.ones(n, dtype=torch.bool)
+        elif augment == "never":
+            wants = torch.zeros(n, dtype=torch.bool)
+        else:
+            wants = p_aug >= threshold
+        mask = batch["attention_mask"].to(device)
+        next_pos = positions.amax(dim=(0, 2)).to(device) + 1  # next text position per row
+        t_decide = _now(device)
+
+        embeddings = torch.zeros(n, hidden.shape[-1])
+        segments: list[list[int]] = [[] for _ in range(n)]
+        finish_time = [0.0] * n
+        gen_time = [0.0] * n
+        embed_time = [0.0] * n
+
+        embed_rows = (~wants).nonzero().flatten().tolist()
+        aug_rows = wants.nonzero().flatten().tolist()
+        if embed_rows:  # `/embed` + terminal in one cached step: these rows never wait on generation
+            sub = cache if not aug_rows else select_cache_rows(cache, embed_rows)
+            k = len(embed_rows)
+            ids = torch.tensor([[self.embed_id, self.terminal_id]] * k, device=device)
+            step_mask = torch.cat([mask[embed_rows], torch.ones(k, 2, dtype=mask.dtype, device=device)], 1)
+            pos = (next_pos[embed_rows][:, None] + torch.arange(2, device=device))[None].expand(3, -1, -1)
+            h = self._step(ids, step_mask, pos, sub)
+            embeddings[embed_rows] = h[:, -1].float().cpu()
+            t_done = _now(device)
+            for r in embed_rows:
+                segments[r] = [self.embed_id, self.terminal_id]
+                finish_time[r] = t_done
+                embed_time[r] = t_done - t_decide
+        if aug_rows:
+            t_gen0 = _now(device)
+            sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
+            self._generate(aug_rows, sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
+                           embeddings, segments, finish_time, gen_time, embed_time, t_gen0)
+
+        vectors = self.normalize(embeddings).numpy().astype(np.float32)
+        results = []
+        for i in range(n):
+            seg = segments[i]
+            augmentation = None
+            if seg and seg[0] == self.augment_id:
+                augmentation = self.tokenizer.decode(seg[1:-1], skip_special_tokens=True).strip()
+            timings = {
+                "preprocess": (t_pre - t0) * 1e3,
+                "decide": (t_decide - t_pre) * 1e3,
+                "generate": gen_time[i] * 1e3,
+                "embed": embed_time[i] * 1e3,
+                "total": (finish_time[i] - t0) * 1e3,
+            }
+            results.append(QueryResult(
+                decision=prompts.AUGMENT if seg and seg[0] == self.augment_id else prompts.EMBED,
+                p_augment=float(p_aug[i]), augmentation=augmentation, embedding=vectors[i], timings=timings,
+                token_ids=list(seg)))
+        return results
+
+    def _step(self, ids, mask, positions, cache):
+        core = unwrap(self.model).model
+        out = core(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        return out.last_hidden_state
+
+    def _generate(self, rows: list[int], cache, mask, next_pos, max_new_tokens: int, embeddings, segments,
+                  finish_time, gen_time, embed_time, t_start: float) -> None:
+        """Greedy decoding of `/augment …` with the KV cache; each row feeds the terminal token once (when
+        the model picks it, or when the segment reaches `max_new_tokens`) and its state there is the embedding.
+        Finished rows leave the batch, so the cache only holds rows still decoding."""
+        import torch
+
+        device = mask.device
+        active = list(range(len(rows)))  # positions into `rows`
+        current = torch.full((len(rows), 1), self.augment_id, device=device)
+        seg = [[self.augment_id] for _ in rows]
+        step = 0
+        banned = torch.tensor(self._banned_in_augmentation, device=device, dtype=torch.long)
+        while active:
+            t_step = _now(device)
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=device)], 1)
+            pos = (next_pos[:, None] + step)[None].expand(3, -1, -1)
+            hidden = self._step(current, mask, pos, cache)[:, -1]
+            fed_terminal = current[:, 0] == self.terminal_id
+            now = _now(device)
+            keep = []
+            for j, a in enumerate(active):
+                r = rows[a]
+                if fed_terminal[j]:
+                    embeddings[r] = hidden[j].float().cpu()
+                    segments[r] = seg[a]
+                    finish_time[r] = now
+                    embed_time[r] = now - t_step
+                    gen_time[r] = t_step - t_start
+                else:
+                    keep.append(j)
+            if not keep:
+                break
+            logits = self.logits(hidden[keep]).float()
+            if banned.numel():
+                logits[:, banned] = float("-inf")
+            chosen = logits.argmax(-1)
+            nxt = []
+            for k, j in enumerate(keep):
+                a = active[j]
+                token = int(chosen[k]) if len(seg[a]) < max_new_tokens else self.terminal_id
+                seg[a].append(token)
+                nxt.append(token)
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                mask = mask[idx]
+                next_pos = next_pos[idx]
+                active = [active[j] for j in keep]
+            current = torch.tensor(nxt, device=device)[:, None]
+            step += 1

@@ -1,0 +1,116 @@
+"""The format module: every string the model reads or writes is defined here and nowhere else.
+
+It owns the chat layout, the MMEB-style instructions, the two decision tokens, the terminal token,
+the teacher prompt used for synthesis and the extraction of the teacher's answer. The sequence layout
+(DESIGN.md section 2) is:
+
+    query     = prompt(query) + segment + TERMINAL     segment = "/embed" | "/augment <augmentation>"
+    candidate = prompt(candidate) + TERMINAL
+
+The embedding is the last-layer hidden state of the TERMINAL token.
+"""
+from __future__ import annotations
+
+import re
+
+# --- special tokens (Qwen2-VL's own, plus the two decision tokens) ---------------------------------
+PAD = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+
+AUGMENT = "/augment"
+EMBED = "/embed"
+DECISION_TOKENS = (AUGMENT, EMBED)
+TERMINAL = IM_END  # the token whose last-layer state is the embedding; also what ends a generated segment
+AUGMENTATION_PREFIX = " "  # the augmentation text follows `/augment` after one space
+
+QWEN2VL_SPECIAL_TOKENS = [
+    PAD, IM_START, IM_END, "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>", VISION_START, VISION_END, "<|vision_pad|>", IMAGE_PAD, VIDEO_PAD,
+]
+
+# MMEB writes its instructions with the Phi-3-V image token; the format module maps it to Qwen's block.
+MMEB_IMAGE_PLACEHOLDER = "<|image_1|>"
+IMAGE_BLOCK = VISION_START + IMAGE_PAD + VISION_END
+
+# --- MMEB-style instructions (VLM2Vec's wording) ---------------------------------------------------
+MMEB_INSTRUCTIONS = {
+    "classification": "<|image_1|> Represent the given image for classification",
+    "vqa": "<|image_1|> Represent the given image with the following question: {question}",
+    "t2i": "Find me an everyday image that matches the given caption: {caption}",
+    "i2t": "<|image_1|> Find an image caption describing the given everyday image.",
+    "composed": "<|image_1|> Find an image to match the reference image and the modification: {modification}",
+    "grounding": "<|image_1|> Select the portion of the image that isolates the object of the given label: {label}",
+    "target_image": "<|image_1|> Represent the given image.",
+    "target_cropped": "<|image_1|> Represent the given cropped image of the object.",
+}
+
+# --- teacher prompt (R1 style, as the paper's Table 1 describes) -----------------------------------
+TEACHER_SYSTEM = (
+    "A conversation between User and Assistant. The User asks a question (with an image), and the Assistant "
+    "solves it. The Assistant first thinks about the reasoning process in the mind and then provides the User "
+    "with the answer. The reasoning process and answer are enclosed within <think> </think> and "
+    "<answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>."
+)
+TEACHER_PROMPT = TEACHER_SYSTEM + " User: {question} Assistant:"
+
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_BOILERPLATE_RE = re.compile(
+    r"^\s*(Represent the given (?:image|cropped image of the object)(?: with the following question)?[:.]?"
+    r"|Find me an everyday image that matches the given caption:)\s*",
+    re.IGNORECASE,
+)
+
+
+def render_prompt(text: str | None, has_image: bool, instruction: str | None = None) -> str:
+    """The chat prompt up to the assistant turn, with one image block if there is an image.
+
+    The image goes where MMEB's `<|image_1|>` placeholder stands, else before the text. The processor
+    later expands the single `<|image_pad|>` into as many tokens as the image needs.
+    """
+    content = " ".join(part.strip() for part in (instruction, text) if part and part.strip())
+    if has_image and MMEB_IMAGE_PLACEHOLDER not in content:
+        content = MMEB_IMAGE_PLACEHOLDER + content
+    first, _, rest = content.partition(MMEB_IMAGE_PLACEHOLDER)
+    rest = rest.replace(MMEB_IMAGE_PLACEHOLDER, "")
+    content = " ".join((first + " " + rest).split()) if not has_image else (
+        " ".join(first.split()) + IMAGE_BLOCK + " ".join(rest.split()))
+    return f"{IM_START}user\n{content}{IM_END}\n{IM_START}assistant\n"
+
+
+def segment_text(decision: str, augmentation: str | None = None) -> str:
+    """The generated segment as text (without the terminal token): `/embed` or `/augment <text>`."""
+    if decision == EMBED:
+        return EMBED
+    if decision == AUGMENT:
+        return AUGMENT + (AUGMENTATION_PREFIX + augmentation.strip() if augmentation and augmentation.strip() else "")
+    raise ValueError(f"decision must be {AUGMENT!r} or {EMBED!r}, got {decision!r}")
+
+
+def teacher_question(query_text: str | None, instruction: str | None = None) -> str:
+    """The `{question}` of the teacher prompt: the query without MMEB's placeholder and embedding boilerplate."""
+    text = " ".join(p for p in (instruction, query_text) if p)
+    text = text.replace(MMEB_IMAGE_PLACEHOLDER, " ").strip()
+    stripped = _BOILERPLATE_RE.sub("", text).strip()
+    return stripped or text
+
+
+def teacher_prompt(question: str) -> str:
+    """The full teacher prompt for one question (a single user turn; the image, if any, goes beside it)."""
+    return TEACHER_PROMPT.format(question=question)
+
+
+def extract_answer(reply: str | None) -> str | None:
+    """The text inside the last `<answer>…</answer>` of a teacher reply, stripped; None if there is none."""
+    if not reply:
+        return None
+    found = _ANSWER_RE.findall(reply)
+    if not found:
+        return None
+    answer = " ".join(found[-1].split())
+    return answer or None

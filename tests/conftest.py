@@ -1,0 +1,33 @@
+"""Shared fixtures: offline environment and small models built once per session."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from msolomon import MSolomon
+
+    return MSolomon.tiny(seed=0)
+
+
+@pytest.fixture(scope="session")
+def sample_images(tmp_path_factory):
+    """A few real photos that ship in pip packages (scikit-image), saved as small PNGs."""
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("images")
+    paths = []
+    for name in ("astronaut", "coffee", "chelsea"):
+        img = Image.fromarray(getattr(data, name)()).resize((84, 70))
+        path = root / f"{name}.png"
+        img.save(path)
+        paths.append(str(path))
+    return paths

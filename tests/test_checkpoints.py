@@ -1,0 +1,93 @@
+"""save_pretrained / from_pretrained round trips: full weights, LoRA adapters and bitsandbytes loads."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from msolomon import MSolomon, Query
+
+QUERIES = ["the number after six", "a red circle above a blue square", "how many stars?"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = MSolomon.tiny(seed=3)
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    model.save_pretrained(path)
+    return model, path
+
+
+def _same(a, b, images=None):
+    qs = QUERIES + ([Query(text="what is it?", image=images[0])] if images else [])
+    ra = a.encode_queries(qs, augment="auto", max_new_tokens=8)
+    rb = b.encode_queries(qs, augment="auto", max_new_tokens=8)
+    for x, y in zip(ra, rb):
+        assert x.decision == y.decision and x.token_ids == y.token_ids
+        np.testing.assert_allclose(x.embedding, y.embedding, atol=1e-6)
+        assert abs(x.p_augment - y.p_augment) < 1e-6
+    np.testing.assert_allclose(a.encode_candidates(QUERIES), b.encode_candidates(QUERIES), atol=1e-6)
+
+
+def test_round_trip_is_identical(saved, sample_images):
+    model, path = saved
+    assert (path / "model.safetensors").is_file() and (path / "msolomon.json").is_file()
+    assert not list(path.glob("*.bin")) and not list(path.glob("*.pkl"))
+    loaded = MSolomon.from_pretrained(path)
+    assert loaded.augment_id == model.augment_id and loaded.embed_id == model.embed_id
+    assert json.loads((path / "msolomon.json").read_text())["decision_tokens"] == ["/augment", "/embed"]
+    _same(model, loaded, sample_images)
+
+
+def test_saving_twice_replaces_atomically(saved):
+    model, path = saved
+    model.save_pretrained(path)
+    assert not list(path.parent.glob("*.tmp-*"))
+    MSolomon.from_pretrained(path)
+
+
+def test_lora_adapter_and_merged_checkpoint(saved, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base, base_path = saved
+    fresh = MSolomon.from_pretrained(base_path)
+    peft_model = get_peft_model(fresh.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                        init_lora_weights=False))
+    tuned = MSolomon(peft_model, fresh.processor, fresh.settings)
+    adapter_dir = tmp_path / "adapter"
+    tuned.save_pretrained(adapter_dir)
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    # base + adapter, given either way
+    _same(tuned, MSolomon.from_pretrained(base_path, adapter=adapter_dir))
+    _same(tuned, MSolomon.from_pretrained(adapter_dir))
+    # the adapter really changes the model
+    a = base.encode_candidates(QUERIES)
+    b = tuned.encode_candidates(QUERIES)
+    assert np.abs(a - b).max() > 1e-3
+    # merged checkpoint = plain checkpoint
+    merged = MSolomon(peft_model.merge_and_unload(), fresh.processor, fresh.settings)
+    merged_dir = tmp_path / "merged"
+    merged.save_pretrained(merged_dir)
+    np.testing.assert_allclose(MSolomon.from_pretrained(merged_dir).encode_candidates(QUERIES), b, atol=1e-5)
+    del torch
+
+
+@pytest.mark.parametrize("bits", ["8bit", "4bit"])
+def test_quantized_load_runs_on_cpu(saved, bits):
+    pytest.importorskip("bitsandbytes")
+    _, path = saved
+    model = MSolomon.from_pretrained(path, quantization=bits, device="cpu")
+    results = model.encode_queries(QUERIES, augment="auto", max_new_tokens=4)
+    reference = MSolomon.from_pretrained(path).encode_queries(QUERIES, augment="never")
+    for r, ref in zip(results, reference):
+        assert r.embedding.shape == ref.embedding.shape and np.isfinite(r.embedding).all()
+    never = model.encode_queries(QUERIES, augment="never")
+    cos = [float(x.embedding @ y.embedding) for x, y in zip(never, reference)]
+    assert min(cos) > 0.9  # quantised, yet close to the full-precision model
+
+
+def test_bad_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot load a model"):
+        MSolomon.from_pretrained(tmp_path / "nowhere")

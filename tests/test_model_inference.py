@@ -1,0 +1,142 @@
+"""Adaptive inference: cached decoding equals a full pass, padding invariance, modes and thresholds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msolomon import MSolomon, Query
+from msolomon.prompts import AUGMENT, EMBED
+
+FAMILIES = ["qwen2_vl", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request):
+    return MSolomon.tiny(seed=1, family=request.param)
+
+
+def _queries(images):
+    return [
+        Query(text="How many people are in the picture?", image=images[0]),
+        Query(text="the number after six"),
+        Query(image=images[1]),
+        Query(text="Find me an everyday image that matches the given caption: a cat on a sofa with a long tail"),
+        Query(text="<|image_1|> Represent the given image with the following question: what colour?", image=images[2]),
+    ]
+
+
+def _full_pass(model, query, token_ids, side="right"):
+    enc = model.encoder.encode_prompt(query, reserve=len(token_ids)).extended(token_ids)
+    with torch.inference_mode():
+        return model.embed_encodings([enc], padding_side=side)[0].numpy()
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_cached_embedding_equals_full_pass(model, sample_images, mode):
+    queries = _queries(sample_images)
+    results = model.encode_queries(queries, augment=mode, max_new_tokens=12, batch_size=len(queries))
+    for q, r in zip(queries, results):
+        assert r.token_ids[-1] == model.terminal_id
+        expected = _full_pass(model, q, r.token_ids)
+        np.testing.assert_allclose(r.embedding, expected, atol=1e-4)
+        if mode == "always":
+            assert r.decision == AUGMENT and r.token_ids[0] == model.augment_id
+            assert len(r.token_ids) > 2  # something was generated between /augment and the terminal token
+
+
+def test_left_right_and_single_items_agree(model, sample_images):
+    queries = _queries(sample_images)
+    out = {}
+    for side in ("left", "right"):
+        model.padding_side = side
+        out[side] = model.encode_queries(queries, augment="always", max_new_tokens=10, batch_size=len(queries))
+    model.padding_side = "left"
+    singles = [model.encode_queries(q, augment="always", max_new_tokens=10) for q in queries]
+    for left, right, single in zip(out["left"], out["right"], singles):
+        assert left.token_ids == right.token_ids == single.token_ids
+        np.testing.assert_allclose(left.embedding, right.embedding, atol=1e-4)
+        np.testing.assert_allclose(left.embedding, single.embedding, atol=1e-4)
+        assert abs(left.p_augment - single.p_augment) < 1e-4
+    cands = [q for q in queries]
+    model.padding_side = "right"
+    right_c = model.encode_candidates(cands)
+    model.padding_side = "left"
+    left_c = model.encode_candidates(cands)
+    single_c = np.stack([model.encode_candidates(c) for c in cands])
+    np.testing.assert_allclose(left_c, right_c, atol=1e-4)
+    np.testing.assert_allclose(left_c, single_c, atol=1e-4)
+
+
+def test_modes_thresholds_and_probabilities(model, sample_images):
+    queries = _queries(sample_images)
+    auto = model.encode_queries(queries, augment="auto", max_new_tokens=4)
+    p = np.array([r.p_augment for r in auto])
+    assert ((p >= 0) & (p <= 1)).all()
+    assert all(r.decision == (AUGMENT if r.p_augment >= 0.5 else EMBED) for r in auto)
+    assert all(r.decision == AUGMENT for r in model.encode_queries(queries, augment="always", max_new_tokens=4))
+    assert all(r.decision == EMBED and r.augmentation is None
+               for r in model.encode_queries(queries, augment="never"))
+    assert all(r.decision == AUGMENT for r in model.encode_queries(queries, threshold=0.0, max_new_tokens=4))
+    assert all(r.decision == EMBED for r in model.encode_queries(queries, threshold=1.0))
+    # a threshold between the extremes splits the batch exactly as p_augment says
+    mid = float(np.median(p))
+    split = model.encode_queries(queries, threshold=mid, max_new_tokens=4)
+    assert [r.decision for r in split] == [AUGMENT if x >= mid else EMBED for x in p]
+
+
+def test_forced_paths_override_a_confident_model(sample_images):
+    model = MSolomon.tiny(seed=2)
+    head = model.model.lm_head.weight
+    with torch.no_grad():  # make /augment overwhelmingly likely
+        head[model.augment_id] = 0
+        head[model.augment_id, :] = 0
+    with torch.no_grad():
+        states = [model.forward_hidden(model.encoder.collate([model.encoder.encode_prompt(q)]))[0, -1]
+                  for q in _queries(sample_images)]
+        direction = torch.stack(states).mean(0)
+        head[model.augment_id] = 50 * direction / direction.norm()
+    queries = _queries(sample_images)
+    assert all(r.p_augment > 0.99 for r in model.encode_queries(queries, augment="auto", max_new_tokens=2))
+    never = model.encode_queries(queries, augment="never")
+    assert all(r.decision == EMBED for r in never)
+    assert all(r.timings["generate"] == 0 for r in never)
+
+
+def test_single_input_returns_single_result(tiny_model):
+    r = tiny_model.encode_queries("a red square", augment="never")
+    assert r.decision == EMBED and r.embedding.shape == (128,)
+    assert abs(np.linalg.norm(r.embedding) - 1) < 1e-5
+    v = tiny_model.encode_candidates("a red square")
+    assert v.shape == (128,) and v.dtype == np.float32
+    assert set(r.timings) == {"preprocess", "decide", "generate", "embed", "total"}
+
+
+def test_decoding_stops_at_max_new_tokens(tiny_model):
+    r = tiny_model.encode_queries("count the circles", augment="always", max_new_tokens=5)
+    assert len(r.token_ids) <= 6 and r.token_ids[-1] == tiny_model.terminal_id
+
+
+def test_fallback_to_larger_decision_logit(tiny_model):
+    """An untrained model's argmax is rarely a decision token; the decision still follows the two logits."""
+    queries = ["alpha", "beta gamma", "delta epsilon zeta"]
+    results = tiny_model.encode_queries(queries, augment="auto", max_new_tokens=3)
+    for q, r in zip(queries, results):
+        enc = tiny_model.encoder.encode_prompt(Query(text=q))
+        with torch.inference_mode():
+            batch = tiny_model.encoder.collate([enc])
+            hidden = tiny_model.forward_hidden(batch)[0, -1]
+            logits = tiny_model.logits(hidden)
+        larger = AUGMENT if logits[tiny_model.augment_id] >= logits[tiny_model.embed_id] else EMBED
+        assert r.decision == larger
+
+
+def test_real_qwen_tokenizer_runs_the_same_path(sample_images):
+    model = MSolomon.tiny(seed=0, tokenizer="qwen", hidden_size=64, intermediate_size=128, vision_dim=32,
+                          vision_depth=1)
+    assert len(model.tokenizer) > 150_000
+    assert model.tokenizer.convert_tokens_to_ids("<|image_pad|>") == 151655
+    q = Query(text="What is shown?", image=sample_images[0])
+    r = model.encode_queries(q, augment="always", max_new_tokens=6)
+    np.testing.assert_allclose(r.embedding, _full_pass(model, q, r.token_ids), atol=1e-4)
+    assert len(model.tokenizer.encode("/augment", add_special_tokens=False)) == 1
