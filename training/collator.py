@@ -1,0 +1,99 @@
+"""Training examples and batches: label assignment (noaug / alwaysaug / adaptive) and collation.
+
+A training query is `prompt + segment + terminal` with labels on the segment and the terminal token
+(prompt and padding are -100): one teacher-forced pass gives both losses (DESIGN.md section 2).
+The segment is `/embed` for datasets in D^E and `/augment <teacher answer>` for datasets in D^A.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from msolomon import prompts
+from msolomon.data import TrainRow
+from msolomon.processing import Encoder
+
+logger = logging.getLogger(__name__)
+
+LABELINGS = ("noaug", "alwaysaug", "adaptive")
+
+
+@dataclass
+class Example:
+    """One training row with its assigned segment."""
+
+    row: TrainRow
+    decision: str
+    augmentation: str | None = None
+
+
+def load_split(path: str | Path) -> dict[str, list[str]]:
+    """The pilot's split file: {"split": {"augment": [...], "embed": [...]}, ...} (see training.pilot)."""
+    data = json.loads(Path(path).read_text())
+    split = data.get("split", data)
+    if not isinstance(split, dict) or "augment" not in split or "embed" not in split:
+        raise ValueError(f"{path}: a split file needs {{'split': {{'augment': [...], 'embed': [...]}}}}")
+    return {"augment": list(split["augment"]), "embed": list(split["embed"])}
+
+
+def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mapping[str, str] | None = None,
+                  split: Mapping[str, Sequence[str]] | None = None) -> list[Example]:
+    """Attach a segment to each row. Rows that should augment but have no usable teacher answer are left out
+    (and counted in the log), never trained on an empty augmentation."""
+    if labeling not in LABELINGS:
+        raise ValueError(f"labeling must be one of {LABELINGS}, got {labeling!r}")
+    augmentations = augmentations or {}
+    if labeling == "adaptive":
+        if split is None:
+            raise ValueError("labeling 'adaptive' needs the pilot's split (--split FILE)")
+        augment_sets = set(split["augment"])
+        unknown = {r.dataset for r in rows} - augment_sets - set(split["embed"])
+        if unknown:
+            raise ValueError(f"datasets missing from the split file: {sorted(unknown)}")
+    examples, missing = [], Counter()
+    for row in rows:
+        wants = labeling == "alwaysaug" or (labeling == "adaptive" and row.dataset in augment_sets)
+        if not wants:
+            examples.append(Example(row, prompts.EMBED))
+            continue
+        text = augmentations.get(row.id)
+        if not text:
+            missing[row.dataset] += 1
+            continue
+        examples.append(Example(row, prompts.AUGMENT, text))
+    if missing:
+        logger.warning("left out %d rows with no teacher augmentation: %s", sum(missing.values()), dict(missing))
+    return examples
+
+
+@dataclass
+class CollatorSettings:
+    max_segment_tokens: int = 64
+    padding_side: str = "right"
+    use_negatives: bool = True
+
+
+class Collator:
+    """Encodes examples into a query batch (with labels) and a target batch (positives, then hard negatives)."""
+
+    def __init__(self, encoder: Encoder, settings: CollatorSettings | None = None):
+        self.encoder = encoder
+        self.settings = settings or CollatorSettings()
+
+    def __call__(self, examples: Sequence[Example]) -> dict:
+        enc = self.encoder
+        s = self.settings
+        queries = [enc.encode_query_with_segment(ex.row.query, ex.decision, ex.augmentation, s.max_segment_tokens)
+                   for ex in examples]
+        targets = [enc.encode_candidate(ex.row.positive) for ex in examples]
+        negatives = [enc.encode_candidate(ex.row.negative) for ex in examples
+                     if s.use_negatives and ex.row.negative is not None]
+        return {
+            "query": enc.collate(queries, s.padding_side),
+            "target": enc.collate(targets + negatives, s.padding_side),
+            "n_augment": sum(ex.decision == prompts.AUGMENT for ex in examples),
+        }
