@@ -88,7 +88,7 @@ def compute_loss(model, batch: dict, examples: Sequence[Example], loop: LoopSett
     gen = generation_loss(q_hidden, q["labels"].to(device), unwrap(model.model).lm_head,
                           (model.augment_id, model.embed_id))
     loss = rep.loss + loop.gen_weight * gen.loss
-    metrics = {"loss": float(loss), "rep_loss": float(rep.loss), "gen_loss": float(gen.loss),
+    metrics = {"loss": loss.item(), "rep_loss": rep.loss.item(), "gen_loss": gen.loss.item(),
                "in_batch_acc": rep.accuracy, "decision_acc": gen.decision_accuracy,
                "augment_share": batch["n_augment"] / max(n_pos, 1)}
     return loss, metrics

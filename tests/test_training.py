@@ -1,0 +1,169 @@
+"""Training: label assignment, losses, two processes == one process, and resume after SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from msolomon import Candidate, MSolomon, Query
+from msolomon.data import TrainRow
+from msolomon.prompts import AUGMENT, EMBED
+from training.collator import Collator, assign_labels
+from training.trainer import LoopSettings, average_gradients, compute_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = "zero one two three four five six seven eight nine".split()
+SMALL = dict(hidden_size=64, intermediate_size=128, num_layers=2, vision_dim=32, vision_depth=1)
+
+
+def _rows(n: int = 8) -> list[TrainRow]:
+    from PIL import Image
+
+    rows = []
+    for i in range(n):
+        img = Image.new("RGB", (56, 56), ((37 * i) % 255, (91 * i) % 255, 120))
+        if i % 2:
+            rows.append(TrainRow("cls", f"cls:{i}", Query(text="<|image_1|> Represent the given image for classification",
+                                                            image=img), Candidate(text=NAMES[i % 10])))
+        else:
+            rows.append(TrainRow("after", f"after:{i}", Query(text=f"the number after {NAMES[i % 10]}"),
+                                 Candidate(image=img), negative=Candidate(text=f"not {NAMES[i % 10]}")))
+    return rows
+
+
+def test_label_assignment():
+    rows = _rows(6)
+    aug = {r.id: f"the digit {r.id}" for r in rows if r.dataset == "after"}
+    assert {e.decision for e in assign_labels(rows, "noaug")} == {EMBED}
+    always = assign_labels(rows, "alwaysaug", aug)
+    assert {e.decision for e in always} == {AUGMENT} and len(always) == 3  # rows with no answer left out
+    adaptive = assign_labels(rows, "adaptive", aug, {"augment": ["after"], "embed": ["cls"]})
+    assert all((e.decision == AUGMENT) == (e.row.dataset == "after") for e in adaptive)
+    with pytest.raises(ValueError, match="missing from the split"):
+        assign_labels(rows, "adaptive", aug, {"augment": ["after"], "embed": []})
+
+
+def test_labels_cover_segment_and_terminal_only():
+    model = MSolomon.tiny(seed=0, **SMALL)
+    rows = _rows(4)
+    ex = assign_labels(rows, "adaptive", {r.id: "seven" for r in rows}, {"augment": ["after"], "embed": ["cls"]})
+    batch = Collator(model.encoder)(ex)
+    q = batch["query"]
+    for row, e in enumerate(ex):
+        labelled = q["input_ids"][row][q["labels"][row] != -100].tolist()
+        expected = model.encoder.segment_ids(e.decision, e.augmentation) + [model.terminal_id]
+        assert labelled == expected
+    assert batch["target"]["input_ids"].shape[0] == 4 + 2  # positives, then the two hard negatives
+
+
+def _loss_and_grads(model, examples, loop):
+    batch = Collator(model.encoder)(examples)
+    loss, _ = compute_loss(model, batch, examples, loop)
+    loss.backward()
+    params = [p for p in model.model.parameters() if p.requires_grad]
+    average_gradients(params)
+    return loss.detach(), [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def _rank_main(rank: int, world: int, init_file: str, model_dir: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = MSolomon.from_pretrained(model_dir)
+    rows = _rows(8)
+    aug = {r.id: f"the digit after {r.id}" for r in rows}
+    examples = assign_labels(rows, "adaptive", aug, {"augment": ["after"], "embed": ["cls"]})
+    shard = examples[rank * 4:(rank + 1) * 4]
+    loss, grads = _loss_and_grads(model, shard, LoopSettings(temperature=0.05))
+    dist.all_reduce(loss)
+    if rank == 0:
+        torch.save({"loss": loss / world, "grads": grads}, Path(out_dir) / "dist.pt")
+    dist.destroy_process_group()
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    model = MSolomon.tiny(seed=0, **SMALL)
+    model.save_pretrained(tmp_path / "m")
+    model = MSolomon.from_pretrained(tmp_path / "m")
+    rows = _rows(8)
+    aug = {r.id: f"the digit after {r.id}" for r in rows}
+    examples = assign_labels(rows, "adaptive", aug, {"augment": ["after"], "embed": ["cls"]})
+    loss, grads = _loss_and_grads(model, examples, LoopSettings(temperature=0.05))
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path / "m"), str(tmp_path)), nprocs=2, join=True)
+    dist = torch.load(tmp_path / "dist.pt", weights_only=True)
+    assert abs(float(dist["loss"]) - float(loss)) < 1e-5
+    assert len(dist["grads"]) == len(grads)
+    worst = max(float((a - b).abs().max()) for a, b in zip(dist["grads"], grads))
+    assert worst < 1e-5, worst
+    assert max(float(g.abs().max()) for g in grads) > 1e-4  # the gradients are not trivially zero
+
+
+def _write_train_fixture(root: Path, n: int = 48) -> None:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    for name in ("after", "cls"):
+        (root / name).mkdir()
+    after, cls = [], []
+    for i in range(n):
+        path = f"images/{i}.png"
+        Image.new("RGB", (56, 56), ((37 * i) % 255, (91 * i) % 255, 120)).save(root / path)
+        after.append({"qry": f"the number after {NAMES[i % 10]}", "qry_image_path": "", "pos_text": "",
+                      "pos_image_path": path, "id": f"after:{i}"})
+        cls.append({"qry": "<|image_1|> Represent the given image for classification", "qry_image_path": path,
+                    "pos_text": NAMES[i % 10], "pos_image_path": "", "id": f"cls:{i}"})
+    for name, rows in (("after", after), ("cls", cls)):
+        (root / name / "original.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _train_cmd(data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "training.train", "--data", str(data), "--out", str(out), "--labeling", "noaug",
+            "--batch-size", "8", "--max-steps", "12", "--save-every", "3", "--log-every", "1", "--warmup-steps", "2",
+            "--tiny", json.dumps(SMALL)]
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
+    data = tmp_path / "data"
+    _write_train_fixture(data)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(data, straight), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(data, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = killed / "checkpoint" / "trainer_state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["step"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = json.loads(state.read_text())["step"]
+    assert step_at_kill < 12, "the run finished before it could be killed"
+    subprocess.run(_train_cmd(data, killed), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+
+    a, b = _weights(straight / "final"), _weights(killed / "final")
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < 1e-5, worst
+    steps = [json.loads(line)["step"] for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # the log has each step once
