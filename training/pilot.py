@@ -1,0 +1,102 @@
+"""`python -m training.pilot`: the per-dataset split D^A / D^E from the NoAug and AlwaysAug reports.
+
+    python -m training.pilot --noaug NOAUG.json --alwaysaug ALWAYSAUG.json --out SPLIT.json [--margin 1.0]
+
+A dataset goes to D^A ("augment") when AlwaysAug's Precision@1 beats NoAug's by more than `--margin` points,
+else to D^E ("embed"): NoAug better or comparable, as in the paper. Each model is read in its own mode
+(NoAug: `never`, AlwaysAug: `always`). Only in-distribution datasets (the ones with training data) are split.
+The output keeps the per-dataset figures behind each assignment.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+logger = logging.getLogger("training.pilot")
+
+
+@dataclass
+class PilotSettings:
+    margin: float = 1.0  # P@1 points AlwaysAug must win by to put a dataset in D^A
+    noaug_mode: str = "never"
+    alwaysaug_mode: str = "always"
+    datasets: Sequence[str] | None = None  # default: the in-distribution datasets of both reports
+
+
+def pilot_split(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = None) -> dict:
+    """The split and its evidence, from two evaluation reports (DESIGN.md section 4 format)."""
+    s = settings or PilotSettings()
+    try:
+        a = noaug["modes"][s.noaug_mode]["datasets"]
+        b = alwaysaug["modes"][s.alwaysaug_mode]["datasets"]
+    except KeyError as err:
+        raise ValueError(f"a report lacks mode or datasets {err}: evaluate NoAug with '{s.noaug_mode}' and "
+                         f"AlwaysAug with '{s.alwaysaug_mode}'") from None
+    names = list(s.datasets) if s.datasets else sorted(n for n in a if n in b and not a[n].get("ood", False))
+    missing = [n for n in names if n not in a or n not in b]
+    if missing:
+        raise ValueError(f"datasets missing from a report: {missing}")
+    if not names:
+        raise ValueError("no in-distribution dataset is in both reports")
+    evidence, augment, embed = {}, [], []
+    for name in names:
+        delta = b[name]["p_at_1"] - a[name]["p_at_1"]
+        side = "augment" if delta > s.margin else "embed"
+        (augment if side == "augment" else embed).append(name)
+        evidence[name] = {"meta_task": a[name].get("meta_task"), "noaug_p_at_1": a[name]["p_at_1"],
+                          "alwaysaug_p_at_1": b[name]["p_at_1"], "delta": round(delta, 3), "n": a[name].get("n"),
+                          "assignment": side}
+    return {"split": {"augment": augment, "embed": embed}, "margin": s.margin,
+            "modes": {"noaug": s.noaug_mode, "alwaysaug": s.alwaysaug_mode}, "datasets": evidence}
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m training.pilot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--noaug", required=True, help="evaluation report of the NoAug model (JSON)")
+    parser.add_argument("--alwaysaug", required=True, help="evaluation report of the AlwaysAug model (JSON)")
+    parser.add_argument("--out", required=True, help="split file to write (JSON)")
+    parser.add_argument("--margin", type=float, default=PilotSettings.margin)
+    parser.add_argument("--datasets", default=None, help="comma-separated (default: in-distribution ones)")
+    args = parser.parse_args(argv)
+    reports = []
+    for flag in ("noaug", "alwaysaug"):
+        path = Path(getattr(args, flag))
+        if not path.is_file():
+            parser.error(f"--{flag} {path}: no such file")
+        try:
+            reports.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            parser.error(f"--{flag} {path}: not JSON ({err})")
+    settings = PilotSettings(margin=args.margin,
+                             datasets=[d for d in args.datasets.split(",") if d] if args.datasets else None)
+    try:
+        result = pilot_split(reports[0], reports[1], settings)
+    except ValueError as err:
+        parser.error(str(err))
+    result["sources"] = {"noaug": str(args.noaug), "alwaysaug": str(args.alwaysaug)}
+    write_json_atomic(Path(args.out), result)
+    for name, ev in result["datasets"].items():
+        logger.info("%-24s NoAug %5.1f  AlwaysAug %5.1f  delta %+5.1f -> %s", name, ev["noaug_p_at_1"],
+                    ev["alwaysaug_p_at_1"], ev["delta"], ev["assignment"])
+    logger.info("D^A (augment): %s", result["split"]["augment"])
+    logger.info("D^E (embed):   %s", result["split"]["embed"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

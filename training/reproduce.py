@@ -1,0 +1,193 @@
+"""`python -m training.reproduce --out DIR`: the paper's whole pipeline on MiniMMEB, end to end.
+
+    1. generate MiniMMEB (train + test)               DIR/minimmeb/
+    2. synthesise augmentations with the oracle       DIR/synthesis.jsonl
+    3. train NoAug and AlwaysAug                      DIR/noaug/, DIR/alwaysaug/
+    4. pilot: evaluate both (in-distribution test sets) and split the datasets into D^A / D^E   DIR/split.json
+    5. train M-Solomon with the pilot's split         DIR/msolomon/
+    6. evaluate all three models in all modes         DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
+    7. the report                                     DIR/report.json, DIR/report.md, DIR/report.png
+
+Every stage skips what is already done, so a killed run resumes. Deterministic for a seed.
+`--scale tiny` is the smoke run used by the tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger("training.reproduce")
+
+MODELS = ("noaug", "alwaysaug", "msolomon")
+LABELING = {"noaug": "noaug", "alwaysaug": "alwaysaug", "msolomon": "adaptive"}
+NATIVE_MODE = {"noaug": "never", "alwaysaug": "always", "msolomon": "auto"}
+
+
+@dataclass
+class ReproduceSettings:
+    out: str
+    seed: int = 0
+    scale: str = "small"
+    data: str | None = None  # an existing MiniMMEB folder instead of generating one
+    error_rate: float = 0.1  # the oracle teacher's rate of wrong answers
+    epochs: float = 4.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    gen_weight: float = 1.0
+    temperature: float = 0.02
+    tiny: dict[str, Any] = field(default_factory=dict)
+    margin: float = 1.0
+    max_new_tokens: int = 32
+    eval_limit: int | None = None
+    threads: int | None = None
+
+
+def stage_data(s: ReproduceSettings, out: Path) -> Path:
+    from msolomon.data.minimmeb import generate, is_minimmeb
+
+    if s.data:
+        return Path(s.data)
+    data = out / "minimmeb"
+    if not is_minimmeb(data):
+        logger.info("generating MiniMMEB (%s, seed %d)", s.scale, s.seed)
+        generate(data, seed=s.seed, scale=s.scale)
+    return data
+
+
+def stage_synthesis(s: ReproduceSettings, data: Path, out: Path) -> Path:
+    from training.synthesize import SynthesisSettings, synthesize
+
+    path = out / "synthesis.jsonl"
+    synthesize(SynthesisSettings(data=str(data), out=str(path), backend="oracle", error_rate=s.error_rate,
+                                 seed=s.seed, progress=False))
+    return path
+
+
+def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, split: Path | None, out: Path) -> Path:
+    from training.train import TrainConfig, run
+
+    final = out / name / "final"
+    if (final / "config.json").is_file():
+        return final
+    config = TrainConfig(data=str(data), out=str(out / name), labeling=LABELING[name],
+                         augmentations=str(synthesis), split=str(split) if split else None, init="tiny",
+                         tiny=dict(s.tiny), model_seed=s.seed, seed=s.seed, batch_size=s.batch_size,
+                         epochs=s.epochs, max_steps=s.max_steps, lr=s.lr, gen_weight=s.gen_weight,
+                         temperature=s.temperature, save_every=500, log_every=20)
+    logger.info("training %s", name)
+    t0 = time.perf_counter()
+    path = run(config)
+    (out / name / "train_time_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    return path
+
+
+def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out: Path, modes: Sequence[str],
+               datasets: Sequence[str] | None = None, tag: str = "") -> dict:
+    from msolomon.evaluation import evaluate
+
+    report_path = out / "eval" / f"{name}{tag}.json"
+    return evaluate(str(model_dir), data, modes=tuple(modes), limit=s.eval_limit, out=report_path,
+                    datasets=datasets, max_new_tokens=s.max_new_tokens, show_progress_bar=False,
+                    model_name=name)
+
+
+def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, Path]) -> Path:
+    from msolomon.data.minimmeb import load_minimmeb
+    from training.pilot import PilotSettings, pilot_split, write_json_atomic
+
+    path = out / "split.json"
+    if path.is_file():
+        return path
+    meta = load_minimmeb(data)["datasets"]
+    ind = sorted(n for n, m in meta.items() if not m["ood"])
+    noaug = stage_eval(s, "noaug", finals["noaug"], data, out, ["never"], ind, tag=".pilot")
+    always = stage_eval(s, "alwaysaug", finals["alwaysaug"], data, out, ["always"], ind, tag=".pilot")
+    result = pilot_split(noaug, always, PilotSettings(margin=s.margin, datasets=ind))
+    result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}
+    write_json_atomic(path, result)
+    logger.info("pilot split: D^A=%s D^E=%s", result["split"]["augment"], result["split"]["embed"])
+    return path
+
+
+def run(s: ReproduceSettings) -> dict:
+    import torch
+
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    data = stage_data(s, out)
+    timings["data_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    synthesis = stage_synthesis(s, data, out)
+    timings["synthesis_s"] = time.perf_counter() - t
+    finals: dict[str, Path] = {}
+    for name in ("noaug", "alwaysaug"):
+        t = time.perf_counter()
+        finals[name] = stage_train(s, name, data, synthesis, None, out)
+        timings[f"train_{name}_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    split = stage_pilot(s, data, out, finals)
+    timings["pilot_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    finals["msolomon"] = stage_train(s, "msolomon", data, synthesis, split, out)
+    timings["train_msolomon_s"] = time.perf_counter() - t
+    reports = {}
+    for name in MODELS:
+        t = time.perf_counter()
+        reports[name] = stage_eval(s, name, finals[name], data, out, ["auto", "never", "always"])
+        timings[f"eval_{name}_s"] = time.perf_counter() - t
+    from training.report import write_reproduce_report
+
+    split_data = json.loads(split.read_text())
+    result = {"split": split_data, "models": reports, "settings": asdict(s),
+              "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+    write_reproduce_report(result, out)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    defaults = ReproduceSettings(out="")
+    for name in ("seed", "scale", "data", "error_rate", "epochs", "max_steps", "batch_size", "lr", "gen_weight",
+                 "temperature", "margin", "max_new_tokens", "eval_limit", "threads"):
+        default = getattr(defaults, name)
+        kind = {"max_steps": int, "eval_limit": int, "threads": int, "data": str}.get(name, type(default))
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default)
+    parser.add_argument("--tiny", default="{}", help="JSON object of TinyConfig overrides")
+    args = parser.parse_args(argv)
+    try:
+        tiny = json.loads(args.tiny)
+    except json.JSONDecodeError as err:
+        parser.error(f"--tiny must be a JSON object: {err}")
+    values = {k: v for k, v in vars(args).items() if k != "tiny"}
+    settings = ReproduceSettings(**values, tiny=tiny)
+    if settings.data and not Path(settings.data).is_dir():
+        parser.error(f"--data {settings.data}: no such folder")
+    try:
+        result = run(settings)
+    except ValueError as err:
+        logger.error("%s", err)
+        return 2
+    print((Path(settings.out) / "report.md").read_text())
+    del result
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
