@@ -47,6 +47,11 @@ MMEB_INSTRUCTIONS = {
     "grounding": "<|image_1|> Select the portion of the image that isolates the object of the given label: {label}",
     "target_image": "<|image_1|> Represent the given image.",
     "target_cropped": "<|image_1|> Represent the given cropped image of the object.",
+    # added for MiniMMEB, worded like VLM2Vec's per-dataset instructions (VOC2007, FashionIQ, RefCOCO)
+    "cls_object": "<|image_1|> Identify the object shown in the image.",
+    "cls_photo": "<|image_1|> Identify what the photo shows.",
+    "composed_fashion": "<|image_1|> Find an image to match the fashion image and style note: {modification}",
+    "grounding_ref": "<|image_1|> Select the portion of the image that follows the language expression: {expression}",
 }
 
 # --- teacher prompt (R1 style, as the paper's Table 1 describes) -----------------------------------
@@ -97,7 +102,10 @@ def teacher_question(query_text: str | None, instruction: str | None = None) -> 
     text = " ".join(p for p in (instruction, query_text) if p)
     text = text.replace(MMEB_IMAGE_PLACEHOLDER, " ").strip()
     stripped = _BOILERPLATE_RE.sub("", text).strip()
-    return stripped or text
+    # "Represent the given image for classification" leaves a fragment: keep the whole instruction then
+    if not stripped or stripped.lower().startswith("for "):
+        return " ".join(text.split())
+    return stripped
 
 
 def teacher_prompt(question: str) -> str:

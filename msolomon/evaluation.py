@@ -1,0 +1,651 @@
+"""MMEB-style evaluation: Precision@1 per dataset, meta-task, IND / OOD and overall, for the modes
+`auto`, `never` and `always`, with the `/augment` rate and per-query latency at batch size 1.
+
+    python -m msolomon.evaluation --model PATH --data DIR [--image-root DIR] --out FILE.json \
+        [--modes auto,never,always] [--limit N] [--thresholds 0,0.25,0.5,0.75,1] [--datasets A,B] \
+        [--max-new-tokens N] [--threshold 0.5] [--fresh]
+
+Why it is built this way:
+- Each dataset's unique candidates (by text, image and instruction) are encoded once and shared by every mode
+  and threshold: candidates never generate, so their embeddings do not depend on the query path.
+- Queries are encoded one at a time, so `QueryResult.timings["total"]` is the latency a user of the demo sees
+  (raw input to normalised embedding; search is excluded).
+- The threshold sweep reuses the `never` and `always` runs (p_augment does not depend on the threshold), so a
+  whole accuracy-latency curve costs no extra encoding.
+- Results are kept per (dataset, mode) in a sidecar folder next to the report (FILE.parts/), written atomically,
+  so an interrupted run resumes where it stopped; `--fresh` starts over.
+Metric conventions (tie rule, macro vs micro) are documented in `msolomon.metrics`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from msolomon.data import DataFormatError, DatasetInfo, EvalRow
+from msolomon.inputs import Candidate, Query
+from msolomon.metrics import TIMING_KEYS, DatasetModeResult, aggregate_mode, is_correct, threshold_curve
+from msolomon.report import (append_jsonl, atomic_write_json, atomic_write_text, markdown_report, output_paths,
+                             plot_report, read_jsonl, write_jsonl)
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "never", "always")
+DEFAULT_THRESHOLDS = (0.0, 0.25, 0.5, 0.75, 1.0)
+TIE_RULE = "a query counts only when the positive (candidate 0) is the unique top score; ties count as wrong"
+SIDECAR_VERSION = 1
+
+
+def default_model_path() -> Path:
+    """The shipped default model, resolved relative to the repository (assets/model)."""
+    return Path(__file__).resolve().parents[1] / "assets" / "model"
+
+
+class EvaluationError(ValueError):
+    """A bad argument or an inconsistent resume state; the message names the problem (the CLI exits with 2)."""
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate and how; validated once so a long run cannot fail late on a typo."""
+
+    modes: tuple[str, ...] = MODES
+    limit: int | None = None
+    thresholds: tuple[float, ...] | None = None
+    datasets: tuple[str, ...] | None = None
+    threshold: float = 0.5
+    max_new_tokens: int = 64
+    candidate_batch_size: int = 32
+    top_k: int = 5
+    resume: bool = True
+    show_progress_bar: bool | None = None  # None: tqdm decides (shown on a terminal)
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.modes, str):
+            self.modes = tuple(m.strip() for m in self.modes.split(",") if m.strip())
+        self.modes = tuple(dict.fromkeys(self.modes))
+        if not self.modes:
+            raise EvaluationError("no mode given: choose from auto, never, always")
+        unknown = [m for m in self.modes if m not in MODES]
+        if unknown:
+            raise EvaluationError(f"unknown mode {', '.join(map(repr, unknown))}: choose from auto, never, always")
+        bad_limit = isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit <= 0
+        if self.limit is not None and bad_limit:
+            raise EvaluationError(f"--limit must be a positive integer, got {self.limit!r}")
+        if self.thresholds is not None:
+            self.thresholds = tuple(float(t) for t in self.thresholds)
+            if not self.thresholds or not all(math.isfinite(t) for t in self.thresholds):
+                raise EvaluationError(f"--thresholds must be finite numbers, got {self.thresholds!r}")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise EvaluationError(f"--threshold must be in [0, 1], got {self.threshold!r}")
+        if self.max_new_tokens <= 0:
+            raise EvaluationError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        if self.candidate_batch_size <= 0 or self.top_k <= 0:
+            raise EvaluationError("candidate_batch_size and top_k must be positive")
+        if self.datasets is not None:
+            self.datasets = tuple(dict.fromkeys(self.datasets))
+
+    @property
+    def run_modes(self) -> tuple[str, ...]:
+        """Modes to encode: the requested ones, plus never and always when a threshold sweep needs them."""
+        extra = ("never", "always") if self.thresholds else ()
+        return tuple(dict.fromkeys(self.modes + extra))
+
+
+# --- data --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Benchmark:
+    """A test-set folder: which datasets it has, where they sit in MMEB's taxonomy, and how to read them."""
+
+    data_dir: Path
+    folder: Path  # the folder that holds one sub-folder per dataset
+    image_root: Path
+    kind: str  # "minimmeb" or "mmeb-eval"
+    names: list[str]
+    infos: dict[str, DatasetInfo]
+    split: str = "test"
+
+    def read(self, name: str, limit: int | None = None) -> list[EvalRow]:
+        from msolomon.data.mmeb import read_eval_dataset
+
+        return read_eval_dataset(self.folder, name, self.image_root, limit=limit, split=self.split)
+
+    def signature(self, name: str) -> str:
+        """A short hash of the dataset's data files (names, sizes, modification times): stored results of a
+        dataset whose files were since rewritten (e.g. MiniMMEB regenerated in place) are not reused."""
+        from msolomon.data.mmeb import DATA_SUFFIXES
+
+        ds = self.folder / name
+        files = sorted(f for f in ds.iterdir() if f.is_file() and f.suffix in DATA_SUFFIXES) if ds.is_dir() else []
+        stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        return hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:12]
+
+
+def open_benchmark(data_dir: str | Path, image_root: str | Path | None = None, split: str = "test") -> Benchmark:
+    """Recognise a MiniMMEB folder (DIR/minimmeb.json, test sets in DIR/test/NAME; DIR/test itself works too)
+    or a published MMEB-eval folder (DIR/NAME/*.parquet|jsonl). Meta-task and IND/OOD come from minimmeb.json
+    for MiniMMEB, else from MMEB's table of 36 datasets."""
+    from msolomon.data.mmeb import MINIMMEB_META, dataset_info, list_eval_datasets
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise EvaluationError(f"data folder not found: {data_dir}")
+    if image_root is not None and not Path(image_root).is_dir():
+        raise EvaluationError(f"image root folder not found: {image_root}")
+    if (data_dir / MINIMMEB_META).is_file():
+        kind, meta_dir, folder = "minimmeb", data_dir, data_dir / split
+    elif (data_dir.parent / MINIMMEB_META).is_file():  # pointed at DIR/test: images still resolve against DIR
+        kind, meta_dir, folder = "minimmeb", data_dir.parent, data_dir
+    else:
+        kind, meta_dir, folder = "mmeb-eval", None, data_dir
+    root = Path(image_root) if image_root is not None else (meta_dir or data_dir)
+    try:
+        names = list_eval_datasets(folder) if folder.is_dir() else []
+        infos = {n: dataset_info(n, folder_meta=meta_dir) for n in names}
+    except DataFormatError as e:
+        raise EvaluationError(str(e)) from None
+    if not names:
+        raise EvaluationError(f"no evaluation datasets found in {folder} (expected a MiniMMEB folder or an "
+                              "MMEB-eval folder with one sub-folder of parquet/jsonl files per dataset)")
+    return Benchmark(data_dir, folder, root, kind, names, infos, split)
+
+
+def candidate_key(c: Candidate) -> tuple:
+    """Identity of a candidate for de-duplication: its text, image path and instruction."""
+    img = c.image
+    if img is None:
+        ikey: Any = None
+    elif isinstance(img, (str, Path)):
+        ikey = str(img)
+    else:  # an in-memory image: only the same object is the same candidate
+        ikey = ("object", id(img))
+    return (c.text, ikey, getattr(c, "instruction", None))
+
+
+def unique_candidates(rows: Sequence[EvalRow]) -> tuple[list[Candidate], list[np.ndarray]]:
+    """The distinct candidates of a dataset in first-seen order, and each row's candidate indices into them."""
+    seen: dict[tuple, int] = {}
+    unique: list[Candidate] = []
+    per_row = []
+    for row in rows:
+        idx = []
+        for c in row.candidates:
+            k = candidate_key(c)
+            if k not in seen:
+                seen[k] = len(unique)
+                unique.append(c)
+            idx.append(seen[k])
+        per_row.append(np.asarray(idx, dtype=np.int64))
+    return unique, per_row
+
+
+def _image_str(img: Any) -> str | None:
+    if img is None:
+        return None
+    return str(img) if isinstance(img, (str, Path)) else f"<{type(img).__name__}>"
+
+
+def _float_or_none(x: Any) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# --- encoding ----------------------------------------------------------------------------------------------------
+
+
+def encode_candidates_once(model: Any, candidates: Sequence[Candidate], settings: EvalSettings) -> np.ndarray:
+    """One `encode_candidates` call over a dataset's unique candidates; checks shape and finiteness."""
+    vecs = model.encode_candidates(list(candidates), batch_size=settings.candidate_batch_size,
+                                   show_progress_bar=settings.show_progress_bar)
+    vecs = np.asarray(vecs, dtype=np.float32)
+    if vecs.ndim != 2 or vecs.shape[0] != len(candidates):
+        raise RuntimeError(f"encode_candidates returned shape {vecs.shape} for {len(candidates)} candidates")
+    if not np.isfinite(vecs).all():
+        raise RuntimeError("encode_candidates returned non-finite values")
+    return vecs
+
+
+def _encode_one(model: Any, query: Query, mode: str, settings: EvalSettings) -> tuple[Any, float]:
+    """Encode a single query (batch size 1, the latency setting); returns the result and wall time in ms."""
+    t0 = time.perf_counter()
+    out = model.encode_queries([query], augment=mode, threshold=settings.threshold, batch_size=1,
+                               max_new_tokens=settings.max_new_tokens, show_progress_bar=False)
+    wall = (time.perf_counter() - t0) * 1000.0
+    res = out[0] if isinstance(out, (list, tuple)) else out
+    return res, wall
+
+
+def evaluate_dataset_mode(model: Any, rows: Sequence[EvalRow], info: DatasetInfo, mode: str,
+                          cand_vecs: np.ndarray, row_index: Sequence[np.ndarray], unique: Sequence[Candidate],
+                          settings: EvalSettings) -> DatasetModeResult:
+    """Encode every query of one dataset in one mode and score it against its own candidate list."""
+    from tqdm.auto import tqdm
+
+    res = DatasetModeResult(dataset=info.name, mode=mode, meta_task=info.meta_task, ood=bool(info.ood),
+                            indices=[], correct=[], augmented=[], p_augment=[], latency_ms=[], n_candidates=[],
+                            settings={"threshold": settings.threshold, "max_new_tokens": settings.max_new_tokens})
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    disable = None if settings.show_progress_bar is None else not settings.show_progress_bar
+    for row, idx in tqdm(list(zip(rows, row_index)), desc=f"{info.name} [{mode}]", leave=False, disable=disable,
+                         unit="query"):
+        qr, wall = _encode_one(model, row.query, mode, settings)
+        emb = np.asarray(qr.embedding, dtype=np.float32).reshape(-1)
+        scores = cand_vecs[idx] @ emb
+        ok = is_correct(scores)
+        timings = dict(getattr(qr, "timings", None) or {})
+        total = _float_or_none(timings.get("total"))
+        latency = total if total is not None else wall
+        for k, v in timings.items():
+            v = _float_or_none(v)
+            if v is not None:
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+        augmented = qr.decision == "/augment"
+        p_aug = _float_or_none(qr.p_augment)
+        res.indices.append(int(row.index))
+        res.correct.append(ok)
+        res.augmented.append(augmented)
+        res.p_augment.append(p_aug)
+        res.latency_ms.append(float(latency))
+        res.n_candidates.append(len(idx))
+        order = np.argsort(-scores, kind="stable")[: settings.top_k]
+        q = row.query
+        res.predictions.append({
+            "dataset": info.name, "index": int(row.index), "mode": mode,
+            "query": q.text, "image": _image_str(q.image), "instruction": getattr(q, "instruction", None),
+            "decision": qr.decision, "p_augment": p_aug, "augmentation": qr.augmentation,
+            "correct": ok, "latency_ms": round(float(latency), 3), "n_candidates": len(idx),
+            "positive_score": float(scores[0]),
+            "top": [{"index": int(j), "text": unique[idx[j]].text, "image": _image_str(unique[idx[j]].image),
+                     "score": float(scores[j]), "correct": bool(j == 0)} for j in order],
+        })
+    res.timings_ms = {k: sums[k] / counts[k] for k in sorted(sums, key=_timing_order)}
+    return res
+
+
+def _timing_order(k: str) -> tuple[int, str]:
+    return (TIMING_KEYS.index(k) if k in TIMING_KEYS else len(TIMING_KEYS), k)
+
+
+# --- resume sidecar ----------------------------------------------------------------------------------------------
+
+
+def _safe_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    if safe != name:
+        safe += "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return safe
+
+
+class Sidecar:
+    """Per-(dataset, mode) partial results next to the report, so reruns skip finished work.
+
+    The manifest records the settings that change results (model, data, limit, threshold, max_new_tokens); a rerun
+    with other settings refuses to mix results and asks for `--fresh`. The predictions file is kept in step with
+    the stored parts: appended when a part finishes, rebuilt from the parts if an interrupted run left it out of step.
+    """
+
+    def __init__(self, folder: Path, predictions: Path, fingerprint: dict[str, Any]):
+        self.folder = Path(folder)
+        self.predictions = Path(predictions)
+        self.fingerprint = fingerprint
+
+    def prepare(self, resume: bool) -> None:
+        manifest = self.folder / "manifest.json"
+        if not resume:
+            if self.folder.exists():
+                if not manifest.exists() and any(self.folder.iterdir()):
+                    raise EvaluationError(f"{self.folder} is not an evaluation sidecar (no manifest.json); "
+                                          "not deleting it: choose another --out")
+                shutil.rmtree(self.folder)
+            self.predictions.unlink(missing_ok=True)
+        elif manifest.exists():
+            old = json.loads(manifest.read_text(encoding="utf-8"))
+            if old != self.fingerprint:
+                diff = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
+                raise EvaluationError(
+                    f"{self.folder} holds results of a run with other settings ({', '.join(diff)}); "
+                    "pass --fresh (resume=False) to start over, or write to another --out")
+        elif self.folder.exists() and any(self.folder.iterdir()):
+            raise EvaluationError(f"{self.folder} exists but has no manifest.json; remove it or pass --fresh")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(manifest, self.fingerprint)
+        self._reconcile_predictions()
+
+    def _part(self, dataset: str, mode: str) -> Path:
+        return self.folder / f"{_safe_name(dataset)}.{mode}.json"
+
+    def _cands(self, dataset: str, signature: str) -> Path:
+        return self.folder / f"{_safe_name(dataset)}.{signature}.candidates.npy"
+
+    def load(self, dataset: str, mode: str, signature: str) -> DatasetModeResult | None:
+        """A stored part, or None when there is none or it was made from other data files (then it is redone)."""
+        p = self._part(dataset, mode)
+        if not p.exists():
+            return None
+        try:
+            r = DatasetModeResult.from_dict(json.loads(p.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError):
+            logger.warning("ignoring unreadable sidecar part %s", p)
+            return None
+        if (r.dataset, r.mode) != (dataset, mode):
+            return None
+        if r.settings.get("data_signature") != signature:
+            logger.warning("%s [%s]: data files changed since the stored result; evaluating again", dataset, mode)
+            return None
+        return r
+
+    def save(self, result: DatasetModeResult) -> None:
+        """Store the part first, then append its predictions (a crash in between is repaired by reconcile).
+        A part that replaces a stale one has its old predictions dropped first."""
+        part = self._part(result.dataset, result.mode)
+        if part.exists():
+            part.unlink()
+            self._reconcile_predictions()
+        atomic_write_json(part, result.to_dict())
+        append_jsonl(self.predictions, result.predictions)
+
+    def load_candidates(self, dataset: str, signature: str, n: int) -> np.ndarray | None:
+        p = self._cands(dataset, signature)
+        if not p.exists():
+            return None
+        try:
+            v = np.load(p)
+        except (OSError, ValueError):
+            return None
+        return v if v.ndim == 2 and v.shape[0] == n else None
+
+    def save_candidates(self, dataset: str, signature: str, vecs: np.ndarray) -> None:
+        p = self._cands(dataset, signature)
+        tmp = p.with_name(f".{p.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, vecs)
+        os.replace(tmp, p)
+
+    def drop_candidates(self, dataset: str) -> None:
+        for p in self.folder.glob(f"{_safe_name(dataset)}.*.candidates.npy"):
+            p.unlink(missing_ok=True)
+
+    def _all_parts(self) -> list[DatasetModeResult]:
+        parts = []
+        for p in sorted(self.folder.glob("*.json")):
+            if p.name == "manifest.json":
+                continue
+            try:
+                parts.append(DatasetModeResult.from_dict(json.loads(p.read_text(encoding="utf-8"))))
+            except (json.JSONDecodeError, TypeError):
+                logger.warning("ignoring unreadable sidecar part %s", p)
+                p.unlink(missing_ok=True)
+        return parts
+
+    def _reconcile_predictions(self) -> None:
+        parts = self._all_parts()
+        expected = {(r.dataset, r.mode): r.n for r in parts}
+        found: dict[tuple[str, str], int] = {}
+        for rec in read_jsonl(self.predictions):
+            key = (rec.get("dataset"), rec.get("mode"))
+            found[key] = found.get(key, 0) + 1
+        if found != expected:
+            if found:
+                logger.info("rebuilding %s from %d stored parts", self.predictions, len(parts))
+            write_jsonl(self.predictions, (p for r in parts for p in r.predictions))
+
+
+# --- the run -----------------------------------------------------------------------------------------------------
+
+
+def _model_name(model: Any, given: str | None) -> str:
+    if given:
+        return given
+    for attr in ("name_or_path", "path", "model_path"):
+        v = getattr(model, attr, None)
+        if v:
+            return str(v)
+    return type(model).__name__
+
+
+def load_model(path: str | Path) -> Any:
+    """`MSolomon.from_pretrained(path)`, with a clear error when the folder does not exist."""
+    p = Path(path)
+    looks_local = p.is_absolute() or str(path).startswith(".") or p.exists() or len(p.parts) != 2
+    if looks_local and not p.exists():
+        hint = " (the shipped default model; pass --model)" if p.resolve() == default_model_path() else ""
+        raise EvaluationError(f"model not found: {path}{hint}")
+    from msolomon.model import MSolomon
+
+    try:
+        return MSolomon.from_pretrained(str(path))
+    except (OSError, ValueError) as err:  # from_pretrained reports unloadable folders as ValueError
+        raise EvaluationError(f"cannot load model {path}: {err}") from None
+
+
+def evaluate(model: Any, data_dir: str | Path | Benchmark, image_root: str | Path | None = None,
+             modes: Sequence[str] | str = MODES, limit: int | None = None, thresholds: Sequence[float] | None = None,
+             out: str | Path | None = None, *, datasets: Sequence[str] | None = None, threshold: float = 0.5,
+             max_new_tokens: int = 64, candidate_batch_size: int = 32, resume: bool = True,
+             show_progress_bar: bool | None = None, model_name: str | None = None) -> dict[str, Any]:
+    """Evaluate `model` (an MSolomon, anything with its `encode_queries`/`encode_candidates`, or a path) on a
+    MiniMMEB or MMEB-eval folder and return the DESIGN.md section 4 report.
+
+    With `out`, also writes FILE.json, FILE.md, FILE.png, FILE.predictions.jsonl and the resume sidecar FILE.parts/.
+    Reusing one `out` for a *different* in-memory model needs `resume=False` or another `model_name`, since the
+    sidecar knows models only by name.
+    """
+    settings = EvalSettings(modes=modes if isinstance(modes, str) else tuple(modes), limit=limit,
+                            thresholds=tuple(thresholds) if thresholds is not None else None,
+                            datasets=tuple(datasets) if datasets is not None else None, threshold=threshold,
+                            max_new_tokens=max_new_tokens, candidate_batch_size=candidate_batch_size,
+                            resume=resume, show_progress_bar=show_progress_bar)
+    bench = data_dir if isinstance(data_dir, Benchmark) else open_benchmark(data_dir, image_root, settings.split)
+    if isinstance(model, (str, Path)):
+        model_name = model_name or str(model)
+        model = load_model(model)
+    return run_evaluation(model, bench, settings, Path(out) if out is not None else None,
+                          model_name=_model_name(model, model_name))
+
+
+def _select(bench: Benchmark, wanted: Sequence[str] | None) -> list[str]:
+    if wanted is None:
+        return list(bench.names)
+    missing = [n for n in wanted if n not in bench.names]
+    if missing:
+        raise EvaluationError(f"unknown dataset {', '.join(map(repr, missing))} in {bench.data_dir}; "
+                              f"available: {', '.join(bench.names)}")
+    return list(wanted)
+
+
+def run_evaluation(model: Any, bench: Benchmark, settings: EvalSettings, out: Path | None = None,
+                   model_name: str = "model") -> dict[str, Any]:
+    """The evaluation proper: per dataset, encode candidates once, then every needed mode; aggregate; write."""
+    from tqdm.auto import tqdm
+
+    names = _select(bench, settings.datasets)
+    paths = output_paths(out) if out is not None else None
+    sidecar = None
+    if paths is not None:
+        fingerprint = {"version": SIDECAR_VERSION, "model": model_name, "data": str(bench.data_dir.resolve()),
+                       "image_root": str(bench.image_root.resolve()), "split": settings.split,
+                       "limit": settings.limit, "threshold": settings.threshold,
+                       "max_new_tokens": settings.max_new_tokens}
+        sidecar = Sidecar(paths["parts"], paths["predictions"], fingerprint)
+        sidecar.prepare(settings.resume)
+
+    run_modes = settings.run_modes
+    if set(run_modes) != set(settings.modes):
+        logger.info("threshold sweep: also running %s", ", ".join(m for m in run_modes if m not in settings.modes))
+    results: dict[str, dict[str, DatasetModeResult]] = {m: {} for m in run_modes}
+    disable = None if settings.show_progress_bar is None else not settings.show_progress_bar
+    for name in tqdm(names, desc="datasets", disable=disable, unit="dataset"):
+        info = bench.infos[name]
+        signature = bench.signature(name)
+        todo = []
+        for m in run_modes:
+            done = sidecar.load(name, m, signature) if sidecar else None
+            if done is not None:
+                results[m][name] = done
+            else:
+                todo.append(m)
+        if not todo:
+            logger.info("%s: done in an earlier run, skipped", name)
+            continue
+        rows = bench.read(name, settings.limit)
+        if not rows:
+            logger.warning("%s: no rows, skipped", name)
+            continue
+        unique, row_index = unique_candidates(rows)
+        n_dup = sum(int((ix[1:] == ix[0]).any()) for ix in row_index)
+        if n_dup:
+            logger.warning("%s: %d queries list their positive twice; they can never count as correct", name, n_dup)
+        vecs = sidecar.load_candidates(name, signature, len(unique)) if sidecar else None
+        if vecs is None:
+            logger.info("%s: %d queries, %d unique candidates (of %d listed)", name, len(rows), len(unique),
+                        sum(len(ix) for ix in row_index))
+            vecs = encode_candidates_once(model, unique, settings)
+            if sidecar and len(todo) > 1:
+                sidecar.save_candidates(name, signature, vecs)
+        for m in todo:
+            r = evaluate_dataset_mode(model, rows, info, m, vecs, row_index, unique, settings)
+            r.settings["data_signature"] = signature
+            results[m][name] = r
+            if sidecar:
+                sidecar.save(r)
+            logger.info("%s [%s]: P@1 %.2f, augment rate %.2f, latency %.1f ms", name, m, r.p_at_1,
+                        r.augment_rate, float(np.mean(r.latency_ms)))
+        if sidecar:
+            sidecar.drop_candidates(name)
+
+    report = build_report(results, settings, model_name, bench, names)
+    if paths is not None:
+        write_outputs(report, paths["json"])
+    return report
+
+
+def build_report(results: Mapping[str, Mapping[str, DatasetModeResult]], settings: EvalSettings, model_name: str,
+                 bench: Benchmark, names: Sequence[str]) -> dict[str, Any]:
+    """The DESIGN.md section 4 report, plus additions (settings, tie rule, chance, threshold curve)."""
+    modes_out = {}
+    for m in settings.run_modes:
+        per = {n: results[m][n] for n in names if n in results[m]}
+        modes_out[m] = aggregate_mode(per)
+    report: dict[str, Any] = {"model": model_name, "data": str(bench.data_dir), "split": settings.split,
+                              "modes": modes_out}
+    if settings.thresholds:
+        report["thresholds"] = _sweep(results, names, settings.thresholds)
+    report.update({
+        "image_root": str(bench.image_root), "benchmark": bench.kind,
+        "settings": {"modes": list(settings.modes), "limit": settings.limit, "threshold": settings.threshold,
+                     "max_new_tokens": settings.max_new_tokens, "datasets": list(names)},
+        "metric": {"precision_at_1": TIE_RULE, "macro": "overall, ind, ood and by_meta_task average datasets equally",
+                   "augment_rate": "fraction of all queries (micro); augment_rate_macro averages datasets",
+                   "latency_ms": "per query at batch size 1, QueryResult.timings['total'], search excluded"},
+    })
+    return report
+
+
+def _sweep(results: Mapping[str, Mapping[str, DatasetModeResult]], names: Sequence[str],
+           thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    never = {n: results["never"][n] for n in names if n in results["never"]}
+    always = {n: results["always"][n] for n in names if n in results["always"]}
+    p_aug = {}
+    for n in never:
+        source = next((results[m][n] for m in ("auto", "never", "always") if m in results and n in results[m]
+                       and all(p is not None for p in results[m][n].p_augment)), None)
+        if source is None:
+            raise EvaluationError(f"{n}: the model gave no p_augment, so the threshold sweep cannot be computed")
+        p_aug[n] = source.p_augment
+    return threshold_curve(never, always, p_aug, thresholds)
+
+
+def write_outputs(report: Mapping[str, Any], out: str | Path) -> dict[str, Path]:
+    """Write FILE.json, FILE.md and FILE.png (the predictions file is written as parts finish)."""
+    paths = output_paths(Path(out))
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["md"], markdown_report(report))
+    plot_report(report, paths["png"])
+    return paths
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m msolomon.evaluation",
+                                description="MMEB-style evaluation of an M-Solomon model (Precision@1, augment rate, "
+                                            "latency) in the modes auto, never and always.")
+    p.add_argument("--model", default=str(default_model_path()), help="model folder (default: the shipped model)")
+    p.add_argument("--data", required=True, help="a MiniMMEB folder or an MMEB-eval folder as published")
+    p.add_argument("--image-root", default=None, help="folder image paths resolve against (default: --data)")
+    p.add_argument("--out", required=True,
+                   help="report FILE.json; FILE.md, FILE.png, FILE.predictions.jsonl and FILE.parts/ go beside it")
+    p.add_argument("--modes", default="auto,never,always", help="comma-separated subset of auto,never,always")
+    p.add_argument("--limit", type=int, default=None, help="at most N queries per dataset")
+    p.add_argument("--thresholds", default=None,
+                   help="comma-separated decision thresholds to sweep for auto mode (uses the never/always runs)")
+    p.add_argument("--datasets", default=None, help="comma-separated dataset names (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="cap on the generated augmentation")
+    p.add_argument("--threshold", type=float, default=0.5, help="auto mode: augment when p_augment >= threshold")
+    p.add_argument("--candidate-batch-size", type=int, default=32)
+    p.add_argument("--fresh", action="store_true", help="ignore and clear results of an earlier run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; bad arguments print a one-line error and return 2."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        try:
+            thresholds = [float(t) for t in _csv(args.thresholds)] if args.thresholds is not None else None
+        except ValueError:
+            raise EvaluationError(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}") from None
+        settings = EvalSettings(modes=tuple(_csv(args.modes)), limit=args.limit,
+                                thresholds=tuple(thresholds) if thresholds is not None else None,
+                                datasets=tuple(_csv(args.datasets)) if args.datasets else None,
+                                threshold=args.threshold, max_new_tokens=args.max_new_tokens,
+                                candidate_batch_size=args.candidate_batch_size, resume=not args.fresh,
+                                show_progress_bar=False if args.quiet else None)
+        if Path(args.out).is_dir():
+            raise EvaluationError(f"--out must be a file path (FILE.json), got the folder {args.out}")
+        bench = open_benchmark(args.data, args.image_root, settings.split)
+        _select(bench, settings.datasets)  # fail on an unknown dataset before loading the model
+        model = load_model(args.model)
+        report = run_evaluation(model, bench, settings, Path(args.out), model_name=str(args.model))
+    except EvaluationError as e:  # a bad argument
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except DataFormatError as e:  # a malformed data file met during the run
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    print(markdown_report(report))
+    print(f"wrote {output_paths(Path(args.out))['json']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""The evaluation harness against a stand-in model with known embeddings (CPU, no torch, fast).
+
+The stand-in embeds every candidate as a one-hot vector keyed on (text, image file name), and each query as
+the one-hot (or a blend, to make ties) of a target it was told to point at: one target for the `/embed` path,
+one for the `/augment` path, and a fixed p_augment. So every number the harness reports can be recomputed
+here by brute force.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from msolomon import evaluation as ev
+from msolomon.inputs import QueryResult
+from msolomon.metrics import is_correct
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# dataset -> (meta_task, ood); the MMEB-eval layout uses real MMEB names with the same taxonomy
+DATASETS = {"CatCls": ("classification", False), "ColorVQA": ("vqa", False), "ShapeOOD": ("classification", True)}
+MMEB_NAMES = {"CatCls": "ImageNet-1K", "ColorVQA": "OK-VQA", "ShapeOOD": "ImageNet-R"}
+LAT_EMBED, LAT_AUG = 10.0, 30.0
+
+
+def _key(text, image) -> tuple:
+    return (text or None, Path(str(image)).name if image else None)
+
+
+class StandIn:
+    """Known embeddings; counts every candidate and query it encodes."""
+
+    def __init__(self, vocab: list[tuple], specs: dict[str, dict]):
+        self.pos = {k: i for i, k in enumerate(vocab)}
+        self.dim = len(vocab) + 1  # last axis: "points at nothing"
+        self.specs = specs
+        self.candidate_counts: Counter = Counter()
+        self.candidate_calls = 0
+        self.query_calls: Counter = Counter()  # (qid, mode) -> n
+
+    def vec(self, target) -> np.ndarray:
+        """target: a key, a list of keys (blend: a tie between them) or None (orthogonal to all candidates)."""
+        v = np.zeros(self.dim, np.float32)
+        keys = target if isinstance(target, list) else [target]
+        for k in keys:
+            if k is None:
+                v[-1] = 1.0
+            else:
+                v[self.pos[k]] += 1.0
+        return v / np.linalg.norm(v)
+
+    def encode_candidates(self, candidates, batch_size=32, show_progress_bar=None):
+        self.candidate_calls += 1
+        keys = [_key(c.text, c.image) for c in candidates]
+        self.candidate_counts.update(keys)
+        return np.stack([self.vec(k) for k in keys]) if keys else np.zeros((0, self.dim), np.float32)
+
+    def result(self, qid: str, mode: str, threshold: float = 0.5) -> QueryResult:
+        s = self.specs[qid]
+        aug = {"always": True, "never": False, "auto": s["p"] >= threshold}[mode]
+        lat = (LAT_AUG if aug else LAT_EMBED) + s["jitter"]
+        return QueryResult(
+            decision="/augment" if aug else "/embed", p_augment=s["p"], augmentation=f"aug {qid}" if aug else None,
+            embedding=self.vec(s["aug" if aug else "embed"]),
+            timings={"preprocess": 1.0, "decide": 2.0, "generate": lat - 5.0 if aug else 0.0, "embed": 2.0,
+                     "total": lat})
+
+    def encode_queries(self, queries, augment="auto", threshold=0.5, batch_size=8, max_new_tokens=64,
+                       show_progress_bar=None):
+        assert batch_size == 1 and len(queries) == 1, "latency must be measured one query at a time"
+        qid = re.search(r"qid:(\S+)", queries[0].text).group(1)
+        self.query_calls[(qid, augment)] += 1
+        return [self.result(qid, augment, threshold)]
+
+
+def _build(tmp: Path, seed: int = 0, layout: str = "minimmeb") -> tuple[Path, StandIn, dict]:
+    """Three small datasets and a stand-in model that knows their answers.
+
+    layout "minimmeb": DIR/minimmeb.json, DIR/test/NAME/test.jsonl, images under DIR.
+    layout "mmeb": MMEB-eval as published, DIR/NAME/test-00000-of-00001.parquet (one dataset as jsonl), real MMEB
+    names, images under a separate folder DIR/../images_root (pass it as image_root).
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    data = tmp / "bench"
+    img_root = data if layout == "minimmeb" else tmp / "images_root"
+    (img_root / "images").mkdir(parents=True)
+    for name, color in [("red.png", (255, 0, 0)), ("circle.png", (0, 255, 0)), ("square.png", (0, 0, 255)),
+                        ("q.png", (9, 9, 9))]:
+        Image.new("RGB", (8, 8), color).save(img_root / "images" / name)
+    vocab: list[tuple] = []
+    specs: dict[str, dict] = {}
+    rows_by_ds: dict[str, list[dict]] = {}
+    meta = {}
+    for short, (task, ood) in DATASETS.items():
+        name = short if layout == "minimmeb" else MMEB_NAMES[short]
+        if short == "CatCls":  # shared label set: heavy de-duplication
+            pool = [(f"label {i}", "") for i in range(5)]
+            n, k = 8, 4
+        elif short == "ColorVQA":  # text answers, some with an image
+            pool = [(f"answer {i}", "images/red.png" if i % 2 else "") for i in range(6)]
+            n, k = 6, 3
+        else:  # same text, different images: distinct candidates
+            pool = [("a shape", "images/circle.png"), ("a shape", "images/square.png")] + \
+                   [(f"shape {i}", "") for i in range(3)]
+            n, k = 5, 3
+        rows = []
+        for qi in range(n):
+            pick = rng.choice(len(pool), size=k, replace=False)
+            cands = [pool[j] for j in pick]
+            qid = f"{name}-{qi}"
+            keys = [_key(t, im) for t, im in cands]
+            choices = keys + [None]
+            # point at the positive half the time, else at a negative or at nothing
+            pick_target = lambda: keys[0] if rng.random() < 0.5 else choices[1 + rng.integers(len(choices) - 1)]
+            specs[qid] = {
+                "p": float(rng.choice([0.1, 0.3, 0.5, 0.7, 0.9])),
+                "embed": pick_target(),
+                "aug": pick_target(),
+                "jitter": float(qi),
+            }
+            rows.append({"qry_text": f"<|image_1|> qid:{qid} what is it?" if short == "ColorVQA" else f"qid:{qid} x",
+                         "qry_img_path": "images/q.png" if short == "ColorVQA" else "",
+                         "tgt_text": [t for t, _ in cands], "tgt_img_path": [im for _, im in cands]})
+            for kk in keys:
+                if kk not in vocab:
+                    vocab.append(kk)
+        # a tie between the positive and a negative on the /augment path, and a miss on the /embed path
+        first = [_key(t, im) for t, im in zip(rows[0]["tgt_text"], rows[0]["tgt_img_path"])]
+        specs[f"{name}-0"].update({"aug": first[:2], "embed": None, "p": 0.9})
+        rows_by_ds[name] = rows
+        meta[name] = {"meta_task": task, "ood": ood, "splits": ["test"], "n_candidates": k}
+        folder = data / "test" / name if layout == "minimmeb" else data / name
+        folder.mkdir(parents=True)
+        if layout == "mmeb" and short != "ColorVQA":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), folder / "test-00000-of-00001.parquet")
+        else:
+            (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if layout == "minimmeb":
+        (data / "minimmeb.json").write_text(json.dumps({"datasets": meta}))
+    return data, StandIn(vocab, specs), rows_by_ds
+
+
+def _brute(model: StandIn, rows_by_ds: dict, mode: str, threshold: float = 0.5) -> dict[str, dict]:
+    """Per dataset: P@1 (positive strictly above all others), augment rate, mean latency — no de-duplication."""
+    out = {}
+    for name, rows in rows_by_ds.items():
+        correct, aug, lat = [], [], []
+        for r in rows:
+            qid = re.search(r"qid:(\S+)", r["qry_text"]).group(1)
+            res = model.result(qid, mode, threshold)
+            C = np.stack([model.vec(_key(t, im)) for t, im in zip(r["tgt_text"], r["tgt_img_path"])])
+            s = C @ res.embedding
+            correct.append(bool(s[0] > s[1:].max()))
+            aug.append(res.decision == "/augment")
+            lat.append(res.timings["total"])
+        out[name] = {"p": 100 * np.mean(correct), "aug": aug, "lat": lat}
+    return out
+
+
+@pytest.fixture()
+def bench(tmp_path):
+    return _build(tmp_path)
+
+
+def test_tie_rule():
+    assert is_correct(np.array([0.9, 0.1, 0.2]))
+    assert not is_correct(np.array([0.5, 0.5, 0.1]))  # a tie for the top counts as wrong
+    assert not is_correct(np.array([0.1, 0.5]))
+    assert is_correct(np.array([0.3]))
+
+
+@pytest.mark.parametrize("layout", ["minimmeb", "mmeb"])
+def test_metrics_match_brute_force(tmp_path, layout):
+    if layout == "mmeb":
+        pytest.importorskip("pyarrow")
+    data, model, rows = _build(tmp_path, layout=layout)
+    image_root = tmp_path / "images_root" if layout == "mmeb" else None
+    rep = ev.evaluate(model, data, image_root=image_root, modes=("auto", "never", "always"), out=tmp_path / "r.json",
+                      show_progress_bar=False)
+    assert rep["benchmark"] == {"minimmeb": "minimmeb", "mmeb": "mmeb-eval"}[layout]
+    short = {v: k for k, v in MMEB_NAMES.items()} if layout == "mmeb" else {k: k for k in DATASETS}
+    assert rep["split"] == "test" and set(rep["modes"]) == {"auto", "never", "always"}
+    for mode in ("auto", "never", "always"):
+        m = rep["modes"][mode]
+        brute = _brute(model, rows, mode)
+        for name, b in brute.items():
+            d = m["datasets"][name]
+            assert d["p_at_1"] == pytest.approx(b["p"], abs=1e-3)
+            assert d["n"] == len(rows[name])
+            assert d["augment_rate"] == pytest.approx(np.mean(b["aug"]), abs=1e-4)
+            assert d["latency_ms_mean"] == pytest.approx(np.mean(b["lat"]), abs=1e-3)
+            assert (d["meta_task"], d["ood"]) == DATASETS[short[name]]
+            k = len(rows[name][0]["tgt_text"])
+            assert d["chance"] == pytest.approx(100 / k, abs=1e-3) and d["n_candidates"] == k
+        p = {short[n]: b["p"] for n, b in brute.items()}
+        assert m["overall"] == pytest.approx(np.mean(list(p.values())), abs=1e-3)
+        assert m["ind"] == pytest.approx((p["CatCls"] + p["ColorVQA"]) / 2, abs=1e-3)
+        assert m["ood"] == pytest.approx(p["ShapeOOD"], abs=1e-3)
+        assert m["by_meta_task"] == pytest.approx(
+            {"classification": (p["CatCls"] + p["ShapeOOD"]) / 2, "vqa": p["ColorVQA"]}, abs=1e-3)
+        all_aug = [a for b in brute.values() for a in b["aug"]]
+        all_lat = [x for b in brute.values() for x in b["lat"]]
+        assert m["augment_rate"] == pytest.approx(np.mean(all_aug), abs=1e-4)  # micro: over all queries
+        assert m["latency_ms"]["mean"] == pytest.approx(np.mean(all_lat), abs=1e-3)
+        assert m["latency_ms"]["p50"] == pytest.approx(np.percentile(all_lat, 50), abs=1e-3)
+        assert m["latency_ms"]["p95"] == pytest.approx(np.percentile(all_lat, 95), abs=1e-3)
+    assert rep["modes"]["always"]["augment_rate"] == 1.0 and rep["modes"]["never"]["augment_rate"] == 0.0
+    # the planted tie on the /augment path of each dataset's query 0 counts as wrong
+    preds = [json.loads(x) for x in (tmp_path / "r.predictions.jsonl").read_text().splitlines()]
+    tied = [p for p in preds if p["index"] == 0 and p["mode"] == "always"]
+    assert len(tied) == 3 and all(not p["correct"] and p["top"][0]["score"] == p["top"][1]["score"] for p in tied)
+
+
+def test_each_unique_candidate_encoded_once(bench):
+    data, model, rows = bench
+    ev.evaluate(model, data, modes="auto,never,always", thresholds=[0, 0.5, 1], show_progress_bar=False)
+    assert model.candidate_calls == len(DATASETS)  # one call per dataset, shared by all modes and thresholds
+    expected = set()
+    for rs in rows.values():
+        expected |= {_key(t, im) for r in rs for t, im in zip(r["tgt_text"], r["tgt_img_path"])}
+    assert set(model.candidate_counts) == expected
+    assert all(c == 1 for c in model.candidate_counts.values())
+    # ("a shape", circle) and ("a shape", square) are different candidates
+    assert model.candidate_counts[("a shape", "circle.png")] == model.candidate_counts[("a shape", "square.png")] == 1
+    # each query encoded once per mode
+    assert set(model.query_calls.values()) == {1}
+    assert len(model.query_calls) == 3 * sum(len(r) for r in rows.values())
+
+
+def test_resume_skips_done_work_and_keeps_predictions_unique(bench, tmp_path):
+    data, model, rows = bench
+    out = tmp_path / "res" / "report.json"
+    n_q = {n: len(r) for n, r in rows.items()}
+    ev.evaluate(model, data, modes=("auto",), datasets=["CatCls"], out=out, show_progress_bar=False)
+    assert model.candidate_calls == 1
+
+    model.query_calls.clear()
+    model.candidate_calls = 0
+    rep = ev.evaluate(model, data, modes=("auto",), out=out, show_progress_bar=False)
+    assert model.candidate_calls == 2  # CatCls was done: skipped
+    assert not any(q.startswith("CatCls") for q, _ in model.query_calls)
+    assert set(rep["modes"]["auto"]["datasets"]) == set(DATASETS)
+
+    model.query_calls.clear()
+    model.candidate_calls = 0
+    ev.evaluate(model, data, modes=("auto", "never"), out=out, show_progress_bar=False)
+    assert model.candidate_calls == 3 and {m for _, m in model.query_calls} == {"never"}
+
+    model.query_calls.clear()
+    model.candidate_calls = 0
+    rep2 = ev.evaluate(model, data, modes=("auto", "never"), out=out, show_progress_bar=False)
+    assert model.candidate_calls == 0 and not model.query_calls  # all done: nothing re-encoded
+    assert rep2["modes"]["auto"] == rep["modes"]["auto"]
+
+    preds_path = out.with_name("report.predictions.jsonl")
+    keys = [(p["dataset"], p["index"], p["mode"]) for p in map(json.loads, preds_path.read_text().splitlines())]
+    assert len(keys) == len(set(keys)) == 2 * sum(n_q.values())
+
+    # an interrupted run can leave the predictions file out of step with the stored parts: it is repaired
+    lines = preds_path.read_text().splitlines()
+    preds_path.write_text("\n".join(lines[:-3] + lines[:2]) + "\n")
+    ev.evaluate(model, data, modes=("auto", "never"), out=out, show_progress_bar=False)
+    keys = [(p["dataset"], p["index"], p["mode"]) for p in map(json.loads, preds_path.read_text().splitlines())]
+    assert len(keys) == len(set(keys)) == 2 * sum(n_q.values())
+
+    # a dataset whose files changed since is evaluated again, and its old predictions are replaced
+    import os
+
+    f = data / "test" / "CatCls" / "test.jsonl"
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    model.query_calls.clear()
+    model.candidate_calls = 0
+    ev.evaluate(model, data, modes=("auto", "never"), out=out, show_progress_bar=False)
+    assert model.candidate_calls == 1 and {q.split("-")[0] for q, _ in model.query_calls} == {"CatCls"}
+    keys = [(p["dataset"], p["index"], p["mode"]) for p in map(json.loads, preds_path.read_text().splitlines())]
+    assert len(keys) == len(set(keys)) == 2 * sum(n_q.values())
+
+    # other settings refuse to mix with stored results, unless asked to start over
+    with pytest.raises(ev.EvaluationError, match="--fresh"):
+        ev.evaluate(model, data, modes=("auto",), limit=2, out=out, show_progress_bar=False)
+    rep3 = ev.evaluate(model, data, modes=("auto",), limit=2, out=out, resume=False, show_progress_bar=False)
+    assert all(d["n"] == 2 for d in rep3["modes"]["auto"]["datasets"].values())
+    assert len(preds_path.read_text().splitlines()) == 2 * len(DATASETS)
+
+
+def test_threshold_sweep_without_reencoding(bench, tmp_path):
+    data, model, rows = bench
+    rep = ev.evaluate(model, data, modes=("auto",), thresholds=[0, 0.5, 1.01], out=tmp_path / "t.json",
+                      show_progress_bar=False)
+    assert set(rep["modes"]) == {"auto", "never", "always"}  # the sweep ran the two paths it needs
+    curve = {e["threshold"]: e for e in rep["thresholds"]}
+    for t, mode in [(0.0, "always"), (1.01, "never"), (0.5, "auto")]:
+        e, m = curve[t], rep["modes"][mode]
+        for k in ("overall", "ind", "ood", "augment_rate"):
+            assert e[k] == pytest.approx(m[k], abs=1e-3), (t, k)
+        assert e["latency_ms_mean"] == pytest.approx(m["latency_ms"]["mean"], abs=1e-3)
+        assert e["by_meta_task"] == pytest.approx(m["by_meta_task"], abs=1e-3)
+    assert curve[0.0]["augment_rate"] == 1.0 and curve[1.01]["augment_rate"] == 0.0
+    assert sum(model.query_calls.values()) == 3 * sum(len(r) for r in rows.values())
+
+
+def test_output_files_exist_and_parse(bench, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    data, model, rows = bench
+    monkeypatch.setattr(ev, "load_model", lambda path: model)
+    out = tmp_path / "cli" / "rep.json"
+    rc = ev.main(["--model", "stand-in", "--data", str(data), "--out", str(out), "--thresholds", "0,0.5,1",
+                  "--quiet"])
+    assert rc == 0
+    assert "| mode |" in capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    assert rep["model"] == "stand-in" and rep["data"] == str(data)
+    for m in rep["modes"].values():
+        assert {"overall", "ind", "ood", "by_meta_task", "augment_rate", "latency_ms", "datasets"} <= set(m)
+        assert set(m["latency_ms"]) >= {"mean", "p50", "p95"}
+        for d in m["datasets"].values():
+            assert {"meta_task", "ood", "n", "p_at_1", "augment_rate", "latency_ms_mean"} <= set(d)
+    md = out.with_suffix(".md").read_text()
+    assert "| auto |" in md and "| never |" in md and "ShapeOOD" in md and "threshold" in md
+    with Image.open(out.with_suffix(".png")) as im:
+        assert im.size[0] > 100
+    preds = [json.loads(x) for x in out.with_name("rep.predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 3 * sum(len(r) for r in rows.values())
+    p = preds[0]
+    assert {"dataset", "index", "mode", "query", "image", "decision", "p_augment", "augmentation", "top"} <= set(p)
+    assert 1 <= len(p["top"]) <= 5 and {"index", "text", "image", "score", "correct"} <= set(p["top"][0])
+    assert any(q["image"] and q["image"].endswith("q.png") for q in preds)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--modes", "auto,sometimes"], "unknown mode 'sometimes'"),
+    (["--limit", "0"], "--limit must be a positive integer"),
+    (["--limit", "-3"], "--limit must be a positive integer"),
+    (["--thresholds", "0,abc"], "--thresholds must be comma-separated numbers"),
+    (["--threshold", "1.5"], "--threshold must be in [0, 1]"),
+    (["--datasets", "CatCls,Nope"], "unknown dataset 'Nope'"),
+    (["--model", "/no/such/model"], "model not found: /no/such/model"),
+])
+def test_bad_arguments_exit_2(bench, tmp_path, capsys, extra, message):
+    data, _, _ = bench
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--data", str(data), "--out", str(tmp_path / "x.json"), "--quiet"] + extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_data_folder_exits_2_from_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "msolomon.evaluation", "--data", str(tmp_path / "nope"),
+                           "--out", str(tmp_path / "x.json")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "data folder not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_with_the_tiny_model(bench, tmp_path, tiny_model):
+    """The harness against the real MSolomon API (untrained tiny model): auto agrees with the sweep at its threshold."""
+    data, _, _ = bench
+    rep = ev.evaluate(tiny_model, data, limit=2, thresholds=[0, 0.5, 1.01], max_new_tokens=4,
+                      out=tmp_path / "tiny.json", show_progress_bar=False, model_name="tiny")
+    curve = {e["threshold"]: e for e in rep["thresholds"]}
+    auto = rep["modes"]["auto"]
+    assert curve[0.5]["overall"] == pytest.approx(auto["overall"], abs=1e-3)
+    assert curve[0.5]["augment_rate"] == pytest.approx(auto["augment_rate"], abs=1e-4)
+    for mode, t in (("always", 0.0), ("never", 1.01)):
+        assert curve[t]["overall"] == pytest.approx(rep["modes"][mode]["overall"], abs=1e-3)
+    assert all(m["latency_ms"]["mean"] > 0 for m in rep["modes"].values())
+    assert all(d["n"] == 2 for d in auto["datasets"].values())
+
+
+def test_interrupted_dataset_resumes_without_reencoding_candidates(bench, tmp_path):
+    data, model, rows = bench
+    out = tmp_path / "crash.json"
+    real = model.encode_queries
+
+    def flaky(queries, augment="auto", **kw):
+        if augment == "never":
+            raise KeyboardInterrupt  # the run dies in the dataset's second mode
+        return real(queries, augment=augment, **kw)
+
+    model.encode_queries = flaky
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(model, data, modes=("auto", "never"), datasets=["CatCls"], out=out, show_progress_bar=False)
+    assert model.candidate_calls == 1
+    model.encode_queries = real
+    model.query_calls.clear()
+    rep = ev.evaluate(model, data, modes=("auto", "never"), datasets=["CatCls"], out=out, show_progress_bar=False)
+    assert model.candidate_calls == 1  # the candidate embeddings were kept in the sidecar
+    assert {m for _, m in model.query_calls} == {"never"}  # auto was already done
+    assert rep["modes"]["never"]["datasets"]["CatCls"]["n"] == len(rows["CatCls"])
+    assert not list((tmp_path / "crash.parts").glob("*.npy"))  # dropped once the dataset is complete

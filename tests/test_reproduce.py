@@ -1,0 +1,39 @@
+"""A tiny-scale smoke run of the whole pipeline: data, oracle synthesis, NoAug, AlwaysAug, pilot, M-Solomon,
+evaluation, report. Checks the wiring and the report's shape (the tiny scale is too small to show the paper's
+claims; the shipped model's report holds the real figures)."""
+from __future__ import annotations
+
+import json
+
+from training.reproduce import ReproduceSettings, run
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 1, "vision_dim": 32, "vision_depth": 1}
+
+
+def test_reproduce_smoke(tmp_path):
+    out = tmp_path / "rep"
+    settings = ReproduceSettings(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
+                                 eval_limit=4, tiny=TINY)
+    result = run(settings)
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["models"]) == {"noaug", "alwaysaug", "msolomon"}
+    for name in report["models"]:
+        assert set(report["models"][name]["modes"]) >= {"auto", "never", "always"}
+    split = report["split"]
+    meta = json.loads((out / "minimmeb" / "minimmeb.json").read_text())["datasets"]
+    ind = sorted(n for n, m in meta.items() if not m["ood"])
+    # the split covers exactly the in-distribution sets and came from the two pilot reports
+    assert sorted(split["split"]["augment"] + split["split"]["embed"]) == ind
+    pilot_noaug = json.loads((out / "eval" / "noaug.pilot.json").read_text())["modes"]["never"]["datasets"]
+    for name, ev in split["datasets"].items():
+        assert ev["noaug_p_at_1"] == pilot_noaug[name]["p_at_1"]
+        assert (ev["assignment"] == "augment") == (ev["delta"] > split["margin"])
+    assert (out / "report.md").read_text().startswith("# M-Solomon on MiniMMEB")
+    assert (out / "report.png").stat().st_size > 1000
+    assert (out / "msolomon" / "final" / "model.safetensors").is_file()
+    always = report["models"]["alwaysaug"]["modes"]["always"]
+    assert always["augment_rate"] == 1.0
+    assert report["models"]["noaug"]["modes"]["never"]["augment_rate"] == 0.0
+    # a rerun skips every finished stage
+    again = run(settings)
+    assert again["split"] == result["split"]
