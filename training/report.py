@@ -134,3 +134,34 @@ def write_reproduce_report(result: Mapping[str, Any], out: Path) -> None:
     tmp.write_text(markdown(result))
     os.replace(tmp, out / "report.md")
     plot(result, out / "report.png")
+
+
+MODEL_CARD_HEAD = """# M-Solomon tiny (MiniMMEB) — the shipped default model
+
+A small Qwen2-VL (`Qwen2VLForConditionalGeneration`, built from a config and trained from scratch on CPU) that
+decides per query whether to augment (`/augment`) or embed at once (`/embed`), trained with
+`L_rep + λ·L_gen` on MiniMMEB with the split found by the pilot study. Same classes and code path as
+Qwen2-VL-2B; it only knows MiniMMEB's small world (digits, drawn shapes and scenes, charts, forms, signs,
+garments, a few photos).
+
+Made by:
+
+```bash
+{command}
+```
+
+Load it with `MSolomon.from_pretrained("assets/model")`; it is the default of every command that takes `--model`.
+Files: safetensors weights, the local byte-level BPE tokenizer (Qwen2-VL special tokens + `/augment`, `/embed`),
+the image processor settings, `msolomon.json` (format settings), `report.json` (the reproduce report:
+`{{"split": ..., "models": {{"noaug": ..., "alwaysaug": ..., "msolomon": ...}}}}`).
+
+"""
+
+
+def write_model_card(result: Mapping[str, Any], model_dir: Path, command: str) -> None:
+    """assets/model/README.md (how it was made, the pilot split, the measured table) and report.json."""
+    card = MODEL_CARD_HEAD.format(command=command) + markdown(result).split("\n", 1)[1]
+    (model_dir / "README.md").write_text(card)
+    data = dict(result)
+    data["claims"] = claims(result)
+    (model_dir / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

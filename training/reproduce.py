@@ -48,6 +48,7 @@ class ReproduceSettings:
     max_new_tokens: int = 32
     eval_limit: int | None = None
     threads: int | None = None
+    ship: str | None = None  # copy the M-Solomon model here with its model card (assets/model)
 
 
 def stage_data(s: ReproduceSettings, out: Path) -> Path:
@@ -151,9 +152,54 @@ def run(s: ReproduceSettings) -> dict:
 
     split_data = json.loads(split.read_text())
     result = {"split": split_data, "models": reports, "settings": asdict(s),
-              "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+              "timings_s": accumulate_timings(out / "timings.json", timings)}
     write_reproduce_report(result, out)
+    if s.ship:
+        ship_model(result, finals["msolomon"], Path(s.ship), command_line(s))
     return result
+
+
+def accumulate_timings(path: Path, timings: dict[str, float]) -> dict[str, float]:
+    """Stage times summed over every invocation on this folder, so a resumed (or re-shipped) run still reports
+    the time its stages really took."""
+    total = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in timings.items():
+        total[key] = round(total.get(key, 0.0) + value, 1)
+    total["total_s"] = round(sum(v for k, v in total.items() if k != "total_s"), 1)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(total, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return total
+
+
+def command_line(s: ReproduceSettings) -> str:
+    defaults = ReproduceSettings(out="")
+    parts = ["python -m training.reproduce", f"--out {s.out}"]
+    for key, value in asdict(s).items():
+        if key not in ("out", "ship", "tiny") and value != getattr(defaults, key):
+            parts.append(f"--{key.replace('_', '-')} {value}")
+    if s.tiny:
+        parts.append(f"--tiny '{json.dumps(s.tiny)}'")
+    if s.ship:
+        parts.append(f"--ship {s.ship}")
+    return " ".join(parts)
+
+
+def ship_model(result: dict, final: Path, dest: Path, command: str) -> None:
+    """Copy the trained M-Solomon model to `dest` (e.g. assets/model) with its model card and report."""
+    import shutil
+
+    from training.report import write_model_card
+
+    tmp = dest.with_name(dest.name + ".tmp-ship")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(final, tmp)
+    write_model_card(result, tmp, command)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    logger.info("shipped the M-Solomon model to %s", dest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,9 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     defaults = ReproduceSettings(out="")
     for name in ("seed", "scale", "data", "error_rate", "epochs", "max_steps", "batch_size", "lr", "gen_weight",
-                 "temperature", "margin", "max_new_tokens", "eval_limit", "threads"):
+                 "temperature", "margin", "max_new_tokens", "eval_limit", "threads", "ship"):
         default = getattr(defaults, name)
-        kind = {"max_steps": int, "eval_limit": int, "threads": int, "data": str}.get(name, type(default))
+        kind = {"max_steps": int, "eval_limit": int, "threads": int, "data": str, "ship": str}.get(name, type(default))
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default)
     parser.add_argument("--tiny", default="{}", help="JSON object of TinyConfig overrides")
     args = parser.parse_args(argv)
