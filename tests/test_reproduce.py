@@ -7,13 +7,15 @@ import json
 
 from training.reproduce import ReproduceSettings, run
 
+# two in-distribution sets of different meta-tasks, a third one, and the two out-of-distribution mirror sets
+SUBSET = ["DigitsCLS", "ScenesVQA", "ScenesT2I", "DigitsR", "FashionCIR"]
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 1, "vision_dim": 32, "vision_depth": 1}
 
 
 def test_reproduce_smoke(tmp_path):
     out = tmp_path / "rep"
     settings = ReproduceSettings(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
-                                 eval_limit=4, tiny=TINY)
+                                 eval_limit=4, tiny=TINY, datasets=SUBSET)
     result = run(settings)
     report = json.loads((out / "report.json").read_text())
     assert set(report["models"]) == {"noaug", "alwaysaug", "msolomon"}

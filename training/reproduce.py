@@ -48,6 +48,7 @@ class ReproduceSettings:
     max_new_tokens: int = 32
     eval_limit: int | None = None
     threads: int | None = None
+    datasets: list[str] | None = None  # a subset of MiniMMEB's datasets (default: all 15)
     ship: str | None = None  # copy the M-Solomon model here with its model card (assets/model)
 
 
@@ -59,7 +60,7 @@ def stage_data(s: ReproduceSettings, out: Path) -> Path:
     data = out / "minimmeb"
     if not is_minimmeb(data):
         logger.info("generating MiniMMEB (%s, seed %d)", s.scale, s.seed)
-        generate(data, seed=s.seed, scale=s.scale)
+        generate(data, seed=s.seed, scale=s.scale, datasets=s.datasets)
     return data
 
 
@@ -176,7 +177,9 @@ def command_line(s: ReproduceSettings) -> str:
     defaults = ReproduceSettings(out="")
     parts = ["python -m training.reproduce", f"--out {s.out}"]
     for key, value in asdict(s).items():
-        if key not in ("out", "ship", "tiny") and value != getattr(defaults, key):
+        if key == "datasets" and value:
+            parts.append(f"--datasets {','.join(value)}")
+        elif key not in ("out", "ship", "tiny", "datasets") and value != getattr(defaults, key):
             parts.append(f"--{key.replace('_', '-')} {value}")
     if s.tiny:
         parts.append(f"--tiny '{json.dumps(s.tiny)}'")
@@ -216,12 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = {"max_steps": int, "eval_limit": int, "threads": int, "data": str, "ship": str}.get(name, type(default))
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default)
     parser.add_argument("--tiny", default="{}", help="JSON object of TinyConfig overrides")
+    parser.add_argument("--datasets", default=None, help="comma-separated subset of MiniMMEB's datasets")
     args = parser.parse_args(argv)
     try:
         tiny = json.loads(args.tiny)
     except json.JSONDecodeError as err:
         parser.error(f"--tiny must be a JSON object: {err}")
-    values = {k: v for k, v in vars(args).items() if k != "tiny"}
+    values = {k: v for k, v in vars(args).items() if k not in ("tiny", "datasets")}
+    values["datasets"] = [d for d in args.datasets.split(",") if d] if args.datasets else None
     settings = ReproduceSettings(**values, tiny=tiny)
     if settings.data and not Path(settings.data).is_dir():
         parser.error(f"--data {settings.data}: no such folder")
