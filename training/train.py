@@ -190,7 +190,7 @@ def build_model(config: TrainConfig, corpus: Sequence[str], resume_dir: Path | N
 
     base = model.model
     if config.qlora:
-        base = prepare_model_for_kbit_training(base)
+        base = prepare_model_for_kbit_training(base, gradient_checkpointing_kwargs={"use_reentrant": False})
     if adapter_resume:
         peft_model = PeftModel.from_pretrained(base, str(resume_dir), is_trainable=True)
     else:
