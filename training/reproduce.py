@@ -152,7 +152,11 @@ def run(s: ReproduceSettings) -> dict:
     from training.report import write_reproduce_report
 
     split_data = json.loads(split.read_text())
+    from msolomon.data.minimmeb import load_minimmeb
+    from training.report import mirror_sets
+
     result = {"split": split_data, "models": reports, "settings": asdict(s),
+              "mirrors": mirror_sets(load_minimmeb(data)["datasets"]),
               "timings_s": accumulate_timings(out / "timings.json", timings)}
     write_reproduce_report(result, out)
     if s.ship:
@@ -170,7 +174,7 @@ def accumulate_timings(path: Path, timings: dict[str, float]) -> dict[str, float
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(total, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
-    return total
+    return {key: total[key] for key in [*timings, "total_s"]}
 
 
 def command_line(s: ReproduceSettings) -> str:
