@@ -193,3 +193,23 @@ def test_lora_and_qlora_training_from_a_checkpoint(tmp_path, mode):
     assert moved > 1e-4  # the adapter learned something
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_settings_from_a_config_file_with_command_line_overrides(tmp_path):
+    from training.train import parse_args
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"data: {data}\nout: {tmp_path / 'out'}\nlabeling: noaug\nbatch_size: 4\nlr: 0.0005\n"
+                   "tiny: {hidden_size: 96}\nlora_targets: [q_proj, v_proj]\n")
+    config = parse_args(["--config", str(cfg), "--lr", "0.002", "--datasets", "A,B"])
+    assert config.batch_size == 4 and config.lr == 0.002 and config.datasets == ["A", "B"]
+    assert config.tiny == {"hidden_size": 96} and config.lora_targets == ["q_proj", "v_proj"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"data: {data}\nout: x\nnot_a_setting: 1\n")
+    with pytest.raises(SystemExit) as err:
+        parse_args(["--config", str(bad)])
+    assert err.value.code == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--data", str(data), "--out", "x", "--labeling", "adaptive"])  # needs --split/--augmentations

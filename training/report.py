@@ -48,7 +48,7 @@ def claims(result: Mapping[str, Any]) -> list[dict]:
 def markdown(result: Mapping[str, Any]) -> str:
     m = result["models"]
     tasks = [t for t in META_TASKS if t in m["msolomon"]["modes"]["auto"]["by_meta_task"]]
-    head = ["model", "mode"] + [t.capitalize() for t in tasks] + ["IND", "OOD", "Overall", "/augment rate",
+    head = ["model", "mode"] + [{"vqa": "VQA"}.get(t, t.capitalize()) for t in tasks] + ["IND", "OOD", "Overall", "/augment rate",
                                                                  "latency ms (mean)"]
     lines = ["# M-Solomon on MiniMMEB: the paper's comparison", "",
              "Precision@1 (%) on MiniMMEB test; latency per query at batch size 1 on this machine's CPU.", "",
