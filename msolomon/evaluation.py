@@ -482,7 +482,8 @@ def run_evaluation(model: Any, bench: Benchmark, settings: EvalSettings, out: Pa
     paths = output_paths(out) if out is not None else None
     sidecar = None
     if paths is not None:
-        fingerprint = {"version": SIDECAR_VERSION, "model": model_name, "data": str(bench.data_dir.resolve()),
+        fingerprint = {"version": SIDECAR_VERSION, "model": model_name,
+                       "model_signature": getattr(model, "signature", None), "data": str(bench.data_dir.resolve()),
                        "image_root": str(bench.image_root.resolve()), "split": settings.split,
                        "limit": settings.limit, "threshold": settings.threshold,
                        "max_new_tokens": settings.max_new_tokens}

@@ -72,7 +72,11 @@ class VectorIndex:
         except RuntimeError as err:
             raise ValueError(f"bad faiss factory string {factory!r}: {str(err).splitlines()[0]}") from None
         if not index.is_trained:
-            index.train(arr)
+            try:
+                index.train(arr)
+            except RuntimeError as err:
+                raise ValueError(f"cannot train faiss index {factory!r} on {arr.shape[0]} vectors (IVF needs at "
+                                 f"least as many vectors as lists): {str(err).splitlines()[0]}") from None
         self = cls(index, arr.shape[1], factory)
         self.set_search_params(nprobe=nprobe, ef_search=ef_search)
         self.add(arr, payloads, ids)

@@ -55,6 +55,24 @@ def _is_single(items: Any) -> bool:
     return isinstance(items, (str, Candidate, dict)) or (hasattr(items, "convert") and hasattr(items, "size"))
 
 
+def files_signature(*folders: str | Path | None) -> str | None:
+    """A short fingerprint of the weight and config files in checkpoint folders (name, size, mtime), so results
+    cached for one checkpoint are not reused for another one saved to the same path."""
+    import hashlib
+
+    h = hashlib.sha256()
+    found = False
+    for folder in folders:
+        if folder is None or not Path(folder).is_dir():
+            continue
+        for f in sorted(Path(folder).iterdir()):
+            if f.suffix in (".safetensors", ".json") and f.is_file():
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+                found = True
+    return h.hexdigest()[:16] if found else None
+
+
 def select_cache_rows(cache, rows):
     """A new DynamicCache holding only the given batch rows (the original is left as it is)."""
     from transformers import DynamicCache
@@ -79,6 +97,7 @@ class MSolomon:
         vocab = unwrap(model).get_output_embeddings().weight.shape[0]
         banned = [i for i in self.tokenizer.added_tokens_decoder if i != self.terminal_id and i < vocab]
         self._banned_in_augmentation = sorted(set(banned))
+        self.signature: str | None = None  # set by from_pretrained: identifies the checkpoint files
 
     # ------------------------------------------------------------------ construction
     @property
@@ -138,7 +157,10 @@ class MSolomon:
         device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+            aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
+            dtype = getattr(torch, aliases.get(dtype, dtype), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError("dtype must be a torch dtype or one of float32, bfloat16, float16 (bf16, fp16, fp32)")
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         token_source = str(adapter) if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file() \
             else source
@@ -161,8 +183,14 @@ class MSolomon:
         if qconf is None:
             model.to(device)
         model.eval()
-        settings = FormatSettings.load(Path(adapter) if adapter is not None else Path(source))
-        return cls(model, processor, settings)
+        settings_dir = Path(adapter) if adapter is not None else Path(source)
+        settings = FormatSettings.load(settings_dir)
+        if not (settings_dir / "msolomon.json").is_file():  # a plain Qwen2-VL checkpoint: use its context length
+            max_pos = getattr(unwrap(model).config.get_text_config(), "max_position_embeddings", None) or 8192
+            settings.max_length = min(int(max_pos), 8192)
+        loaded = cls(model, processor, settings)
+        loaded.signature = files_signature(source, adapter)
+        return loaded
 
     def save_pretrained(self, path: str | Path) -> None:
         """Weights (safetensors; the adapter only for a peft model), tokenizer, image processor and the
@@ -280,6 +308,9 @@ class MSolomon:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if max_new_tokens + 1 >= self.settings.max_length:
+            raise ValueError(f"max_new_tokens={max_new_tokens} does not fit the model's "
+                             f"max_length={self.settings.max_length}")
         single = _is_single(queries)
         items = [as_query(q) for q in ([queries] if single else list(queries))]
         results: list[QueryResult] = []
@@ -360,7 +391,7 @@ class MSolomon:
             seg = segments[i]
             augmentation = None
             if seg and seg[0] == self.augment_id:
-                augmentation = self.tokenizer.decode(seg[1:-1], skip_special_tokens=True).strip()
+                augmentation = self.tokenizer.decode(seg[1:-1], skip_special_tokens=True).strip() or None
             timings = {
                 "preprocess": (t_pre - t0) * 1e3,
                 "decide": (t_decide - t_pre) * 1e3,

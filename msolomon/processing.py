@@ -169,7 +169,12 @@ class Encoder:
             n_image_tokens = int(np.prod(grid)) // (self.processor.image_processor.merge_size ** 2)
         overhead = len(self.tokenizer.encode(prompts.render_prompt(None, image is not None, item.instruction),
                                              add_special_tokens=False)) + n_image_tokens
-        text = self._truncate_text(item.text, self.max_length - reserve - overhead)
+        budget = self.max_length - reserve - overhead
+        if budget < 1:
+            raise ValueError(f"no room for the query: its prompt takes {overhead} tokens (image included) and "
+                             f"{reserve} are kept for the generated segment and terminal token (max_new_tokens + 1), "
+                             f"over max_length={self.max_length}; lower max_new_tokens or the image resolution")
+        text = self._truncate_text(item.text, budget)
         if image is None and not (text and text.strip()) and not item.instruction:
             raise ValueError("a query or candidate needs a text, an image or both; got neither")
         rendered = prompts.render_prompt(text, image is not None, item.instruction)

@@ -72,13 +72,28 @@ _BOILERPLATE_RE = re.compile(
 )
 
 
+_ZERO_WIDTH = "\u200b"
+
+
+def neutralize(text: str | None) -> str | None:
+    """Keep user text from injecting control tokens: a special-token string typed by a user (`<|im_end|>`,
+    `<|image_pad|>`, `/augment`, ...) gets a zero-width space after its first character, so it is read as
+    plain text instead of as the token itself."""
+    if not text:
+        return text
+    for token in QWEN2VL_SPECIAL_TOKENS + list(DECISION_TOKENS):
+        if token in text:
+            text = text.replace(token, token[0] + _ZERO_WIDTH + token[1:])
+    return text
+
+
 def render_prompt(text: str | None, has_image: bool, instruction: str | None = None) -> str:
     """The chat prompt up to the assistant turn, with one image block if there is an image.
 
     The image goes where MMEB's `<|image_1|>` placeholder stands, else before the text. The processor
     later expands the single `<|image_pad|>` into as many tokens as the image needs.
     """
-    content = " ".join(part.strip() for part in (instruction, text) if part and part.strip())
+    content = " ".join(neutralize(part).strip() for part in (instruction, text) if part and part.strip())
     if has_image and MMEB_IMAGE_PLACEHOLDER not in content:
         content = MMEB_IMAGE_PLACEHOLDER + content
     first, _, rest = content.partition(MMEB_IMAGE_PLACEHOLDER)

@@ -91,3 +91,13 @@ def test_quantized_load_runs_on_cpu(saved, bits):
 def test_bad_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot load a model"):
         MSolomon.from_pretrained(tmp_path / "nowhere")
+
+
+def test_signature_changes_when_the_checkpoint_is_replaced(tmp_path):
+    """The evaluation's resume record keys on this, so results of an old checkpoint are not reused."""
+    path = tmp_path / "m"
+    MSolomon.tiny(seed=0).save_pretrained(path)
+    first = MSolomon.from_pretrained(path).signature
+    MSolomon.tiny(seed=5).save_pretrained(path)
+    second = MSolomon.from_pretrained(path).signature
+    assert first and second and first != second

@@ -70,3 +70,8 @@ def test_add_grows_the_index_and_bad_shapes_are_named():
 def test_load_rejects_a_foreign_folder(tmp_path):
     with pytest.raises(ValueError, match="meta.json"):
         VectorIndex.load(tmp_path)
+
+
+def test_ivf_with_too_few_vectors_is_a_clear_error():
+    with pytest.raises(ValueError, match="IVF needs at least"):
+        VectorIndex.build(_unit(np.random.default_rng(3), 10, 8), factory="IVF256,Flat")

@@ -32,10 +32,16 @@ def _full_pass(model, query, token_ids, side="right"):
         return model.embed_encodings([enc], padding_side=side)[0].numpy()
 
 
-@pytest.mark.parametrize("mode", ["always", "never"])
+@pytest.mark.parametrize("mode", ["always", "never", "mixed"])
 def test_cached_embedding_equals_full_pass(model, sample_images, mode):
     queries = _queries(sample_images)
-    results = model.encode_queries(queries, augment=mode, max_new_tokens=12, batch_size=len(queries))
+    kwargs = {"augment": mode}
+    if mode == "mixed":  # a batch that splits between /embed and /augment rows (cache rows selected per group)
+        p = [r.p_augment for r in model.encode_queries(queries, augment="never")]
+        kwargs = {"augment": "auto", "threshold": float(np.median(p))}
+    results = model.encode_queries(queries, max_new_tokens=12, batch_size=len(queries), **kwargs)
+    if mode == "mixed":
+        assert {r.decision for r in results} == {AUGMENT, EMBED}
     for q, r in zip(queries, results):
         assert r.token_ids[-1] == model.terminal_id
         expected = _full_pass(model, q, r.token_ids)

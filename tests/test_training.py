@@ -73,13 +73,20 @@ def _loss_and_grads(model, examples, loop):
     return loss.detach(), [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
+def _uneven_rows() -> list[TrainRow]:
+    """8 rows whose halves carry 2 and 1 hard negatives, so the padded gathers across ranks are exercised."""
+    rows = _rows(8)
+    rows[4].negative = None
+    return rows
+
+
 def _rank_main(rank: int, world: int, init_file: str, model_dir: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model = MSolomon.from_pretrained(model_dir)
-    rows = _rows(8)
+    rows = _uneven_rows()
     aug = {r.id: f"the digit after {r.id}" for r in rows}
     examples = assign_labels(rows, "adaptive", aug, {"augment": ["after"], "embed": ["cls"]})
     shard = examples[rank * 4:(rank + 1) * 4]
@@ -96,7 +103,7 @@ def test_two_processes_equal_one_process(tmp_path):
     model = MSolomon.tiny(seed=0, **SMALL)
     model.save_pretrained(tmp_path / "m")
     model = MSolomon.from_pretrained(tmp_path / "m")
-    rows = _rows(8)
+    rows = _uneven_rows()
     aug = {r.id: f"the digit after {r.id}" for r in rows}
     examples = assign_labels(rows, "adaptive", aug, {"augment": ["after"], "embed": ["cls"]})
     loss, grads = _loss_and_grads(model, examples, LoopSettings(temperature=0.05))
@@ -213,3 +220,26 @@ def test_settings_from_a_config_file_with_command_line_overrides(tmp_path):
     assert err.value.code == 2
     with pytest.raises(SystemExit):
         parse_args(["--data", str(data), "--out", "x", "--labeling", "adaptive"])  # needs --split/--augmentations
+
+
+def test_training_without_hard_negatives(tmp_path):
+    from training.collator import CollatorSettings
+
+    model = MSolomon.tiny(seed=0, **SMALL)
+    rows = _rows(6)
+    examples = assign_labels(rows, "noaug")
+    loop = LoopSettings(collator=CollatorSettings(use_negatives=False))
+    batch = Collator(model.encoder, loop.collator)(examples)
+    assert batch["target"]["input_ids"].shape[0] == 6
+    loss, metrics = compute_loss(model, batch, examples, loop)
+    assert torch.isfinite(loss) and metrics["gen_loss"] > 0
+
+
+def test_a_kill_between_checkpoint_renames_recovers_the_previous_one(tmp_path):
+    from training.trainer import CHECKPOINT, STATE, recover_checkpoint
+
+    old = tmp_path / (CHECKPOINT + ".old")
+    old.mkdir()
+    (old / STATE).write_text(json.dumps({"step": 6}))
+    recover_checkpoint(tmp_path)
+    assert json.loads((tmp_path / CHECKPOINT / STATE).read_text())["step"] == 6 and not old.exists()

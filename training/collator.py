@@ -32,11 +32,11 @@ class Example:
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:
-    """The pilot's split file: {"split": {"augment": [...], "embed": [...]}, ...} (see training.pilot)."""
+    """The pilot's split file (see training.pilot): {"augment": [...], "embed": [...], ...}."""
     data = json.loads(Path(path).read_text())
-    split = data.get("split", data)
+    split = data.get("split", data) if isinstance(data, dict) else None  # also a whole reproduce report
     if not isinstance(split, dict) or "augment" not in split or "embed" not in split:
-        raise ValueError(f"{path}: a split file needs {{'split': {{'augment': [...], 'embed': [...]}}}}")
+        raise ValueError(f"{path}: a split file needs {{'augment': [...], 'embed': [...]}}")
     return {"augment": list(split["augment"]), "embed": list(split["embed"])}
 
 

@@ -5,7 +5,8 @@
 A dataset goes to D^A ("augment") when AlwaysAug's Precision@1 beats NoAug's by more than `--margin` points,
 else to D^E ("embed"): NoAug better or comparable, as in the paper. Each model is read in its own mode
 (NoAug: `never`, AlwaysAug: `always`). Only in-distribution datasets (the ones with training data) are split.
-The output keeps the per-dataset figures behind each assignment.
+The output, `{"augment": [...], "embed": [...], "margin": ..., "datasets": {NAME: figures}}`, keeps the
+per-dataset figures behind each assignment.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def pilot_split(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = N
         evidence[name] = {"meta_task": a[name].get("meta_task"), "noaug_p_at_1": a[name]["p_at_1"],
                           "alwaysaug_p_at_1": b[name]["p_at_1"], "delta": round(delta, 3), "n": a[name].get("n"),
                           "assignment": side}
-    return {"split": {"augment": augment, "embed": embed}, "margin": s.margin,
+    return {"augment": augment, "embed": embed, "margin": s.margin,
             "modes": {"noaug": s.noaug_mode, "alwaysaug": s.alwaysaug_mode}, "datasets": evidence}
 
 
@@ -93,8 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, ev in result["datasets"].items():
         logger.info("%-24s NoAug %5.1f  AlwaysAug %5.1f  delta %+5.1f -> %s", name, ev["noaug_p_at_1"],
                     ev["alwaysaug_p_at_1"], ev["delta"], ev["assignment"])
-    logger.info("D^A (augment): %s", result["split"]["augment"])
-    logger.info("D^E (embed):   %s", result["split"]["embed"])
+    logger.info("D^A (augment): %s", result["augment"])
+    logger.info("D^E (embed):   %s", result["embed"])
     return 0
 
 

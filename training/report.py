@@ -161,6 +161,9 @@ Files: safetensors weights, the local byte-level BPE tokenizer (Qwen2-VL special
 the image processor settings, `msolomon.json` (format settings), `report.json` (the reproduce report:
 `{{"split": ..., "models": {{"noaug": ..., "alwaysaug": ..., "msolomon": ...}}}}`).
 
+The pilot chose the split on the in-distribution test sets, as the paper's pilot did, so the figures below
+include that selection. With 100 test queries per dataset the pilot's sampling error is about ±5 points.
+
 """
 
 

@@ -115,7 +115,7 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
     result = pilot_split(noaug, always, PilotSettings(margin=s.margin, datasets=ind))
     result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}
     write_json_atomic(path, result)
-    logger.info("pilot split: D^A=%s D^E=%s", result["split"]["augment"], result["split"]["embed"])
+    logger.info("pilot split: D^A=%s D^E=%s", result["augment"], result["embed"])
     return path
 
 

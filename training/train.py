@@ -174,16 +174,18 @@ def build_model(config: TrainConfig, corpus: Sequence[str], resume_dir: Path | N
 
     device = config.device or ("cuda:" + os.environ.get("LOCAL_RANK", "0") if torch.cuda.is_available() else "cpu")
     adapter_resume = resume_dir is not None and (resume_dir / "adapter_config.json").is_file()
-    if resume_dir is not None and not adapter_resume:
-        return MSolomon.from_pretrained(resume_dir, device=device)
+    if resume_dir is not None and not adapter_resume:  # full fine-tuning keeps fp32 weights (bf16 via autocast)
+        return MSolomon.from_pretrained(resume_dir, device=device, dtype=torch.float32)
     if config.init == "tiny":
         if config.lora or config.qlora:
             raise ValueError("--init tiny trains from scratch in full; LoRA/QLoRA need a checkpoint to adapt")
         model = MSolomon.tiny(seed=config.model_seed, corpus=list(corpus), **config.tiny)
         model.model.to(device)
         return model
+    # a frozen LoRA base may sit in bf16 on GPU; weights that are trained in full stay fp32 (bf16 via autocast)
+    adapted = config.lora or config.qlora
     model = MSolomon.from_pretrained(config.init, quantization="4bit" if config.qlora else None, device=device,
-                                     dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+                                     dtype=torch.bfloat16 if adapted and torch.cuda.is_available() else torch.float32)
     if not (config.lora or config.qlora):
         return model
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -205,7 +207,7 @@ def run(config: TrainConfig) -> Path:
     """Train and return the folder of the final model."""
     from msolomon import prompts
     from training.collator import CollatorSettings, assign_labels, load_split
-    from training.trainer import CHECKPOINT, LoopSettings, OptimSettings, Trainer
+    from training.trainer import CHECKPOINT, LoopSettings, OptimSettings, Trainer, recover_checkpoint
 
     init_distributed()
     out = Path(config.out)
@@ -221,6 +223,7 @@ def run(config: TrainConfig) -> Path:
         raise ValueError("no training examples after label assignment")
     corpus = [t for r in rows for t in (r.query.text, r.positive.text) if t] + list(augmentations.values())
     corpus += list(prompts.MMEB_INSTRUCTIONS.values())
+    recover_checkpoint(out)
     resume = out / CHECKPOINT if (out / CHECKPOINT / "trainer_state.json").is_file() else None
     model = build_model(config, corpus, resume)
     loop = LoopSettings(

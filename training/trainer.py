@@ -59,7 +59,7 @@ class LoopSettings:
     optim: OptimSettings = field(default_factory=OptimSettings)
 
 
-def target_keys(examples: Sequence[Example], device) -> torch.Tensor:
+def target_keys(examples: Sequence[Example], device, use_negatives: bool = True) -> torch.Tensor:
     """A content key per target (positives, then negatives): equal keys mark the same candidate, so a
     query is not pushed away from another copy of its own positive (e.g. a shared class label)."""
     def key(c) -> int:  # stable across processes (Python's hash() is salted per process)
@@ -67,7 +67,8 @@ def target_keys(examples: Sequence[Example], device) -> torch.Tensor:
         return int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "big")
 
     keys = [key(ex.row.positive) for ex in examples]
-    keys += [key(ex.row.negative) for ex in examples if ex.row.negative is not None]
+    if use_negatives:  # exactly the targets the collator encoded
+        keys += [key(ex.row.negative) for ex in examples if ex.row.negative is not None]
     return torch.tensor(keys, dtype=torch.long, device=device)
 
 
@@ -83,7 +84,7 @@ def compute_loss(model, batch: dict, examples: Sequence[Example], loop: LoopSett
     q_emb = q_hidden[rows_q, q["last_index"].to(device)]
     t_emb = t_hidden[rows_t, t["last_index"].to(device)]
     n_pos = q_emb.shape[0]
-    keys = target_keys(examples, device) if loop.mask_false_negatives else None
+    keys = target_keys(examples, device, loop.collator.use_negatives) if loop.mask_false_negatives else None
     rep = info_nce(q_emb, t_emb, n_pos, loop.temperature, keys)
     gen = generation_loss(q_hidden, q["labels"].to(device), unwrap(model.model).lm_head,
                           (model.augment_id, model.embed_id))
@@ -156,6 +157,16 @@ def save_checkpoint(model, optimizer, scheduler, step: int, out: Path, extra: di
     tmp.rename(final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_checkpoint(out: Path) -> None:
+    """If a kill fell between the two renames of `save_checkpoint`, put the previous complete checkpoint back."""
+    final, old = out / CHECKPOINT, out / (CHECKPOINT + ".old")
+    if not (final / STATE).is_file() and (old / STATE).is_file():
+        if final.exists():
+            shutil.rmtree(final)
+        old.rename(final)
+        logger.warning("recovered the previous checkpoint from %s", old)
 
 
 def load_optimizer_state(path: Path, optimizer, scheduler) -> None:
@@ -238,6 +249,7 @@ class Trainer:
 
     def resume_step(self) -> int:
         ckpt = self.out / CHECKPOINT
+        recover_checkpoint(self.out)
         if not (ckpt / STATE).is_file():
             return 0
         state = json.loads((ckpt / STATE).read_text())
