@@ -57,6 +57,10 @@ class EvaluationError(ValueError):
     """A bad argument or an inconsistent resume state; the message names the problem (the CLI exits with 2)."""
 
 
+class StaleResultsError(EvaluationError):
+    """The resume folder holds results of another model, data or settings: they are never reused silently."""
+
+
 @dataclass
 class EvalSettings:
     """What to evaluate and how; validated once so a long run cannot fail late on a typo."""
@@ -322,7 +326,7 @@ class Sidecar:
             old = json.loads(manifest.read_text(encoding="utf-8"))
             if old != self.fingerprint:
                 diff = sorted(k for k in set(old) | set(self.fingerprint) if old.get(k) != self.fingerprint.get(k))
-                raise EvaluationError(
+                raise StaleResultsError(
                     f"{self.folder} holds results of a run with other settings ({', '.join(diff)}); "
                     "pass --fresh (resume=False) to start over, or write to another --out")
         elif self.folder.exists() and any(self.folder.iterdir()):

@@ -87,7 +87,7 @@ def markdown(result: Mapping[str, Any]) -> str:
                      f"{_fmt(ds[name].get('chance'))} | " + " | ".join(_fmt(v) for v in vals) +
                      f" | {_fmt(ds[name]['augment_rate'], 2)} |")
     if "timings_s" in result:
-        lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings_s"].items())]
+        lines += ["", "Stage times (s, summed over every invocation on the run folder): " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings_s"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -95,10 +95,16 @@ def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out
                datasets: Sequence[str] | None = None, tag: str = "") -> dict:
     from msolomon.evaluation import evaluate
 
+    from msolomon.evaluation import StaleResultsError
+
     report_path = out / "eval" / f"{name}{tag}.json"
-    return evaluate(str(model_dir), data, modes=tuple(modes), limit=s.eval_limit, out=report_path,
-                    datasets=datasets, max_new_tokens=s.max_new_tokens, show_progress_bar=False,
-                    model_name=name)
+    kwargs = dict(modes=tuple(modes), limit=s.eval_limit, out=report_path, datasets=datasets,
+                  max_new_tokens=s.max_new_tokens, show_progress_bar=False, model_name=name)
+    try:
+        return evaluate(str(model_dir), data, **kwargs)
+    except StaleResultsError as err:  # the model or settings changed since: evaluate again from scratch
+        logger.warning("%s; evaluating %s again", err, name)
+        return evaluate(str(model_dir), data, resume=False, **kwargs)
 
 
 def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, Path]) -> Path:
