@@ -83,6 +83,7 @@ def _uneven_rows() -> list[TrainRow]:
 def _rank_main(rank: int, world: int, init_file: str, model_dir: str, out_dir: str) -> None:
     import torch.distributed as dist
 
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only: this machine has no other network
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     model = MSolomon.from_pretrained(model_dir)
