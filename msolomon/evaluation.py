@@ -647,8 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except DataFormatError as e:  # a malformed data file met during the run
         parser.exit(1, f"{parser.prog}: error: {e}\n")
-    print(markdown_report(report))
-    print(f"wrote {output_paths(Path(args.out))['json']}")
+    sys.stdout.write(markdown_report(report) + f"\nwrote {output_paths(Path(args.out))['json']}\n")
     return 0
 
 

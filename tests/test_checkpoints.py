@@ -48,7 +48,6 @@ def test_saving_twice_replaces_atomically(saved):
 
 
 def test_lora_adapter_and_merged_checkpoint(saved, tmp_path):
-    import torch
     from peft import LoraConfig, get_peft_model
 
     base, base_path = saved
@@ -71,7 +70,6 @@ def test_lora_adapter_and_merged_checkpoint(saved, tmp_path):
     merged_dir = tmp_path / "merged"
     merged.save_pretrained(merged_dir)
     np.testing.assert_allclose(MSolomon.from_pretrained(merged_dir).encode_candidates(QUERIES), b, atol=1e-5)
-    del torch
 
 
 @pytest.mark.parametrize("bits", ["8bit", "4bit"])

@@ -241,12 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.data and not Path(settings.data).is_dir():
         parser.error(f"--data {settings.data}: no such folder")
     try:
-        result = run(settings)
+        run(settings)
     except ValueError as err:
         logger.error("%s", err)
         return 2
-    print((Path(settings.out) / "report.md").read_text())
-    del result
+    sys.stdout.write((Path(settings.out) / "report.md").read_text())  # the command's own output: the report
     return 0
 
 

@@ -12,16 +12,14 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from msolomon import prompts
 from msolomon.backbone import unwrap
 from training.collator import Collator, CollatorSettings, Example
 from training.losses import generation_loss, info_nce, world

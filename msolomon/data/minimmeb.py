@@ -1219,10 +1219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     datasets=args.datasets.split(",") if args.datasets else None,
                     progress=False if args.quiet else None, **overrides)
     ds = meta["datasets"]
-    print(f"MiniMMEB seed={meta['seed']} scale={meta['scale']}: {len(ds)} datasets "
+    sys.stdout.write(f"MiniMMEB seed={meta['seed']} scale={meta['scale']}: {len(ds)} datasets "
           f"({sum(not d['ood'] for d in ds.values())} IND, {sum(d['ood'] for d in ds.values())} OOD), "
           f"{sum(d.get('n_train', 0) for d in ds.values())} train / {sum(d['n_test'] for d in ds.values())} test rows "
-          f"-> {args.out} in {time.perf_counter() - t0:.1f}s")
+          f"-> {args.out} in {time.perf_counter() - t0:.1f}s\n")
     return 0
 
 
