@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -41,6 +41,13 @@ logger = logging.getLogger(__name__)
 
 AUGMENT_MODES = ("auto", "never", "always")
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "model"
+
+
+@dataclass
+class StreamedResult(QueryResult):
+    """One step of `MSolomon.stream_query`: a `QueryResult` whose embedding is None until `final` is True."""
+
+    final: bool = False
 
 
 def _now(device) -> float:
@@ -299,6 +306,86 @@ class MSolomon:
         the NoAug path) or "always" (force `/augment`, the AlwaysAug path)."""
         import torch
 
+        threshold = self._check_query_args(augment, threshold, max_new_tokens, batch_size)
+        single = _is_single(queries)
+        items = [as_query(q) for q in ([queries] if single else list(queries))]
+        results: list[QueryResult] = []
+        with torch.inference_mode():
+            for start in self._progress(range(0, len(items), batch_size), show_progress_bar, len(items), "queries"):
+                results.extend(self._encode_query_batch(items[start:start + batch_size], augment, threshold,
+                                                        max_new_tokens))
+        return results[0] if single else results
+
+    def stream_query(self, query, augment: str = "auto", threshold: float | None = None,
+                     max_new_tokens: int = 64) -> Iterator["StreamedResult"]:
+        """One query, step by step, for interactive use (the demo shows the augmentation while it is written).
+
+        Yields a `StreamedResult` with the decision first (no embedding yet), then one per generated token with
+        `.augmentation` growing, then the final one (`.final`, with the embedding and timings), which equals
+        `encode_queries([query])[0]`: it runs the same cached steps on a batch of one. Torch's inference mode is
+        entered per step, never held across a `yield`, so the caller's code between steps runs as usual."""
+        import torch
+        from transformers import DynamicCache
+
+        threshold = self._check_query_args(augment, threshold, max_new_tokens, 1)
+        item = as_query(query)
+        device = self.device
+        with torch.inference_mode():
+            t0 = _now(device)
+            batch = self.encoder.collate([self.encoder.encode_prompt(item, reserve=max_new_tokens + 1)],
+                                         self.padding_side)
+            positions = self.rope_positions(batch)
+            t_pre = _now(device)
+            cache = DynamicCache()
+            hidden = self.forward_hidden(batch, cache=cache, position_ids=positions)
+            last = hidden[torch.arange(1, device=hidden.device), batch["last_index"].to(hidden.device)]
+            p_aug = float(self.decision_probability(last).cpu()[0])
+            wants = augment == "always" or (augment == "auto" and p_aug >= threshold)
+            mask = batch["attention_mask"].to(device)
+            next_pos = positions.amax(dim=(0, 2)).to(device) + 1
+            t_decide = _now(device)
+        timings = {"preprocess": (t_pre - t0) * 1e3, "decide": (t_decide - t_pre) * 1e3}
+        decision = prompts.AUGMENT if wants else prompts.EMBED
+        segment = [self.augment_id if wants else self.embed_id]
+        yield StreamedResult(decision, p_aug, "" if wants else None, None, dict(timings), list(segment))
+
+        current = torch.tensor([[segment[0]] + ([] if wants else [self.terminal_id])], device=device)
+        banned = torch.tensor(self._banned_in_augmentation, device=device, dtype=torch.long)
+        step, t_step = 0, t_decide
+        while True:
+            with torch.inference_mode():
+                t_step = _now(device)
+                width = current.shape[1]
+                mask = torch.cat([mask, torch.ones(1, width, dtype=mask.dtype, device=device)], 1)
+                pos = (next_pos[:, None] + step + torch.arange(width, device=device))[None].expand(3, -1, -1)
+                state = self._step(current, mask, pos, cache)[:, -1]
+                if int(current[0, -1]) == self.terminal_id:
+                    break
+                logits = self.logits(state).float()
+                if banned.numel():
+                    logits[:, banned] = float("-inf")
+                token = int(logits.argmax(-1)[0]) if len(segment) < max_new_tokens else self.terminal_id
+            segment.append(token)
+            current = torch.tensor([[token]], device=device)
+            step += width
+            if token != self.terminal_id:
+                text = self.tokenizer.decode(segment[1:], skip_special_tokens=True).strip()
+                yield StreamedResult(decision, p_aug, text, None, dict(timings), list(segment))
+        if not wants:
+            segment.append(self.terminal_id)
+        t_end = _now(device)
+        augmentation = None
+        if wants:
+            augmentation = self.tokenizer.decode(segment[1:-1], skip_special_tokens=True).strip() or None
+        timings.update(generate=(t_step - t_decide) * 1e3 if wants else 0.0,
+                       embed=(t_end - (t_step if wants else t_decide)) * 1e3, total=(t_end - t0) * 1e3)
+        vector = self.normalize(state.float().cpu()).numpy().astype(np.float32)[0]
+        yield StreamedResult(decision, p_aug, augmentation, vector, timings, segment, final=True)
+
+    # ------------------------------------------------------------------ internals
+    def _check_query_args(self, augment: str, threshold: float | None, max_new_tokens: int,
+                          batch_size: int) -> float:
+        """Validate the query-encoding arguments; returns the threshold to use."""
         if augment not in AUGMENT_MODES:
             raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
         threshold = self.settings.default_threshold if threshold is None else float(threshold)
@@ -311,16 +398,8 @@ class MSolomon:
         if max_new_tokens + 1 >= self.settings.max_length:
             raise ValueError(f"max_new_tokens={max_new_tokens} does not fit the model's "
                              f"max_length={self.settings.max_length}")
-        single = _is_single(queries)
-        items = [as_query(q) for q in ([queries] if single else list(queries))]
-        results: list[QueryResult] = []
-        with torch.inference_mode():
-            for start in self._progress(range(0, len(items), batch_size), show_progress_bar, len(items), "queries"):
-                results.extend(self._encode_query_batch(items[start:start + batch_size], augment, threshold,
-                                                        max_new_tokens))
-        return results[0] if single else results
+        return threshold
 
-    # ------------------------------------------------------------------ internals
     def _progress(self, iterable, show: bool | None, n: int, what: str):
         if show is None:
             show = n > 256 and logger.getEffectiveLevel() <= logging.INFO
