@@ -61,13 +61,13 @@ def test_other_seed_gives_other_data_with_the_same_structure(bench: dict[str, Pa
 
 def test_datasets_cover_mmeb(bench: dict[str, Path]) -> None:
     meta = M.load_minimmeb(bench["a"])
-    assert meta["name"] == "MiniMMEB" and meta["version"] == 1 and meta["scale"] == "tiny"
+    assert meta["name"] == "MiniMMEB" and meta["version"] == M.VERSION == 2 and meta["scale"] == "tiny"
     ds = meta["datasets"]
     ind = [n for n, d in ds.items() if not d["ood"]]
     ood = [n for n, d in ds.items() if d["ood"]]
     assert len(ds) >= 12 and len(ind) >= 8 and len(ood) >= 4
     assert {d["meta_task"] for d in ds.values()} == set(META_TASKS)
-    assert all(ds[n]["splits"] == ["train", "test"] for n in ind)
+    assert all(ds[n]["splits"] == ["train", "val", "test"] for n in ind)
     assert all(ds[n]["splits"] == ["test"] for n in ood)
     assert sorted(list_train_datasets(bench["a"] / "train")) == sorted(ind)
     assert sorted(list_eval_datasets(bench["a"] / "test")) == sorted(ds)

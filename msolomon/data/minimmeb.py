@@ -3,8 +3,8 @@
     python -m msolomon.data.minimmeb --out DIR [--seed N] [--scale tiny|small|full] [--n-candidates K]
 
 It mirrors MMEB's structure at a scale a CPU can train on: the four meta-tasks (classification, VQA, retrieval,
-grounding), in-distribution datasets with train and test splits and out-of-distribution datasets with a test split
-only. Images are scikit-learn's real handwritten digits, crops of the sample photos that ship inside pip packages,
+grounding), in-distribution datasets with train, validation and test splits and out-of-distribution datasets with a
+test split only. Images are scikit-learn's real handwritten digits, crops of the sample photos that ship inside pip packages,
 and drawn scenes, charts, documents, signs and garments; their renderers and dataset builders live in
 `msolomon.worlds`, one module per family, and this module registers them as datasets and writes them. Every dataset
 also writes the ground truth an oracle teacher needs (`oracle.py`), so teacher synthesis runs end to end without a
@@ -15,6 +15,7 @@ Layout (image paths in rows are relative to DIR, so DIR is the image root):
     DIR/minimmeb.json                 meta: seed, scale, and per dataset its meta-task, OOD flag, splits, candidates
     DIR/train/NAME/original.jsonl     MMEB-train rows + "id"            (in-distribution datasets only)
     DIR/train/NAME/oracle.jsonl       per id: answer, plausible wrong answers, reasoning facts
+    DIR/val/NAME/val.jsonl            MMEB-eval rows drawn like train (train-side digits), for the pilot only
     DIR/test/NAME/test.jsonl          MMEB-eval rows (candidate 0 is the positive)
     DIR/test/NAME/oracle.jsonl        the same ground truth for test queries, keyed "NAME:index"
     DIR/images/NAME/...png
@@ -57,7 +58,7 @@ __all__ = ["BENCHMARK_NAME", "DATASETS", "META_FILE", "SCALES", "VERSION", "Ctx"
 logger = logging.getLogger(__name__)
 
 BENCHMARK_NAME = "MiniMMEB"
-VERSION = 1
+VERSION = 2  # 2: a validation split; ShapesCLS test never repeats a training query; RefScenes' own crops
 META_FILE = "minimmeb.json"
 
 
@@ -72,12 +73,13 @@ class Scale:
     n_train: int  # per in-distribution dataset
     n_test: int  # per dataset
     n_candidates: int  # retrieval and grounding candidates per query
+    n_val: int  # validation queries per in-distribution dataset (the pilot's, never the test's)
 
 
 SCALES: dict[str, Scale] = {
-    "tiny": Scale("tiny", n_train=40, n_test=20, n_candidates=20),
-    "small": Scale("small", n_train=800, n_test=100, n_candidates=100),
-    "full": Scale("full", n_train=4000, n_test=1000, n_candidates=100),
+    "tiny": Scale("tiny", n_train=40, n_test=20, n_candidates=20, n_val=20),
+    "small": Scale("small", n_train=800, n_test=500, n_candidates=100, n_val=300),
+    "full": Scale("full", n_train=4000, n_test=1000, n_candidates=100, n_val=1000),
 }
 
 
@@ -88,22 +90,24 @@ class Settings:
     seed: int = 0
     scale: str = "small"
     n_train: int = 800
-    n_test: int = 100
+    n_test: int = 500
     n_candidates: int = 100
     datasets: tuple[str, ...] | None = None  # a subset of DATASETS; None = all
+    n_val: int = 300
 
     @classmethod
     def make(cls, seed: int = 0, scale: str = "small", n_candidates: int | None = None, n_train: int | None = None,
-             n_test: int | None = None, datasets: Sequence[str] | None = None) -> "Settings":
+             n_test: int | None = None, datasets: Sequence[str] | None = None,
+             n_val: int | None = None) -> "Settings":
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; expected one of {sorted(SCALES)}")
         sc = SCALES[scale]
         s = cls(seed=int(seed), scale=scale, n_train=sc.n_train if n_train is None else int(n_train),
                 n_test=sc.n_test if n_test is None else int(n_test),
                 n_candidates=sc.n_candidates if n_candidates is None else int(n_candidates),
-                datasets=tuple(datasets) if datasets else None)
-        if s.n_train < 1 or s.n_test < 1 or s.n_candidates < 2:
-            raise ValueError("n_train and n_test must be >= 1 and n_candidates >= 2")
+                datasets=tuple(datasets) if datasets else None, n_val=sc.n_val if n_val is None else int(n_val))
+        if s.n_train < 1 or s.n_test < 1 or s.n_val < 1 or s.n_candidates < 2:
+            raise ValueError("n_train, n_val and n_test must be >= 1 and n_candidates >= 2")
         unknown = sorted(set(s.datasets or ()) - set(DATASETS))
         if unknown:
             raise ValueError(f"unknown MiniMMEB dataset(s) {unknown}; expected some of {list(DATASETS)}")
@@ -127,7 +131,8 @@ class DatasetSpec:
 
     @property
     def splits(self) -> list[str]:
-        return ["test"] if self.ood else ["train", "test"]
+        """In order: a later split never repeats a query an earlier one built (see Ctx.taken)."""
+        return ["test"] if self.ood else ["train", "val", "test"]
 
 
 DATASETS: dict[str, DatasetSpec] = {s.name: s for s in [
@@ -201,9 +206,10 @@ def build_dataset(spec: DatasetSpec, settings: Settings, root: Path) -> dict:
                              "description": f"{spec.analogue} analogue. Query: {spec.query}. Candidates: "
                                             f"{spec.candidates}.",
                              "analogue": spec.analogue}
+    taken: set = set()
     for split in spec.splits:
-        n = settings.n_train if split == "train" else settings.n_test
-        ctx = Ctx(settings, spec.name, split, store, rng_for(settings.seed, spec.name, split))
+        n = {"train": settings.n_train, "val": settings.n_val, "test": settings.n_test}[split]
+        ctx = Ctx(settings, spec.name, split, store, rng_for(settings.seed, spec.name, split), taken)
         items = spec.build(ctx, n)
         if len(items) != n:
             raise RuntimeError(f"{spec.name}/{split}: built {len(items)} rows, expected {n}")
@@ -217,16 +223,17 @@ def build_dataset(spec: DatasetSpec, settings: Settings, root: Path) -> dict:
             ids = [f"{spec.name}:{i}" for i in range(n)]  # the query ids read_eval_dataset gives
             counts = {len(it.cands or ()) for it in items}
             if len(counts) != 1 or any(it.cands[0] != it.pos for it in items):
-                raise RuntimeError(f"{spec.name}/test: candidate lists are ragged or miss the positive: {counts}")
+                raise RuntimeError(f"{spec.name}/{split}: candidate lists are ragged or miss the positive: {counts}")
             entry["n_candidates"] = counts.pop()
             if spec.meta_task in ("retrieval", "grounding") and entry["n_candidates"] < settings.n_candidates:
                 logger.warning("%s: its gallery holds %d candidates, fewer than the %d asked for", spec.name,
                                entry["n_candidates"], settings.n_candidates)
             rows = [{"qry_text": it.qry_text, "qry_img_path": it.qry_img, "tgt_text": [c[0] for c in it.cands],
                      "tgt_img_path": [c[1] for c in it.cands]} for it in items]
-            _write_jsonl(root / "test" / spec.name / "test.jsonl", rows)
-        _write_jsonl(root / split / spec.name / "oracle.jsonl",
-                     [_oracle_row(qid, spec.name, split, it) for qid, it in zip(ids, items)])
+            _write_jsonl(root / split / spec.name / f"{split}.jsonl", rows)
+        if split != "val":  # the pilot needs no teacher; val ids would clash with test ids ("NAME:i")
+            _write_jsonl(root / split / spec.name / "oracle.jsonl",
+                         [_oracle_row(qid, spec.name, split, it) for qid, it in zip(ids, items)])
         entry[f"n_{split}"] = n
     entry["n_images"] = len(store.written)
     return entry
@@ -258,7 +265,7 @@ def generate(out: str | Path, seed: int = 0, scale: str = "small", n_candidates:
             logger.info("%s: %s in %.1fs", name, {k: v for k, v in entries[name].items() if k.startswith("n_")},
                         time.perf_counter() - t)
         meta = {"name": BENCHMARK_NAME, "version": VERSION, "seed": settings.seed, "scale": settings.scale,
-                "settings": {"n_train": settings.n_train, "n_test": settings.n_test,
+                "settings": {"n_train": settings.n_train, "n_val": settings.n_val, "n_test": settings.n_test,
                              "n_candidates": settings.n_candidates},
                 "datasets": {k: entries[k] for k in sorted(entries)}}
         _write_text(tmp / META_FILE, json.dumps(meta, sort_keys=True, indent=2) + "\n")
@@ -310,19 +317,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="candidates per retrieval/grounding query (default: the scale's, 100 for small/full)")
     parser.add_argument("--n-train", type=int, default=None, help="override the scale's train rows per dataset")
     parser.add_argument("--n-test", type=int, default=None, help="override the scale's test rows per dataset")
+    parser.add_argument("--n-val", type=int, default=None,
+                        help="override the scale's validation rows per in-distribution dataset")
     parser.add_argument("--datasets", default=None, help="comma-separated subset of: " + ",".join(DATASETS))
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
-    overrides = {k: v for k, v in (("n_train", args.n_train), ("n_test", args.n_test)) if v is not None}
+    overrides = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val),
+                                                 ("n_test", args.n_test)) if v is not None}
     meta = generate(args.out, seed=args.seed, scale=args.scale, n_candidates=args.n_candidates,
                     datasets=args.datasets.split(",") if args.datasets else None,
                     progress=False if args.quiet else None, **overrides)
     ds = meta["datasets"]
     sys.stdout.write(f"MiniMMEB seed={meta['seed']} scale={meta['scale']}: {len(ds)} datasets "
           f"({sum(not d['ood'] for d in ds.values())} IND, {sum(d['ood'] for d in ds.values())} OOD), "
-          f"{sum(d.get('n_train', 0) for d in ds.values())} train / {sum(d['n_test'] for d in ds.values())} test rows "
+          f"{sum(d.get('n_train', 0) for d in ds.values())} train / {sum(d.get('n_val', 0) for d in ds.values())} val / "
+          f"{sum(d['n_test'] for d in ds.values())} test rows "
           f"-> {args.out} in {time.perf_counter() - t0:.1f}s\n")
     return 0
 

@@ -70,10 +70,22 @@ class Ctx:
     split: str
     store: Store
     rng: random.Random
+    # queries built by earlier splits of the same dataset, for builders that must not repeat one across splits
+    taken: set = field(default_factory=set)
 
     @property
     def n_candidates(self) -> int:
         return self.settings.n_candidates
+
+    @property
+    def is_eval(self) -> bool:
+        """Validation and test rows get candidate lists; training rows get a positive and a hard negative."""
+        return self.split in ("val", "test")
+
+    @property
+    def pool_split(self) -> str:
+        """Which half of a real-image pool (digits) a split draws from: validation is carved from train."""
+        return "test" if self.split == "test" else "train"
 
 
 # --- small text helpers ----------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def _digit_jitter(rng: random.Random) -> dict:
 
 def build_digits_cls(ctx: Ctx, n: int) -> list[Item]:
     """ImageNet-1K analogue: a real handwritten digit; candidates are the ten class names."""
-    rng, pool = ctx.rng, digit_pools(ctx.settings.seed)[ctx.split]
+    rng, pool = ctx.rng, digit_pools(ctx.settings.seed)[ctx.pool_split]
     labels = list(DIGIT_WORDS)
     items = []
     for i in range(n):
@@ -116,7 +116,7 @@ def build_digits_cls(ctx: Ctx, n: int) -> list[Item]:
 
 def build_digits_vqa(ctx: Ctx, n: int) -> list[Item]:
     """OK-VQA / reasoning analogue: arithmetic and order questions about real handwritten digits."""
-    rng, pool = ctx.rng, digit_pools(ctx.settings.seed)[ctx.split]
+    rng, pool = ctx.rng, digit_pools(ctx.settings.seed)[ctx.pool_split]
     answers = [str(k) for k in range(19)] + ["even", "odd"]
     by_cls: dict[int, list] = {}
     for img8, d in pool:

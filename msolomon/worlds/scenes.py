@@ -104,11 +104,11 @@ def render_scene(scene: Scene, size: int = 84) -> Image.Image:
     return finish(canvas, (size, size))
 
 
-def render_crop(shape: str, colour: str, background: str, size: int = 56) -> Image.Image:
+def render_crop(shape: str, colour: str, background: str, size: int = 56, margin: float = 0.16) -> Image.Image:
     """The crop of one object out of a scene: the object centred and filling most of the crop."""
     s = size * SS
     canvas = Image.new("RGB", (s, s), BACKGROUNDS[background])
-    m = s * 0.16
+    m = s * margin
     draw_shape(ImageDraw.Draw(canvas), shape, (m, m, s - m, s - m), COLOURS[colour])
     return finish(canvas, (size, size))
 
@@ -226,7 +226,7 @@ def scene_family(rng: random.Random, taken: set, n_objects: tuple[int, int] = (2
 def _scene_retrieval(ctx: Ctx, n: int, direction: str) -> list[Item]:
     rng = ctx.rng
     fam_size = 4
-    n_gallery = n if ctx.split == "train" else max(n, ctx.n_candidates)
+    n_gallery = max(n, ctx.n_candidates) if ctx.is_eval else n
     taken: set = set()
     families = [scene_family(rng, taken) for _ in range(-(-n_gallery // fam_size))]
     members = [(f, m) for f in range(len(families)) for m in range(fam_size)]
@@ -257,7 +257,7 @@ def _scene_retrieval(ctx: Ctx, n: int, direction: str) -> list[Item]:
                      f"Their places: {'; '.join(f'{o.colour} {o.shape} {POS_PHRASE[o.cell]}' for o in scene.objects)}."]
         pos, neg = target((f, m)), target(rng.choice(sibs))
         cands = None
-        if ctx.split == "test":
+        if ctx.is_eval:
             cands = shuffled_candidates(pos, [target(s) for s in sibs], [target(x) for x in members],
                                         ctx.n_candidates, rng)
         items.append(Item(qry, qimg, pos, neg, cands, answer=answer, wrong=wrong, facts=facts))
@@ -280,9 +280,13 @@ def build_shapes_cls(ctx: Ctx, n: int) -> list[Item]:
     labels = [f"{c} {s}" for c in COLOURS for s in SHAPES]
     items = []
     for i in range(n):
-        o = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), rng.randrange(9),
-                  rng.randint(-3, 3), rng.randint(-3, 3))
-        bg = random_background(rng)
+        while True:  # a validation or test query never repeats a query of an earlier split
+            o = Obj(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(SIZES), rng.randrange(9),
+                    rng.randint(-3, 3), rng.randint(-3, 3))
+            bg = random_background(rng)
+            if ctx.split == "train" or (o, bg) not in ctx.taken:
+                break
+        ctx.taken.add((o, bg))
         path = ctx.store.put(f"{ctx.split}/{i:05d}", lambda: render_scene(Scene((o,), bg)))
         label = f"{o.colour} {o.shape}"
         near = [f"{c} {o.shape}" for c in COLOURS if c != o.colour] + [f"{o.colour} {s}" for s in SHAPES
@@ -370,11 +374,14 @@ def build_scenes_vqa(ctx: Ctx, n: int) -> list[Item]:
 # --- grounding -------------------------------------------------------------------------------------------------
 
 
-def _crop_gallery(ctx: Ctx) -> Callable[[str, str, str], Target]:
-    """Every (shape, colour, background) crop is one gallery image, written once: 6 x 8 x 3 = 144 candidates."""
+def _crop_gallery(ctx: Ctx, margin: float = 0.16, size: int = 56) -> Callable[[str, str, str], Target]:
+    """Every (shape, colour, background) crop is one gallery image, written once: 6 x 8 x 3 = 144 candidates.
+    Another `margin` and `size` frame the crops differently (RefScenes': not ScenesGround's training pixels)."""
+    folder = "crops" if (margin, size) == (0.16, 56) else f"crops_{round(margin * 100)}_{size}"
+
     def crop(shape: str, colour: str, bg: str) -> Target:
-        return (TARGET_CROP, ctx.store.put(f"crops/{bg}_{colour}_{shape}",
-                                           lambda: render_crop(shape, colour, bg)))
+        return (TARGET_CROP, ctx.store.put(f"{folder}/{bg}_{colour}_{shape}",
+                                           lambda: render_crop(shape, colour, bg, size=size, margin=margin)))
     return crop
 
 
@@ -387,7 +394,7 @@ def build_scenes_ground(ctx: Ctx, n: int) -> list[Item]:
     colour has to be read off the image."""
     rng = ctx.rng
     crop = _crop_gallery(ctx)
-    pool = _all_crops(crop) if ctx.split == "test" else []
+    pool = _all_crops(crop) if ctx.is_eval else []
     items = []
     for i in range(n):
         scene = Scene(sample_objects(rng, rng.randint(3, 4), distinct_shapes=True, distinct_colours=True),
@@ -401,7 +408,7 @@ def build_scenes_ground(ctx: Ctx, n: int) -> list[Item]:
         rebg = [crop(o.shape, o.colour, b) for b in BACKGROUNDS if b != bg]
         neg = rng.choice(others + recolour[:2])
         cands = shuffled_candidates(pos, others + recolour + rebg, pool, ctx.n_candidates, rng) \
-            if ctx.split == "test" else None
+            if ctx.is_eval else None
         wrong_objs = [x for x in scene.objects if x is not o]
         items.append(Item(
             INSTR["grounding"].format(label=o.shape), path, pos, neg, cands,
@@ -417,7 +424,7 @@ def build_scenes_ground(ctx: Ctx, n: int) -> list[Item]:
 def build_ref_scenes(ctx: Ctx, n: int) -> list[Item]:
     """RefCOCO analogue (OOD): a referring expression picks one of two same-shape objects by place or size."""
     rng = ctx.rng
-    crop = _crop_gallery(ctx)
+    crop = _crop_gallery(ctx, margin=0.06, size=64)  # tighter, larger crops: an out-of-distribution gallery
     pool = _all_crops(crop)
     items = []
     for i in range(n):
@@ -470,7 +477,7 @@ def build_shapes_cir(ctx: Ctx, n: int) -> list[Item]:
     families: list[tuple[Scene, list[tuple[Scene, str]]]] = []
     changed: list[int] = []  # per family, which object the modifications change
     taken: set = set()
-    while len(families) * per_family < n or len(gallery) < (ctx.n_candidates if ctx.split == "test" else 0):
+    while len(families) * per_family < n or len(gallery) < (ctx.n_candidates if ctx.is_eval else 0):
         ref = Scene(sample_objects(rng, rng.randint(2, 3), distinct_shapes=True, distinct_colours=True),
                       random_background(rng))
         if scene_key(ref) in taken:
@@ -506,14 +513,14 @@ def build_shapes_cir(ctx: Ctx, n: int) -> list[Item]:
 
     queries = [(f, m) for f in range(len(families)) for m in rng.sample(range(1, n_targets + 1), per_family)]
     rng.shuffle(queries)
-    pool = [target(fm) for fm in gallery] if ctx.split == "test" else []
+    pool = [target(fm) for fm in gallery] if ctx.is_eval else []
     items = []
     for f, m in queries[:n]:
         ref, tg = families[f]
         t_scene, mod = tg[m - 1]
         sibs = [(f, k) for k in range(n_targets + 1) if k != m]
         cands = shuffled_candidates(target((f, m)), [target(s) for s in sibs], pool, ctx.n_candidates, rng) \
-            if ctx.split == "test" else None
+            if ctx.is_eval else None
         items.append(Item(
             INSTR["composed"].format(modification=mod), target((f, 0))[1], target((f, m)),
             target(rng.choice([s for s in sibs if s[1] != 0])), cands,
