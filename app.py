@@ -1,0 +1,245 @@
+"""The M-Solomon demo: try a query, see the decision, the augmentation, the candidates and the latency.
+
+    python app.py [--model PATH] [--host 127.0.0.1] [--port 7860] [--threads N] [--reports DIR]
+
+The page lays out five tabs (Search, Compare, Corpora, Error explorer, Model); the logic lives in
+`msolomon.demo`. The search is also the API endpoint `/search` for `gradio_client`. Bound to 127.0.0.1 unless told
+otherwise; offline: no model hub, no analytics, no font or script from outside the machine.
+"""
+from __future__ import annotations
+
+import os
+
+for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}.items():
+    os.environ.setdefault(_key, _value)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from msolomon.demo.corpus import ALL_MINIMMEB  # noqa: E402
+from msolomon.demo.examples import INSTRUCTION_PRESETS  # noqa: E402
+from msolomon.demo.handlers import Handlers  # noqa: E402
+from msolomon.demo.panel import CARD_HEADERS, TEACHING  # noqa: E402
+from msolomon.demo.service import MODES, SearchService  # noqa: E402
+from msolomon.demo.settings import DemoSettings, default_threads  # noqa: E402
+
+logger = logging.getLogger("app")
+
+# system fonts only: the default theme would fetch its fonts from Google
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "Consolas", "monospace"])
+CSS = "#decision {margin: 4px 0} .latency {max-width: 640px} footer {display: none !important}"
+
+
+def build_demo(model: Any, settings: DemoSettings | None = None, service: SearchService | None = None) -> gr.Blocks:
+    """The page for a loaded `MSolomon`; builds (or finds in the cache) the default corpus index first."""
+    settings = settings or DemoSettings()
+    service = service or SearchService(model, settings).start()
+    h = Handlers(service)
+    limits = settings.limits
+    with gr.Blocks(title="M-Solomon: adaptive query augmentation") as demo:
+        gr.Markdown("# M-Solomon · adaptive query augmentation\nThe model decides per query whether to write an "
+                    "augmentation (`/augment`) or embed at once (`/embed`), then retrieves from a corpus.")
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], height=200,
+                                         label="Image (optional: upload, paste or webcam)", elem_id="query-image")
+                        text = gr.Textbox(label="Query text", lines=2, max_length=limits.max_query_chars,
+                                          elem_id="query-text")
+                        instruction = gr.Dropdown([""] + INSTRUCTION_PRESETS, value="", allow_custom_value=True,
+                                                  label="Instruction (MMEB-style preset, or type your own)")
+                        mode = gr.Radio(list(MODES), value="auto", label="Mode: auto = the model decides, never = "
+                                        "NoAug path, always = AlwaysAug path", elem_id="mode")
+                        with gr.Row():
+                            threshold = gr.Slider(0, 1, value=model.settings.default_threshold, step=0.05,
+                                                  label="Threshold (auto: augment when p ≥ it)")
+                            top_k = gr.Slider(1, limits.max_top_k, value=10, step=1, label="Top-k")
+                        corpus = gr.Dropdown(h.corpus_names(), value=ALL_MINIMMEB, label="Corpus")
+                        example_id = gr.Textbox(visible=False)
+                        go = gr.Button("Search", variant="primary", elem_id="search-button")
+                    with gr.Column(scale=3):
+                        gauge = gr.Label(num_top_classes=2, label="Decision: p(/augment) vs p(/embed)",
+                                         elem_id="gauge")
+                        decision = gr.HTML(elem_id="decision-box")
+                        augmentation = gr.Textbox(label="Augmentation (streamed as it is written)", lines=2,
+                                                  interactive=False, elem_id="augmentation")
+                        gallery = gr.Gallery(label="Retrieved images", columns=5, height=230, elem_id="gallery")
+                        hits = gr.HTML(elem_id="hits-box")
+                        latency = gr.HTML(elem_id="latency-box")
+                examples = service.examples
+                gr.Examples([[e.image, e.text or "", e.instruction or "", e.corpus, e.id] for e in examples],
+                            [image, text, instruction, corpus, example_id], example_labels=[e.label for e in examples],
+                            label=f"{len(examples)} held-out MiniMMEB test queries with known answers: click one, "
+                                  "then Search (the answer is marked when found)", examples_per_page=20)
+                inputs = [text, image, instruction, mode, threshold, top_k, corpus, example_id]
+                outputs = [gauge, decision, augmentation, gallery, hits, latency]
+                go.click(h.search, inputs, outputs, api_visibility="private", concurrency_limit=4)
+                text.submit(h.search, inputs, outputs, api_visibility="private", concurrency_limit=4)
+
+            with gr.Tab("Compare", id="compare"):
+                gr.Markdown("The query of the Search tab through M-Solomon's three paths, and through the trained "
+                            "NoAug and AlwaysAug models when `assets/baselines/` has them: their top-k lists, "
+                            "latencies, and where the rankings differ.")
+                compare_go = gr.Button("Compare the Search tab's query", variant="primary", elem_id="compare-button")
+                compare_out = gr.HTML(elem_id="compare-box")
+
+                def compare(t, i, ins, th, k, c, ex, progress=gr.Progress()):
+                    return h.compare(t, i, ins, th, k, c, ex, progress)
+
+                compare_go.click(compare, [text, image, instruction, threshold, top_k, corpus, example_id],
+                                 compare_out, api_visibility="private")
+
+            with gr.Tab("Corpora", id="corpora"):
+                corpora = gr.Dataframe(h.corpora_rows(), headers=["corpus", "items", "images", "what"],
+                                       interactive=False, wrap=True)
+                gr.Markdown(f"**Your own corpus**: images (at most {limits.max_image_mb:g} MB each) and/or a UTF-8 "
+                            f"text file with one candidate per line; at most {limits.max_corpus_items} items. "
+                            "Indexes are cached on disk by model and content, so a restart does not re-encode.")
+                with gr.Row():
+                    up_images = gr.File(file_count="multiple", file_types=["image"], label="Images", type="filepath")
+                    up_text = gr.File(file_count="single", file_types=[".txt"], label="Text file", type="filepath")
+                up_name = gr.Textbox(label="Corpus name", value="my corpus")
+                up_go = gr.Button("Index", variant="primary")
+                up_status = gr.Markdown()
+
+                def index_corpus(n, imgs, txt, progress=gr.Progress()):
+                    status, names, new, rows = h.index_corpus(n, imgs, txt, progress)
+                    return status, gr.update(choices=names, value=new), rows
+
+                up_go.click(index_corpus, [up_name, up_images, up_text], [up_status, corpus, corpora],
+                            api_visibility="private")
+
+            with gr.Tab("Error explorer", id="explorer"):
+                gr.Markdown("Predictions of `python -m msolomon.evaluation` (`*.predictions.jsonl`) from the folder "
+                            "given with `--reports`, or a small evaluation run here.")
+                with gr.Row():
+                    files = gr.Dropdown(h.explorer_choices(), label="Predictions file", scale=3)
+                    open_go = gr.Button("Open", scale=1)
+                with gr.Accordion("Run the evaluation on a small MiniMMEB subset", open=False):
+                    ev_sets = gr.CheckboxGroup(list(service.bench.names), value=list(service.bench.names)[:3],
+                                               label="Datasets")
+                    ev_limit = gr.Slider(1, limits.max_eval_queries, value=10, step=1, label="Queries per dataset")
+                    ev_modes = gr.CheckboxGroup(list(MODES), value=["auto", "never", "always"], label="Modes")
+                    ev_go = gr.Button("Run evaluation")
+                table = gr.Dataframe(headers=["dataset", "mode", "queries", "P@1 %", "augment rate",
+                                              "latency ms (mean)"], interactive=False, label="Per dataset")
+                plot = gr.Image(label="Accuracy vs latency", type="filepath", height=330)
+                with gr.Row():
+                    f_set = gr.Dropdown(["all"], value="all", label="Dataset")
+                    f_mode = gr.Dropdown(["all", *MODES], value="all", label="Mode")
+                    f_dec = gr.Dropdown(["all", "/augment", "/embed"], value="all", label="Decision")
+                    f_out = gr.Dropdown(["all", "right", "wrong"], value="all", label="Outcome")
+                queries = gr.Dataframe(headers=["#", "dataset", "mode", "decision", "right", "p(/augment)", "query"],
+                                       interactive=False, label="Queries (click a row)")
+                with gr.Row():
+                    q_image = gr.Image(label="Query image", height=200, scale=1)
+                    q_detail = gr.HTML()
+                filters = [files, f_set, f_mode, f_dec, f_out]
+
+                def open_file(label):
+                    rows, png, sets, qrows = h.explorer_open(label)
+                    return rows, png, gr.update(choices=["all", *sets], value="all"), qrows
+
+                open_go.click(open_file, files, [table, plot, f_set, queries], api_visibility="private")
+                for f in filters[1:]:
+                    f.change(h.explorer_filter, filters, queries, api_visibility="private")
+
+                def show(label, ds, md, dc, oc, evt: gr.SelectData):
+                    return h.explorer_detail(label, ds, md, dc, oc, evt.index[0])
+
+                queries.select(show, filters, [q_detail, q_image], api_visibility="private")
+
+                def run_eval(sets, limit, ms, progress=gr.Progress(track_tqdm=True)):
+                    names, label = h.explorer_run(sets, limit, ms, progress)
+                    return (gr.update(choices=names, value=label), *open_file(label))
+
+                ev_go.click(run_eval, [ev_sets, ev_limit, ev_modes], [files, table, plot, f_set, queries],
+                            api_visibility="private")
+
+            with gr.Tab("Model", id="model"):
+                with gr.Row():
+                    with gr.Column():
+                        facts = gr.Markdown()
+                        card = gr.Dataframe(headers=CARD_HEADERS, interactive=False,
+                                            label="Figures from the model card (report.json)")
+                    with gr.Column():
+                        gr.Markdown(TEACHING)
+                        gr.Markdown("**Live, on this server** (searches served since it started):")
+                        live = gr.Markdown()
+                        refresh = gr.Button("Refresh")
+                refresh.click(h.panel, None, [facts, card, live], api_visibility="private")
+                demo.load(h.panel, None, [facts, card, live], api_visibility="private")
+
+        with gr.Row(visible=False):  # the /search API endpoint (batched), also usable from gradio_client
+            a_text, a_ins, a_corpus = gr.Textbox(), gr.Textbox(), gr.Textbox(value=ALL_MINIMMEB)
+            a_image = gr.Image(type="filepath")
+            a_mode = gr.Textbox(value="auto")
+            a_threshold, a_k = gr.Number(value=model.settings.default_threshold), gr.Number(value=10, precision=0)
+            a_out, a_go = gr.JSON(), gr.Button()
+        a_go.click(h.api_search, [a_text, a_image, a_ins, a_mode, a_threshold, a_k, a_corpus], a_out,
+                   api_name="search", concurrency_limit=2 * settings.max_batch)
+    demo.msolomon_service = service
+    return demo
+
+
+def launch(demo: gr.Blocks, settings: DemoSettings, **kwargs: Any) -> Any:
+    """Queue (bounded) and serve the page on settings.host:port, serving only the cache folder's files."""
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=2)
+    return demo.launch(server_name=settings.host, server_port=settings.port, theme=THEME, css=CSS,
+                       allowed_paths=[str(settings.cache_dir)], max_file_size=settings.limits.max_upload,
+                       footer_links=["api"], **kwargs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python app.py", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="a checkpoint folder the library loads (default: assets/model)")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter folder on top of --model")
+    p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes quantization")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--threads", type=int, default=default_threads(), help="torch and faiss threads, set once")
+    p.add_argument("--reports", default=None, help="folder of evaluation outputs for the error explorer")
+    p.add_argument("--cache-dir", default=None, help="generated data and cached indexes (default ~/.cache/msolomon)")
+    p.add_argument("--baselines", default=None, help="folder with noaug/ and alwaysaug/ (default assets/baselines)")
+    p.add_argument("--corpus-scale", default="small", choices=["tiny", "small", "full"],
+                   help="MiniMMEB scale of the default corpus")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    t0 = time.perf_counter()
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import faiss
+    import torch
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    from msolomon.model import DEFAULT_MODEL_DIR, MSolomon
+
+    settings = DemoSettings(model=args.model, adapter=args.adapter, quantization=args.quantization, host=args.host,
+                            port=args.port, threads=args.threads, reports_dir=args.reports,
+                            corpus_scale=args.corpus_scale,
+                            **{k: v for k, v in (("cache_dir", args.cache_dir), ("baselines_dir", args.baselines))
+                               if v is not None})
+    model = MSolomon.from_pretrained(args.model or DEFAULT_MODEL_DIR, adapter=args.adapter,
+                                     quantization=args.quantization)
+    demo = build_demo(model, settings)
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    logger.info("page up at http://%s:%d after %.1f s (%d torch threads)", settings.host, settings.port,
+                time.perf_counter() - t0, settings.threads)
+    try:
+        demo.block_thread()
+    finally:
+        demo.msolomon_service.close()
+
+
+if __name__ == "__main__":
+    main()

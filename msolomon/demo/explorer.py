@@ -1,0 +1,164 @@
+"""The error explorer: predictions files written by `python -m msolomon.evaluation` (FILE.predictions.jsonl,
+one record per query and mode, with its decision, augmentation, correctness and top candidates), read only from
+the folders the server was started with, never from a path typed into the page.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from msolomon.report import MODE_ORDER, plot_report, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+SUFFIX = ".predictions.jsonl"
+TABLE_HEADERS = ["dataset", "mode", "queries", "P@1 %", "augment rate", "latency ms (mean)"]
+QUERY_HEADERS = ["#", "dataset", "mode", "decision", "right", "p(/augment)", "query"]
+
+
+def find_files(folders: Iterable[Path | None]) -> dict[str, Path]:
+    """Predictions files under the given folders, labelled by their path relative to their folder."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if folder is None or not Path(folder).is_dir():
+            continue
+        for path in sorted(Path(folder).rglob("*" + SUFFIX)):
+            found[f"{Path(folder).name}/{path.relative_to(folder)}"] = path
+    return found
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    records = [r for r in read_jsonl(path) if isinstance(r, dict) and "dataset" in r and "mode" in r]
+    if not records:
+        raise ValueError(f"{path.name} holds no predictions (expected the .predictions.jsonl of an evaluation)")
+    return records
+
+
+def _mode_key(mode: str) -> int:
+    return MODE_ORDER.index(mode) if mode in MODE_ORDER else len(MODE_ORDER)
+
+
+def dataset_table(records: Sequence[dict]) -> list[list[Any]]:
+    """Per (dataset, mode): queries, Precision@1, augment rate, mean latency."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["mode"])].append(r)
+    rows = []
+    for (dataset, mode), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], _mode_key(kv[0][1]))):
+        lat = [float(r["latency_ms"]) for r in rs if r.get("latency_ms") is not None]
+        rows.append([dataset, mode, len(rs), round(100 * float(np.mean([bool(r.get("correct")) for r in rs])), 1),
+                     round(float(np.mean([r.get("decision") == "/augment" for r in rs])), 2),
+                     round(float(np.mean(lat)), 1) if lat else None])
+    return rows
+
+
+def summary_report(records: Sequence[dict], name: str) -> dict[str, Any]:
+    """The parts of an evaluation report the accuracy-latency plot reads, rebuilt from predictions."""
+    by_mode: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_mode[r["mode"]][r["dataset"]].append(r)
+    modes = {}
+    for mode, per in by_mode.items():
+        lat = [float(r["latency_ms"]) for rs in per.values() for r in rs if r.get("latency_ms") is not None]
+        modes[mode] = {"overall": float(np.mean([100 * np.mean([bool(r.get("correct")) for r in rs])
+                                                 for rs in per.values()])),
+                       "latency_ms": {"mean": float(np.mean(lat)) if lat else None}}
+    return {"model": name, "modes": modes}
+
+
+def plot(path: Path, records: Sequence[dict], out: Path) -> Path:
+    """The accuracy-latency plot: from the report beside the predictions file when there is one (it has the
+    threshold curve), else from the predictions themselves."""
+    report_file = path.with_name(path.name[: -len(SUFFIX)] + ".json")
+    report = None
+    if report_file.is_file():
+        try:
+            report = json.loads(report_file.read_text(encoding="utf-8"))
+            report["modes"] = {m: v for m, v in report["modes"].items() if "overall" in v}
+        except (ValueError, KeyError, TypeError):
+            report = None
+    if report is None:
+        report = summary_report(records, path.name[: -len(SUFFIX)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_report(report, out)
+    return out
+
+
+def select(records: Sequence[dict], dataset: str = "all", mode: str = "all", decision: str = "all",
+           outcome: str = "all") -> list[dict]:
+    """The records that pass the query browser's filters."""
+    out = []
+    for r in records:
+        if dataset != "all" and r["dataset"] != dataset:
+            continue
+        if mode != "all" and r["mode"] != mode:
+            continue
+        if decision != "all" and r.get("decision") != decision:
+            continue
+        if outcome != "all" and bool(r.get("correct")) != (outcome == "right"):
+            continue
+        out.append(r)
+    return out
+
+
+def query_rows(records: Sequence[dict], limit: int = 500) -> list[list[Any]]:
+    def short(text: Any) -> str:
+        text = " ".join(str(text or "").split())
+        return text if len(text) <= 90 else text[:87] + "…"
+
+    return [[i, r["dataset"], r["mode"], r.get("decision"), "yes" if r.get("correct") else "no",
+             None if r.get("p_augment") is None else round(float(r["p_augment"]), 3), short(r.get("query"))]
+            for i, r in enumerate(records[:limit])]
+
+
+def run_evaluation(model: Any, data_dir: Path, datasets: Sequence[str], limit: int, modes: Sequence[str],
+                   out_root: Path) -> Path:
+    """Evaluate on a few queries of a few MiniMMEB datasets; returns the predictions file it wrote."""
+    from msolomon.evaluation import evaluate
+
+    if not datasets:
+        raise ValueError("choose at least one dataset")
+    if not modes:
+        raise ValueError("choose at least one mode")
+    out = Path(out_root) / time.strftime("run-%Y%m%d-%H%M%S") / "report.json"
+    evaluate(model, data_dir, modes=list(modes), limit=int(limit), datasets=list(datasets), out=out,
+             resume=False, model_name="the demo's model")
+    return out.with_name("report" + SUFFIX)
+
+
+def detail_html(r: dict) -> str:
+    """One query: its text, decision, augmentation and top candidates, the known answer marked."""
+    from html import escape
+
+    verdict = "<b style='color:#16a34a'>right</b>" if r.get("correct") else "<b style='color:#dc2626'>wrong</b>"
+    top = "".join(
+        f"<li>{'<b>' if c.get('correct') else ''}{escape(str(c.get('text') or Path(str(c.get('image'))).name))}"
+        f" <small>({float(c.get('score', float('nan'))):.3f})</small>{' ✓ answer</b>' if c.get('correct') else ''}"
+        "</li>" for c in r.get("top") or [])
+    p = r.get("p_augment")
+    return (f"<div id='explorer-detail'><p>{escape(r['dataset'])} #{r.get('index')} · mode {escape(r['mode'])} · "
+            f"{escape(str(r.get('decision')))} (p(/augment) {'–' if p is None else f'{float(p):.3f}'}) · {verdict} · "
+            f"{float(r.get('latency_ms') or 0):.1f} ms</p>"
+            f"<p><b>query</b>: {escape(str(r.get('query') or ''))}</p>"
+            f"<p><b>augmentation</b>: {escape(r.get('augmentation') or '(none)')}</p>"
+            f"<p><b>top candidates</b> (positive score {float(r.get('positive_score', float('nan'))):.3f}):</p>"
+            f"<ol>{top}</ol></div>")
+
+
+def detail_image(r: dict) -> Any:
+    """The query's image as a PIL image, or None when it has none or the file is not on this machine."""
+    from msolomon.processing import load_image
+
+    img = r.get("image")
+    if not img or not Path(str(img)).is_file():
+        return None
+    try:
+        return load_image(str(img))
+    except ValueError:
+        return None

@@ -1,0 +1,193 @@
+"""The page's event handlers. Each turns bad input into a readable message on the page (`gr.Error`), never a
+stack trace, and leaves the server serving; unexpected failures are logged with their trace on the server."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from msolomon.demo import explorer, panel, render
+from msolomon.demo.batching import BusyError
+from msolomon.demo.corpus import CorpusError
+from msolomon.demo.service import DemoInputError, SearchOutcome, SearchRequest, SearchService
+
+logger = logging.getLogger(__name__)
+
+USER_ERRORS = (DemoInputError, CorpusError, BusyError, ValueError, FileNotFoundError, TimeoutError)
+
+
+def readable(err: BaseException) -> Exception:
+    """The message a visitor sees for an exception."""
+    import gradio as gr
+
+    if isinstance(err, gr.Error):
+        return err
+    if isinstance(err, USER_ERRORS):
+        return gr.Error(str(err) or type(err).__name__)
+    logger.error("handler failed", exc_info=err)
+    return gr.Error(f"Something went wrong on the server ({type(err).__name__}); it was logged and the demo keeps "
+                    "serving. Try another input.")
+
+
+def guarded(fn: Callable) -> Callable:
+    """Wrap a handler (plain or generator) so every exception reaches the page as a readable message."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise readable(err) from None
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise readable(err) from None
+    return call
+
+
+def _progress(progress: Any) -> Callable[[float, str], None] | None:
+    if progress is None:
+        return None
+    return lambda fraction, text: progress(fraction, desc=text)
+
+
+class Handlers:
+    """What the page's buttons call; tests call these directly."""
+
+    def __init__(self, service: SearchService):
+        self.service = service
+        self.records: dict[str, list[dict]] = {}  # loaded predictions files, by label
+
+    # ------------------------------------------------------------------ search
+    def _request(self, text: str | None, image: str | None, instruction: str | None, mode: str, threshold: Any,
+                 top_k: Any, corpus: str, example_id: str | None = None) -> SearchRequest:
+        return SearchRequest(text=text, image=image or None, instruction=instruction, mode=mode,
+                             threshold=threshold if threshold is not None else 0.5,
+                             top_k=top_k if top_k is not None else 10, corpus=corpus, example_id=example_id or None)
+
+    @staticmethod
+    def view(out: SearchOutcome) -> tuple:
+        """The search tab's outputs for one (partial or final) outcome."""
+        import gradio as gr
+
+        images = render.gallery_items(out) if out.final else []
+        return (render.decision_label(out), render.decision_html(out), out.augmentation or "",
+                gr.update(value=images, visible=bool(images)), render.hits_html(out),
+                render.latency_html(out.timings, "server time per step") if out.final else "")
+
+    @guarded
+    def search(self, text: str | None, image: str | None, instruction: str | None, mode: str, threshold: float,
+               top_k: int, corpus: str, example_id: str | None = None) -> Iterator[tuple]:
+        req = self._request(text, image, instruction, mode, threshold, top_k, corpus, example_id)
+        for out in self.service.stream(req):
+            yield self.view(out)
+
+    @guarded
+    def api_search(self, text: str | None, image: str | None, instruction: str | None, mode: str = "auto",
+                   threshold: float = 0.5, top_k: int = 10, corpus: str | None = None) -> dict:
+        """The `/search` endpoint: batched with other concurrent searches; the outcome as JSON."""
+        from msolomon.demo.corpus import ALL_MINIMMEB
+
+        req = self._request(text, image, instruction, mode, threshold, top_k, corpus or ALL_MINIMMEB)
+        return self.service.search(req).to_json()
+
+    @guarded
+    def compare(self, text: str | None, image: str | None, instruction: str | None, threshold: float, top_k: int,
+                corpus: str, example_id: str | None = None, progress: Any = None) -> str:
+        req = self._request(text, image, instruction, "auto", threshold, top_k, corpus, example_id)
+        runs, note = self.service.compare(req, _progress(progress))
+        return render.compare_html(runs, note)
+
+    # ------------------------------------------------------------------ corpora
+    def corpus_names(self) -> list[str]:
+        return list(self.service.corpora)
+
+    def corpora_rows(self) -> list[list[Any]]:
+        return [[c.name, len(c), sum(p["image"] is not None for p in c.payloads), c.note]
+                for c in self.service.corpora.values()]
+
+    @guarded
+    def index_corpus(self, name: str | None, images: list[str] | None, text_file: str | None,
+                     progress: Any = None) -> tuple[str, list[str], str, list[list[Any]]]:
+        """Returns (status, corpus names, the new corpus name, corpora table)."""
+        corpus = self.service.add_custom_corpus(name or "", images, text_file, _progress(progress))
+        status = f"Indexed **{corpus.name}**: {corpus.note}. It is now in the corpus list of the Search tab."
+        return status, self.corpus_names(), corpus.name, self.corpora_rows()
+
+    # ------------------------------------------------------------------ error explorer
+    def explorer_folders(self) -> list[Path | None]:
+        s = self.service.settings
+        return [s.reports_dir, s.cache_dir / "evals"]
+
+    def explorer_choices(self) -> list[str]:
+        return list(explorer.find_files(self.explorer_folders()))
+
+    @guarded
+    def explorer_open(self, label: str | None) -> tuple[list[list[Any]], str, list[str], list[list[Any]]]:
+        """Returns (per-dataset table, plot path, dataset names, query rows)."""
+        files = explorer.find_files(self.explorer_folders())
+        if not label or label not in files:
+            raise DemoInputError("choose a predictions file from the list (files come from the folder given with "
+                                 "--reports, or from an evaluation run on this page)")
+        path = files[label]
+        records = explorer.load(path)
+        self.records[label] = records
+        plot = explorer.plot(path, records, self.service.settings.cache_dir / "plots" / f"{abs(hash(label))}.png")
+        datasets = sorted({r["dataset"] for r in records})
+        return explorer.dataset_table(records), str(plot), datasets, explorer.query_rows(records)
+
+    def _selected(self, label: str | None, dataset: str, mode: str, decision: str, outcome: str) -> list[dict]:
+        if not label or label not in self.records:
+            raise DemoInputError("open a predictions file first")
+        return explorer.select(self.records[label], dataset or "all", mode or "all", decision or "all",
+                               outcome or "all")
+
+    @guarded
+    def explorer_filter(self, label: str | None, dataset: str, mode: str, decision: str,
+                        outcome: str) -> list[list[Any]]:
+        return explorer.query_rows(self._selected(label, dataset, mode, decision, outcome))
+
+    @guarded
+    def explorer_detail(self, label: str | None, dataset: str, mode: str, decision: str, outcome: str,
+                        row: int) -> tuple[str, Any]:
+        """(detail html, query image) of the row-th query that passes the filters."""
+        chosen = self._selected(label, dataset, mode, decision, outcome)
+        if not 0 <= int(row) < len(chosen):
+            raise DemoInputError(f"no query #{row} under these filters ({len(chosen)} match)")
+        r = chosen[int(row)]
+        return explorer.detail_html(r), explorer.detail_image(r)
+
+    @guarded
+    def explorer_run(self, datasets: list[str] | None, limit: int, modes: list[str] | None,
+                     progress: Any = None) -> tuple[list[str], str]:
+        """Evaluate the loaded model on a small MiniMMEB subset; returns (file choices, the new file's label)."""
+        from msolomon.demo.service import LockedModel
+
+        s = self.service
+        limit = int(limit)
+        if not 1 <= limit <= s.settings.limits.max_eval_queries:
+            raise DemoInputError(f"queries per dataset must be between 1 and {s.settings.limits.max_eval_queries}")
+        unknown = [d for d in datasets or [] if d not in s.bench.names]
+        if unknown:
+            raise DemoInputError(f"unknown dataset(s): {', '.join(unknown)}")
+        if progress is not None:
+            progress(0.0, desc="evaluating")
+        path = explorer.run_evaluation(LockedModel(s.model, s.lock), s.data_dir, datasets or [], limit,
+                                       modes or [], s.settings.cache_dir / "evals")
+        files = explorer.find_files(self.explorer_folders())
+        label = next(k for k, v in files.items() if v == path)
+        return list(files), label
+
+    # ------------------------------------------------------------------ model panel
+    def panel(self) -> tuple[str, list[list[Any]], str]:
+        s = self.service
+        path = str(s.settings.model or "assets/model (the shipped default)")
+        facts = panel.model_facts(s.model, path, s.settings.threads, s.model_key)
+        card_dir = s.settings.model or str(Path(__file__).resolve().parents[2] / "assets" / "model")
+        return panel.facts_markdown(facts), panel.card_figures(card_dir), panel.live_markdown(s.live_figures())

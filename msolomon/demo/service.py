@@ -1,0 +1,383 @@
+"""Searching for the demo: one query in, the decision, augmentation, ranked candidates and timings out.
+
+`SearchService` owns the loaded model and a lock: every model call (batched searches, streamed searches,
+comparisons, corpus indexing, evaluation runs) holds it, so calls never interleave on the model. Searches in
+`never` mode and API searches go through the `Batcher`; searches that write an augmentation can be streamed
+token by token (`stream`), produced in a worker thread so torch's per-thread state never crosses threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from msolomon import prompts
+from msolomon.demo import corpus as C
+from msolomon.demo.batching import Batcher
+from msolomon.demo.examples import Example, by_id, pick_examples
+from msolomon.demo.settings import DemoSettings
+from msolomon.inputs import Candidate, Query
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "never", "always")
+TIMING_ORDER = ("preprocess", "decide", "generate", "embed", "search")
+BASELINES = {"noaug": ("NoAug model", "never"), "alwaysaug": ("AlwaysAug model", "always")}
+
+
+class DemoInputError(ValueError):
+    """Input the demo refuses; the message is shown on the page as it is."""
+
+
+@dataclass
+class SearchRequest:
+    """One search as the page or the API sends it."""
+
+    text: str | None = None
+    image: str | None = None
+    instruction: str | None = None
+    mode: str = "auto"
+    threshold: float = 0.5
+    top_k: int = 10
+    corpus: str = C.ALL_MINIMMEB
+    example_id: str | None = None
+
+
+@dataclass
+class HitView:
+    rank: int
+    score: float
+    text: str | None
+    image: str | None
+    correct: bool
+
+
+@dataclass
+class SearchOutcome:
+    """What the page shows and `/search` returns; `final` is False while the augmentation is still streaming."""
+
+    decision: str
+    p_augment: float
+    augmentation: str | None
+    mode: str
+    threshold: float
+    corpus: str
+    hits: list[HitView] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    final: bool = True
+    example: str | None = None  # the benchmark example this query is, if any
+    answer: str | None = None
+    positive_rank: int | None = None  # 1-based rank of the known answer in the whole corpus
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hits"] = [asdict(h) for h in self.hits]
+        out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return out
+
+
+def _image_digest(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class LockedModel:
+    """The model seen through the lock, one call at a time (for long jobs such as an evaluation run, so that
+    searches still get their turn between its queries)."""
+
+    def __init__(self, model: Any, lock: threading.Lock):
+        self._model, self._lock = model, lock
+
+    def encode_queries(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._model.encode_queries(*args, **kwargs)
+
+    def encode_candidates(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._model.encode_candidates(*args, **kwargs)
+
+
+class SearchService:
+    """The model, its corpora and examples, and the three ways to search: batched, streamed, compared."""
+
+    def __init__(self, model: Any, settings: DemoSettings):
+        self.model = model
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.model_key = C.model_key(model)
+        self.cache = C.IndexCache(settings.cache_dir / "indexes")
+        self.corpora: dict[str, C.Corpus] = {}
+        self.examples: list[Example] = []
+        self._examples_by_id: dict[str, Example] = {}
+        self.bench: Any = None
+        self.data_dir: Path | None = None
+        self.baselines: dict[str, Any] = {}
+        self._baseline_indexes: dict[tuple[str, str], Any] = {}
+        self.served: deque[tuple[str, float]] = deque(maxlen=1000)  # (decision, model ms) of recent searches
+        self.startup: dict[str, float] = {}
+        self.batcher = Batcher(self._run_batch, settings.max_batch, settings.batch_wait_ms, settings.queue_size)
+
+    # ------------------------------------------------------------------ start-up
+    def start(self, progress: C.Progress | None = None) -> "SearchService":
+        """Generate (first start) or find the default corpus, index it (or load the cached index), pick examples."""
+        from msolomon.evaluation import open_benchmark
+
+        t0 = time.perf_counter()
+        self.data_dir = C.ensure_minimmeb(self.settings.cache_dir, self.settings.corpus_seed,
+                                          self.settings.corpus_scale)
+        self.bench = open_benchmark(self.data_dir)
+        t1 = time.perf_counter()
+        payloads = C.minimmeb_payloads(self.bench)
+        if self.settings.sample_photos:
+            payloads += C.sample_photo_payloads(self.settings.cache_dir)
+        index, cached = self.cache.get(payloads, self.encode_candidates, self.model_key, progress)
+        t2 = time.perf_counter()
+        note = f"{len(payloads)} candidates of {len(self.bench.names)} MiniMMEB test sets " \
+               f"(seed {self.settings.corpus_seed}, scale {self.settings.corpus_scale}) and sample photos"
+        self.corpora[C.ALL_MINIMMEB] = C.Corpus(C.ALL_MINIMMEB, payloads, index, note, list(self.bench.names))
+        for name in self.bench.names:
+            positions = [i for i, p in enumerate(payloads) if name in p["datasets"]]
+            self.corpora[C.DATASET_PREFIX + name] = C.Corpus(
+                C.DATASET_PREFIX + name, [payloads[i] for i in positions], C.subset(index, positions),
+                f"the {len(positions)} test candidates of {name} (the MMEB setting)", [name])
+        self.examples = pick_examples(self.bench, self.decide, self.settings.n_examples_per_dataset)
+        self._examples_by_id = by_id(self.examples)
+        self.startup = {"data_s": t1 - t0, "index_s": t2 - t1, "examples_s": time.perf_counter() - t2,
+                        "index_cached": float(cached)}
+        logger.info("demo ready: %d corpora, %d examples, index %s (%.1fs)", len(self.corpora), len(self.examples),
+                    "from cache" if cached else "built", time.perf_counter() - t0)
+        return self
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # ------------------------------------------------------------------ model calls (all under the lock)
+    def encode_candidates(self, candidates: list[Candidate], model: Any = None) -> np.ndarray:
+        with self.lock:
+            return (model or self.model).encode_candidates(candidates, batch_size=32, show_progress_bar=False)
+
+    def decide(self, queries: list[Query]) -> list[tuple[str, float]]:
+        """The model's decision at its default threshold, from the prefill alone (`never` mode costs no
+        generation)."""
+        threshold = self.model.settings.default_threshold
+        with self.lock:
+            results = self.model.encode_queries(queries, augment="never", batch_size=16, max_new_tokens=1)
+        return [(prompts.AUGMENT if r.p_augment >= threshold else prompts.EMBED, r.p_augment) for r in results]
+
+    def _run_batch(self, group: tuple, queries: list[Query]) -> list[Any]:
+        mode, threshold, max_new_tokens = group
+        with self.lock:
+            return self.model.encode_queries(queries, augment=mode, threshold=threshold, batch_size=len(queries),
+                                             max_new_tokens=max_new_tokens, show_progress_bar=False)
+
+    # ------------------------------------------------------------------ requests
+    def check(self, req: SearchRequest) -> Query:
+        """Validate a request and turn it into a Query; every refusal is a `DemoInputError` with a plain reason."""
+        from msolomon.processing import load_image
+
+        limits = self.settings.limits
+        text = req.text if req.text and req.text.strip() else None
+        instruction = req.instruction if req.instruction and req.instruction.strip() else None
+        for what, value in (("query text", text), ("instruction", instruction)):
+            if value is not None and len(value) > limits.max_query_chars:
+                raise DemoInputError(f"the {what} has {len(value)} characters; the limit is {limits.max_query_chars}")
+        if text is None and req.image is None and instruction is None:
+            raise DemoInputError("type a query, add an image, or both")
+        if req.mode not in MODES:
+            raise DemoInputError(f"mode must be one of {', '.join(MODES)}, got {req.mode!r}")
+        try:
+            threshold = float(req.threshold)
+        except (TypeError, ValueError):
+            raise DemoInputError(f"threshold must be a number in [0, 1], got {req.threshold!r}") from None
+        if not 0.0 <= threshold <= 1.0 or math.isnan(threshold):
+            raise DemoInputError(f"threshold must be in [0, 1], got {req.threshold!r}")
+        try:
+            top_k = int(req.top_k)
+        except (TypeError, ValueError):
+            raise DemoInputError(f"top-k must be a whole number, got {req.top_k!r}") from None
+        if not 1 <= top_k <= limits.max_top_k:
+            raise DemoInputError(f"top-k must be between 1 and {limits.max_top_k}, got {top_k}")
+        if req.corpus not in self.corpora:
+            raise DemoInputError(f"unknown corpus {req.corpus!r}; choose one of the list")
+        if req.image is not None:
+            name = Path(str(req.image)).name
+            try:
+                load_image(req.image)
+            except ValueError as err:
+                raise DemoInputError(str(err).replace(str(req.image), name)) from None
+        return Query(text=text, image=req.image, instruction=instruction)
+
+    def _example_for(self, req: SearchRequest) -> Example | None:
+        ex = self._examples_by_id.get(req.example_id or "")
+        if ex is None:
+            return None
+        same_text = (ex.text or None) == (req.text.strip() if req.text and req.text.strip() else None) and \
+            (ex.instruction or None) == (req.instruction.strip() if req.instruction and req.instruction.strip()
+                                         else None)
+        same_image = (ex.image is None) == (req.image is None) and \
+            (ex.image is None or _image_digest(ex.image) == _image_digest(req.image))
+        return ex if same_text and same_image else None
+
+    def _outcome(self, req: SearchRequest, result: Any, index: Any, corpus: str,
+                 extra_ms: dict[str, float] | None = None) -> SearchOutcome:
+        """Search the embedding of a finished result and package everything the page shows."""
+        t0 = time.perf_counter()
+        k = min(int(req.top_k), len(index))
+        example = self._example_for(req)
+        hits = index.search(np.asarray(result.embedding, dtype=np.float32), k=len(index) if example else k)
+        search_ms = (time.perf_counter() - t0) * 1e3
+        positive_rank = None
+        if example is not None:
+            positive_rank = next((h.rank + 1 for h in hits
+                                  if C.payload_key(h.payload.get("text"), h.payload.get("image"))
+                                  == example.positive_key), None)
+        views = [HitView(h.rank + 1, float(h.score), h.payload.get("label"), h.payload.get("image"),
+                         bool(positive_rank == h.rank + 1)) for h in hits[:k]]
+        timings = {key: float(result.timings.get(key, 0.0)) for key in TIMING_ORDER if key != "search"}
+        timings["search"] = search_ms
+        timings["total"] = float(result.timings.get("total", 0.0)) + search_ms
+        timings.update(extra_ms or {})
+        self.served.append((result.decision, float(result.timings.get("total", 0.0))))
+        return SearchOutcome(result.decision, float(result.p_augment), result.augmentation, req.mode,
+                             float(req.threshold), corpus, views, timings, True,
+                             example.id if example else None, example.answer if example else None, positive_rank)
+
+    def search(self, req: SearchRequest, timeout: float = 120.0) -> SearchOutcome:
+        """A batched search: waits for other concurrent searches briefly, then one model call serves them all."""
+        query = self.check(req)
+        t0 = time.perf_counter()
+        future = self.batcher.submit(query, (req.mode, float(req.threshold), self.settings.max_new_tokens))
+        result = future.result(timeout=timeout)
+        wall = (time.perf_counter() - t0) * 1e3
+        return self._outcome(req, result, self.corpora[req.corpus].index, req.corpus,
+                             {"queue": max(wall - float(result.timings.get("total", 0.0)), 0.0)})
+
+    def stream(self, req: SearchRequest) -> Iterator[SearchOutcome]:
+        """The decision first, then the augmentation as it grows, then the final outcome with the hits."""
+        query = self.check(req)
+        if req.mode == "never":  # nothing to stream: serve it batched
+            yield self.search(req)
+            return
+        steps: queue.Queue = queue.Queue()
+
+        def produce() -> None:
+            try:
+                with self.lock:
+                    for step in self.model.stream_query(query, augment=req.mode, threshold=float(req.threshold),
+                                                        max_new_tokens=self.settings.max_new_tokens):
+                        steps.put(step)
+            except Exception as err:  # handed to the consumer, which raises it on its own thread
+                steps.put(err)
+            steps.put(None)
+
+        threading.Thread(target=produce, name="msolomon-stream", daemon=True).start()
+        while True:
+            step = steps.get()
+            if step is None:
+                return
+            if isinstance(step, Exception):
+                raise step
+            if step.final:
+                yield self._outcome(req, step, self.corpora[req.corpus].index, req.corpus)
+            else:
+                yield SearchOutcome(step.decision, float(step.p_augment), step.augmentation, req.mode,
+                                    float(req.threshold), req.corpus, [], dict(step.timings), final=False)
+
+    # ------------------------------------------------------------------ compare
+    def baseline_dirs(self) -> dict[str, Path]:
+        """The trained NoAug / AlwaysAug models present under the baselines folder."""
+        base = self.settings.baselines_dir
+        return {k: base / k for k in BASELINES if (base / k / "config.json").is_file()}
+
+    def _baseline(self, key: str) -> Any:
+        if key not in self.baselines:
+            from msolomon.model import MSolomon
+
+            self.baselines[key] = MSolomon.from_pretrained(self.baseline_dirs()[key], device="cpu")
+        return self.baselines[key]
+
+    def _index_for(self, key: str, model: Any, corpus: str, progress: C.Progress | None) -> Any:
+        """The corpus encoded by a baseline model (its own embedding space), cached like the main indexes."""
+        if (key, corpus) not in self._baseline_indexes:
+            base = self.corpora[C.ALL_MINIMMEB] if corpus.startswith(C.DATASET_PREFIX) else self.corpora[corpus]
+            if (key, base.name) not in self._baseline_indexes:
+                index, _ = self.cache.get(base.payloads, lambda c: self.encode_candidates(c, model),
+                                          C.model_key(model), progress)
+                self._baseline_indexes[(key, base.name)] = index
+            if base.name != corpus:
+                wanted = set(self.corpora[corpus].datasets)
+                positions = [i for i, p in enumerate(base.payloads) if wanted & set(p["datasets"])]
+                self._baseline_indexes[(key, corpus)] = C.subset(self._baseline_indexes[(key, base.name)], positions)
+        return self._baseline_indexes[(key, corpus)]
+
+    def compare(self, req: SearchRequest, progress: C.Progress | None = None
+                ) -> tuple[list[tuple[str, SearchOutcome]], str]:
+        """The query through M-Solomon's three modes and through the NoAug and AlwaysAug models when present."""
+        query = self.check(req)
+        runs: list[tuple[str, Any, str, str]] = [
+            ("M-Solomon · auto", self.model, "auto", ""), ("M-Solomon · never (NoAug path)", self.model, "never", ""),
+            ("M-Solomon · always (AlwaysAug path)", self.model, "always", "")]
+        present = self.baseline_dirs()
+        for key, (label, mode) in BASELINES.items():
+            if key in present:
+                runs.append((label, self._baseline(key), mode, key))
+        out = []
+        for label, model, mode, key in runs:
+            with self.lock:
+                result = model.encode_queries(query, augment=mode, threshold=float(req.threshold),
+                                              max_new_tokens=self.settings.max_new_tokens)
+            index = self.corpora[req.corpus].index if not key else self._index_for(key, model, req.corpus, progress)
+            sub = SearchRequest(**{**asdict(req), "mode": mode})
+            out.append((label, self._outcome(sub, result, index, req.corpus)))
+        missing = [f"{self.settings.baselines_dir / k}" for k in BASELINES if k not in present]
+        note = ("Trained baselines compared: " + ", ".join(BASELINES[k][0] for k in present) + "." if present else "")
+        if missing:
+            note += (" " if note else "") + "Absent: " + ", ".join(missing) + " (train them with `python -m " \
+                "training.reproduce`); only M-Solomon's own paths are shown for those."
+        return out, note
+
+    # ------------------------------------------------------------------ corpora
+    def add_custom_corpus(self, name: str, images: Sequence[str] | None, text_file: str | None,
+                          progress: C.Progress | None = None) -> C.Corpus:
+        """Index uploaded images and lines of text as a new corpus (cached like the default one)."""
+        name = " ".join((name or "").split())[:60] or "my corpus"
+        full = C.CUSTOM_PREFIX + name
+        customs = [n for n in self.corpora if n.startswith(C.CUSTOM_PREFIX)]
+        if full not in self.corpora and len(customs) >= self.settings.limits.max_custom_corpora:
+            raise DemoInputError(f"at most {self.settings.limits.max_custom_corpora} custom corpora; "
+                                 "reuse a name to replace one")
+        try:
+            payloads = C.custom_payloads(images, text_file, self.settings.cache_dir / "uploads",
+                                         self.settings.limits)
+        except C.CorpusError as err:
+            raise DemoInputError(str(err)) from None
+        index, _ = self.cache.get(payloads, self.encode_candidates, self.model_key, progress)
+        n_img = sum(p["image"] is not None for p in payloads)
+        corpus = C.Corpus(full, payloads, index, f"{n_img} images and {len(payloads) - n_img} texts, uploaded",
+                          ["custom"])
+        self.corpora[full] = corpus
+        for key in [k for k in self._baseline_indexes if k[1] == full]:
+            del self._baseline_indexes[key]
+        return corpus
+
+    # ------------------------------------------------------------------ live figures
+    def live_figures(self) -> dict[str, dict[str, float]]:
+        """Searches served since start, per decision: count and mean model time (ms)."""
+        out: dict[str, dict[str, float]] = {}
+        for decision in (prompts.EMBED, prompts.AUGMENT):
+            times = [t for d, t in self.served if d == decision]
+            out[decision] = {"count": float(len(times)), "mean_ms": float(np.mean(times)) if times else float("nan")}
+        return out
