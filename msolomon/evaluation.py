@@ -36,7 +36,8 @@ import numpy as np
 
 from msolomon.data import DataFormatError, DatasetInfo, EvalRow
 from msolomon.inputs import Candidate, Query
-from msolomon.metrics import TIMING_KEYS, DatasetModeResult, aggregate_mode, is_correct, threshold_curve
+from msolomon.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, FLOOR_CHANCE, FLOOR_MAJORITY, TIMING_KEYS,
+                              DatasetModeResult, aggregate_mode, is_correct, text_only_floor, threshold_curve)
 from msolomon.report import (append_jsonl, atomic_write_json, atomic_write_text, markdown_report, output_paths,
                              plot_report, read_jsonl, write_jsonl)
 
@@ -45,6 +46,23 @@ logger = logging.getLogger(__name__)
 MODES = ("auto", "never", "always")
 DEFAULT_THRESHOLDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TIE_RULE = "a query counts only when the positive (candidate 0) is the unique top score; ties count as wrong"
+FLOOR_NOTES = {
+    "chance": "expected Precision@1 of a random pick of a candidate: mean over queries of 100 / number of candidates",
+    "floor_text_only": (
+        "what a predictor that never looks at an image reaches. Rule 'majority-per-template': for each test query, "
+        "predict the most frequent training positive text among the training rows whose query text (whitespace- "
+        "and case-normalised: the template) equals the query's, else the most frequent training positive of the "
+        "dataset (ties: first seen in training order); correct when it equals the query's positive (candidate 0) "
+        "text, normalised the same way. Training rows are DIR/train/NAME/original.jsonl. Rule 'chance': where the "
+        "positives are images, or the dataset has no train split (out-of-distribution sets, MMEB-eval as "
+        "published), a text-only predictor cannot beat a random pick of a candidate, so the floor is the chance "
+        "value. Reported as computed (it can be below chance); chance is reported separately."),
+    "ci95": (f"95% percentile bootstrap interval of Precision@1 over the dataset's queries ({BOOTSTRAP_RESAMPLES} "
+             f"resamples, seed {BOOTSTRAP_SEED} with the dataset's name); overall_ci95, ind_ci95, ood_ci95 and "
+             "by_meta_task_ci95 resample queries within each dataset, then macro-average"),
+    "correct_bits": "per-query correctness in row order ('1' correct), for paired intervals between runs "
+                    "(msolomon.metrics.paired_gain_ci)",
+}
 SIDECAR_VERSION = 1
 
 
@@ -167,6 +185,45 @@ def open_benchmark(data_dir: str | Path, image_root: str | Path | None = None, s
         raise EvaluationError(f"no evaluation datasets found in {folder} (expected a MiniMMEB folder or an "
                               "MMEB-eval folder with one sub-folder of parquet/jsonl files per dataset)")
     return Benchmark(data_dir, folder, root, kind, names, infos, split)
+
+
+def _train_folder(bench: Benchmark) -> Path | None:
+    """DIR/train of a MiniMMEB benchmark; None for MMEB-eval as published (it has no train split)."""
+    if bench.kind != "minimmeb":
+        return None
+    folder = bench.folder.parent / "train"
+    return folder if folder.is_dir() else None
+
+
+def dataset_floor(bench: Benchmark, name: str, limit: int | None = None) -> dict[str, Any]:
+    """A dataset's text-only floor and the rule that gave it: {"floor_text_only": %, "floor_rule": ...}.
+
+    'majority-per-template' (`msolomon.metrics.text_only_floor`) when the dataset has training rows and every
+    training and test positive is a text without an image; 'chance' otherwise (image positives, or no train split).
+    The test rows are the evaluated ones (the same `limit`).
+    """
+    from msolomon.data.mmeb import read_eval_dataset, read_train_dataset
+
+    rows = read_eval_dataset(bench.folder, name, bench.image_root, limit=limit, split=bench.split,
+                             check_images=False)
+    chance = float(np.mean([100.0 / len(r.candidates) for r in rows])) if rows else 0.0
+    out = {"floor_text_only": chance, "floor_rule": FLOOR_CHANCE}
+    if not rows or any(r.candidates[0].image is not None or not r.candidates[0].text for r in rows):
+        return out  # image positives: naming the answer does not pick an image
+    train_dir = _train_folder(bench)
+    if train_dir is None or not (train_dir / name).is_dir():
+        return out  # no train split: nothing to count
+    train = read_train_dataset(train_dir, name, bench.image_root, split="original", check_images=False)
+    if not train or any(t.positive.image is not None or not t.positive.text for t in train):
+        return out
+    floor = text_only_floor([(t.query.text, t.positive.text) for t in train],
+                            [(r.query.text, r.candidates[0].text) for r in rows])
+    return {"floor_text_only": floor, "floor_rule": FLOOR_MAJORITY}
+
+
+def dataset_floors(bench: Benchmark, names: Sequence[str], limit: int | None = None) -> dict[str, dict[str, Any]]:
+    """`dataset_floor` of each dataset."""
+    return {n: dataset_floor(bench, n, limit) for n in names}
 
 
 def candidate_key(c: Candidate) -> tuple:
@@ -483,6 +540,7 @@ def run_evaluation(model: Any, bench: Benchmark, settings: EvalSettings, out: Pa
     from tqdm.auto import tqdm
 
     names = _select(bench, settings.datasets)
+    floors = dataset_floors(bench, names, settings.limit)  # before any encoding: a bad train file fails early
     paths = output_paths(out) if out is not None else None
     sidecar = None
     if paths is not None:
@@ -538,19 +596,22 @@ def run_evaluation(model: Any, bench: Benchmark, settings: EvalSettings, out: Pa
         if sidecar:
             sidecar.drop_candidates(name)
 
-    report = build_report(results, settings, model_name, bench, names)
+    report = build_report(results, settings, model_name, bench, names, floors)
     if paths is not None:
         write_outputs(report, paths["json"])
     return report
 
 
 def build_report(results: Mapping[str, Mapping[str, DatasetModeResult]], settings: EvalSettings, model_name: str,
-                 bench: Benchmark, names: Sequence[str]) -> dict[str, Any]:
-    """The DESIGN.md section 4 report, plus additions (settings, tie rule, chance, threshold curve)."""
+                 bench: Benchmark, names: Sequence[str],
+                 floors: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The DESIGN.md section 4 report, plus additions (settings, tie rule, floors, intervals, threshold curve)."""
+    if floors is None:
+        floors = dataset_floors(bench, names, settings.limit)
     modes_out = {}
     for m in settings.run_modes:
         per = {n: results[m][n] for n in names if n in results[m]}
-        modes_out[m] = aggregate_mode(per)
+        modes_out[m] = aggregate_mode(per, floors)
     report: dict[str, Any] = {"model": model_name, "data": str(bench.data_dir), "split": settings.split,
                               "modes": modes_out}
     if settings.thresholds:
@@ -561,7 +622,9 @@ def build_report(results: Mapping[str, Mapping[str, DatasetModeResult]], setting
                      "max_new_tokens": settings.max_new_tokens, "datasets": list(names)},
         "metric": {"precision_at_1": TIE_RULE, "macro": "overall, ind, ood and by_meta_task average datasets equally",
                    "augment_rate": "fraction of all queries (micro); augment_rate_macro averages datasets",
-                   "latency_ms": "per query at batch size 1, QueryResult.timings['total'], search excluded"},
+                   "latency_ms": "per query at batch size 1, QueryResult.timings['total'], search excluded",
+                   **FLOOR_NOTES,
+                   "floor_rules": {n: floors[n]["floor_rule"] for n in names if n in floors}},
     })
     return report
 

@@ -13,9 +13,18 @@ Conventions (the report repeats them under its "metric" key; DESIGN.md section 4
   scores, as in MMEB.
 - **Augment rate** and **latency** are cost measures and are pooled **micro** (over all queries); the macro
   augment rate is reported too (`augment_rate_macro`).
+- **Floors.** `chance` is the expected Precision@1 of a random pick of a candidate (mean of 100/n_candidates).
+  `floor_text_only` is what a predictor that never looks at an image reaches; see `text_only_floor` for the exact
+  rule ("majority-per-template") and `floor_rule` for when chance is used instead.
+- **Intervals.** `ci95` is a 95% percentile bootstrap interval of Precision@1 over a dataset's queries
+  (`BOOTSTRAP_RESAMPLES` resamples, numpy only, a fixed seed per dataset so reruns give the same interval). Macro
+  aggregates resample queries within each dataset, then macro-average (`macro_bootstrap_ci`); a gain between two
+  runs on the same queries resamples the queries of both together (`paired_gain_ci`).
 """
 from __future__ import annotations
 
+import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,6 +33,11 @@ import numpy as np
 from msolomon.data import META_TASKS
 
 TIMING_KEYS = ("preprocess", "decide", "generate", "embed", "total")
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+CI_LEVEL = 0.95
+FLOOR_MAJORITY = "majority-per-template"
+FLOOR_CHANCE = "chance"
 
 
 def is_correct(scores: np.ndarray) -> bool:
@@ -53,6 +67,156 @@ def latency_stats(ms: Sequence[float]) -> dict[str, float | None]:
         return {"mean": None, "p50": None, "p95": None}
     arr = np.asarray(ms, dtype=np.float64)
     return {"mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95))}
+
+
+# --- the text-only floor ------------------------------------------------------------------------------------------
+
+
+def normalise_text(text: str | None) -> str:
+    """A query's template / an answer's identity: whitespace runs collapsed to one space, stripped, casefolded."""
+    return " ".join((text or "").split()).casefold()
+
+
+def text_only_predictions(train: Iterable[tuple[str | None, str | None]],
+                          queries: Iterable[str | None]) -> list[str]:
+    """What the majority text-only predictor answers to each query (normalised answer text).
+
+    `train` holds (query text, positive text) pairs. For a query it predicts the most frequent normalised training
+    positive among the training rows whose normalised query text (the template) equals the query's; a template
+    never seen in training falls back to the most frequent positive of the whole training set. Ties between equally
+    frequent answers go to the one seen first in training order. Training rows without a positive text are ignored.
+    """
+    per_template: dict[str, Counter] = {}
+    overall: Counter = Counter()
+    for q, pos in train:
+        ans = normalise_text(pos)
+        if not ans:
+            continue
+        per_template.setdefault(normalise_text(q), Counter())[ans] += 1
+        overall[ans] += 1
+    if not overall:
+        raise ValueError("text_only_predictions needs at least one training row with a positive text")
+    fallback = overall.most_common(1)[0][0]  # Counter keeps first-seen order among equal counts
+    best = {t: c.most_common(1)[0][0] for t, c in per_template.items()}
+    return [best.get(normalise_text(q), fallback) for q in queries]
+
+
+def text_only_correct(train: Iterable[tuple[str | None, str | None]],
+                      test: Sequence[tuple[str | None, str | None]]) -> list[bool]:
+    """Per test (query text, positive text) pair: whether the majority text-only prediction equals the positive
+    (candidate 0), both normalised with `normalise_text`."""
+    preds = text_only_predictions(train, [q for q, _ in test])
+    return [p == normalise_text(pos) for p, (_, pos) in zip(preds, test)]
+
+
+def text_only_floor(train: Iterable[tuple[str | None, str | None]],
+                    test: Sequence[tuple[str | None, str | None]]) -> float:
+    """The "majority-per-template" text-only floor, a Precision@1 in %: the share of test queries whose positive
+    text equals the most frequent training positive for the query's template (its normalised query text), falling
+    back to the most frequent training positive overall for templates unseen in training (see
+    `text_only_predictions`). It never looks at an image and is reported as computed, even below chance."""
+    return precision_at_1(text_only_correct(train, test))
+
+
+# --- bootstrap intervals -------------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    """A generator fixed by (seed, key): a dataset's resamples do not depend on which other datasets are present."""
+    return np.random.default_rng([int(seed), zlib.crc32(key.encode("utf-8"))])
+
+
+def bootstrap_means(values: Sequence[float], n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                    key: str = "") -> np.ndarray:
+    """Means of `n_resamples` resamples (with replacement, same size) of `values`, ×100 (percent points).
+
+    The resampled indices depend only on (seed, key, len(values)): two lists of the same queries resampled with the
+    same key are resampled together (the paired bootstrap).
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        raise ValueError("cannot bootstrap an empty list")
+    rng = _rng(seed, key)
+    out = np.empty(n_resamples, dtype=np.float64)
+    chunk = max(1, 4_000_000 // x.size)  # bound memory: at most ~4M indices at a time
+    for start in range(0, n_resamples, chunk):
+        stop = min(n_resamples, start + chunk)
+        idx = rng.integers(0, x.size, size=(stop - start, x.size))
+        out[start:stop] = x[idx].mean(axis=1)
+    return 100.0 * out
+
+
+def percentile_interval(samples: np.ndarray, level: float = CI_LEVEL) -> list[float]:
+    """The central `level` percentile interval [lo, hi] of bootstrap samples."""
+    a = (1.0 - level) / 2.0
+    lo, hi = np.percentile(np.asarray(samples, dtype=np.float64), [100.0 * a, 100.0 * (1.0 - a)])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_ci(correct: Sequence[bool], n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 key: str = "", level: float = CI_LEVEL) -> list[float] | None:
+    """95% percentile bootstrap interval of Precision@1 (%) over queries; None for an empty list."""
+    if not len(correct):
+        return None
+    return percentile_interval(bootstrap_means(correct, n_resamples, seed, key), level)
+
+
+def macro_bootstrap_ci(correct_by_dataset: Mapping[str, Sequence[bool]], n_resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED, level: float = CI_LEVEL) -> list[float] | None:
+    """Interval of the macro average of Precision@1: each dataset's queries are resampled on their own (keyed by the
+    dataset's name), the resampled scores are macro-averaged, and the percentiles are taken. None when empty."""
+    samples = [bootstrap_means(c, n_resamples, seed, key=name) for name, c in correct_by_dataset.items() if len(c)]
+    if not samples:
+        return None
+    return percentile_interval(np.mean(samples, axis=0), level)
+
+
+def paired_gain_ci(a: Mapping[str, Sequence[bool]], b: Mapping[str, Sequence[bool]],
+                   n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                   level: float = CI_LEVEL) -> dict[str, Any]:
+    """Macro-average gain of run `a` over run `b` (Precision@1 points) with its paired bootstrap interval.
+
+    `a` and `b` map each dataset to its per-query correctness, in the same query order: the same queries answered by
+    two models or modes. Per dataset the queries of both are resampled together (the same indices), the resampled
+    differences are macro-averaged over datasets, and the central 95% of them is the interval.
+    Returns {"gain": float, "ci95": [lo, hi], "datasets": [names], "n": queries}.
+    """
+    if set(a) != set(b):
+        raise ValueError(f"paired_gain_ci needs the same datasets in both runs, got {sorted(a)} and {sorted(b)}")
+    names = [n for n in a if len(a[n])]
+    if not names:
+        raise ValueError("paired_gain_ci needs at least one dataset with queries")
+    diffs, samples = [], []
+    for name in names:
+        x = np.asarray(a[name], dtype=np.float64)
+        y = np.asarray(b[name], dtype=np.float64)
+        if x.shape != y.shape:
+            raise ValueError(f"dataset {name!r}: {x.size} queries in one run and {y.size} in the other; "
+                             "a paired interval needs the same queries")
+        d = x - y
+        diffs.append(100.0 * d.mean())
+        samples.append(bootstrap_means(d, n_resamples, seed, key=name))
+    return {"gain": float(np.mean(diffs)), "ci95": percentile_interval(np.mean(samples, axis=0), level),
+            "datasets": names, "n": int(sum(len(a[n]) for n in names))}
+
+
+def encode_correct(correct: Sequence[bool]) -> str:
+    """Per-query correctness as a compact string, one "1" (correct) or "0" per query in row order."""
+    return "".join("1" if c else "0" for c in correct)
+
+
+def decode_correct(bits: str) -> list[bool]:
+    """The inverse of `encode_correct`."""
+    if set(bits) - {"0", "1"}:
+        raise ValueError("correct_bits must hold only 0 and 1")
+    return [c == "1" for c in bits]
+
+
+def correct_by_dataset(mode_entry: Mapping[str, Any]) -> dict[str, list[bool]]:
+    """Per-query correctness of each dataset of one report mode entry (report["modes"][mode]), from the datasets'
+    `correct_bits`; datasets of older reports without them are left out."""
+    return {n: decode_correct(d["correct_bits"]) for n, d in mode_entry.get("datasets", {}).items()
+            if isinstance(d.get("correct_bits"), str)}
 
 
 @dataclass
@@ -101,21 +265,32 @@ class DatasetModeResult:
     def from_dict(cls, d: Mapping[str, Any]) -> "DatasetModeResult":
         return cls(**d)
 
-    def summary(self) -> dict[str, Any]:
-        """The per-dataset entry of the report (DESIGN.md section 4 keys first, then additions)."""
+    def summary(self, floor: Mapping[str, Any] | None = None, ci95: Sequence[float] | None = None) -> dict[str, Any]:
+        """The per-dataset entry of the report (DESIGN.md section 4 keys first, then additions).
+
+        `floor` is the dataset's {"floor_text_only", "floor_rule"} (None: not computed); `ci95` its Precision@1
+        interval (computed here when not given).
+        """
         n_cands = sorted(set(self.n_candidates))
+        if ci95 is None:
+            ci95 = bootstrap_ci(self.correct, key=self.dataset)
+        floor = floor or {}
         return {
             "meta_task": self.meta_task,
             "ood": self.ood,
             "n": self.n,
             "p_at_1": _round(self.p_at_1, 4),
+            "ci95": None if ci95 is None else [_round(v, 4) for v in ci95],
+            "chance": _round(self.chance, 4),
+            "floor_text_only": _round(floor.get("floor_text_only"), 4),
             "augment_rate": _round(self.augment_rate, 4),
             "latency_ms_mean": _round(latency_stats(self.latency_ms)["mean"], 3),
             # additions
-            "chance": _round(self.chance, 4),
+            "floor_rule": floor.get("floor_rule", "not computed"),
             "n_candidates": n_cands[0] if len(n_cands) == 1 else _round(float(np.mean(self.n_candidates)), 2),
             "latency_ms": {k: _round(v, 3) for k, v in latency_stats(self.latency_ms).items()},
             "timings_ms_mean": {k: _round(v, 3) for k, v in self.timings_ms.items()},
+            "correct_bits": encode_correct(self.correct),
         }
 
 
@@ -142,11 +317,37 @@ def _grouped(scores: Mapping[str, float], infos: Mapping[str, Any]) -> dict[str,
     }
 
 
-def aggregate_mode(results: Mapping[str, DatasetModeResult]) -> dict[str, Any]:
-    """The report's entry for one mode, from its per-dataset results (keyed by dataset name)."""
+def _grouped_ci(samples: Mapping[str, np.ndarray], infos: Mapping[str, Any]) -> dict[str, Any]:
+    """Bootstrap intervals of the macro averages of `_grouped`, from each dataset's resampled scores."""
+    def ci(names: list[str]) -> list[float] | None:
+        if not names:
+            return None
+        return [_round(v, 4) for v in percentile_interval(np.mean([samples[n] for n in names], axis=0))]
+
+    return {
+        "overall_ci95": ci(list(samples)),
+        "ind_ci95": ci([n for n in samples if not infos[n].ood]),
+        "ood_ci95": ci([n for n in samples if infos[n].ood]),
+        "by_meta_task_ci95": {t: ci([n for n in samples if infos[n].meta_task == t])
+                              for t in _meta_task_order(infos[n].meta_task for n in samples)},
+    }
+
+
+def aggregate_mode(results: Mapping[str, DatasetModeResult],
+                   floors: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The report's entry for one mode, from its per-dataset results (keyed by dataset name).
+
+    `floors` maps a dataset to its {"floor_text_only", "floor_rule"} (see `text_only_floor`).
+    """
     results = dict(results)
+    floors = floors or {}
     scores = {n: r.p_at_1 for n, r in results.items()}
     out = _grouped(scores, results)
+    samples = {n: bootstrap_means(r.correct, key=n) for n, r in results.items() if r.n}
+    out.update(_grouped_ci(samples, results))
+    floor_values = {n: floors[n]["floor_text_only"] for n in results
+                    if floors.get(n, {}).get("floor_text_only") is not None}
+    floor_macro = _grouped(floor_values, results) if len(floor_values) == len(results) and results else None
     all_aug = [a for r in results.values() for a in r.augmented]
     all_lat = [x for r in results.values() for x in r.latency_ms]
     n_total = sum(r.n for r in results.values())
@@ -158,11 +359,14 @@ def aggregate_mode(results: Mapping[str, DatasetModeResult]) -> dict[str, Any]:
     out.update({
         "augment_rate": _round(float(np.mean(all_aug)) if all_aug else 0.0, 4),
         "latency_ms": {k: _round(v, 3) for k, v in latency_stats(all_lat).items()},
-        "datasets": {n: r.summary() for n, r in results.items()},
+        "datasets": {n: r.summary(floors.get(n), None if n not in samples else percentile_interval(samples[n]))
+                     for n, r in results.items()},
         # additions
         "n": n_total,
         "augment_rate_macro": _round(macro(r.augment_rate for r in results.values()), 4),
         "chance": _round(macro(r.chance for r in results.values()), 4),
+        "chance_macro": _grouped({n: r.chance for n, r in results.items()}, results),
+        "floor_text_only_macro": floor_macro,
         "timings_ms_mean": timings,
     })
     return out

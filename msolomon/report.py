@@ -60,8 +60,23 @@ def _fmt(x: Any, nd: int = 1) -> str:
     return str(x)
 
 
+def _fmt_ci(x: Any, ci: Any, nd: int = 1) -> str:
+    """A score with its interval: "18.9 [15.0, 22.8]" (just the score when there is no interval)."""
+    if x is None or not ci:
+        return _fmt(x, nd)
+    return f"{_fmt(x, nd)} [{_fmt(ci[0], nd)}, {_fmt(ci[1], nd)}]"
+
+
+def _group_line(label: str, groups: Any) -> str | None:
+    if not isinstance(groups, Mapping):
+        return None
+    return (f"{label}: overall {_fmt(groups.get('overall'))}, IND {_fmt(groups.get('ind'))}, "
+            f"OOD {_fmt(groups.get('ood'))}")
+
+
 def markdown_report(report: Mapping[str, Any]) -> str:
-    """Markdown tables: modes x (meta-tasks, IND, OOD, overall, augment rate, latency); per dataset; thresholds."""
+    """Markdown tables: modes x (meta-tasks, IND, OOD, overall, augment rate, latency); per dataset with chance, the
+    text-only floor and P@1 with its 95% interval; thresholds."""
     modes = report["modes"]
     order = _ordered_modes(modes)
     tasks: list[str] = []
@@ -73,34 +88,47 @@ def markdown_report(report: Mapping[str, Any]) -> str:
         f"Data: `{report.get('data')}` (split {report.get('split')}). Precision@1 in %, macro over datasets; "
         "a query counts when the positive is the unique top score (ties count as wrong). "
         "Augment rate and latency pooled over all queries; latency per query at batch size 1, "
-        "raw input to normalised embedding, search excluded.",
+        "raw input to normalised embedding, search excluded. [lo, hi]: 95% bootstrap interval over queries.",
         "",
-        "| mode | " + " | ".join(tasks) + " | IND | OOD | overall | augment rate | latency mean ms | p50 | p95 |",
+        "| mode | " + " | ".join(tasks)
+        + " | IND | OOD | overall [95% CI] | augment rate | latency mean ms | p50 | p95 |",
         "|---|" + "---:|" * (len(tasks) + 7),
     ]
     for m in order:
         r = modes[m]
         cells = [_fmt(r["by_meta_task"].get(t)) for t in tasks]
-        cells += [_fmt(r["ind"]), _fmt(r["ood"]), _fmt(r["overall"]), _fmt(r["augment_rate"], 2)]
+        cells += [_fmt(r["ind"]), _fmt(r["ood"]), _fmt_ci(r["overall"], r.get("overall_ci95")),
+                  _fmt(r["augment_rate"], 2)]
         cells += [_fmt(r["latency_ms"][k]) for k in ("mean", "p50", "p95")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if order:
+        first_mode = modes[order[0]]
         lines.append("")
-        lines.append(f"Chance (random ranking, macro): {_fmt(modes[order[0]].get('chance'))}")
+        lines.append(_group_line("Chance (random pick of a candidate, macro)", first_mode.get("chance_macro"))
+                     or f"Chance (random ranking, macro): {_fmt(first_mode.get('chance'))}")
+        floor_line = _group_line("Text-only floor (never looks at the image, macro)",
+                                 first_mode.get("floor_text_only_macro"))
+        if floor_line:
+            lines += ["", floor_line]
     names: list[str] = []
     for m in order:
         names += [n for n in modes[m]["datasets"] if n not in names]
     lines += ["", "## Per dataset", "",
-              "| dataset | meta-task | OOD | n | candidates | chance | "
-              + " | ".join(f"{m} P@1 | {m} aug | {m} ms" for m in order) + " |",
-              "|---|---|---|---:|---:|---:|" + "---:|" * (3 * len(order))]
+              "Text-only floor: 'majority' = the most frequent training answer per question template, without the "
+              "image; 'chance' = image positives or no train split, where text alone cannot beat a random pick.", "",
+              "| dataset | meta-task | OOD | n | candidates | chance | text-only floor | floor rule | "
+              + " | ".join(f"{m} P@1 [95% CI] | {m} aug | {m} ms" for m in order) + " |",
+              "|---|---|---|---:|---:|---:|---:|---|" + "---:|" * (3 * len(order))]
     for name in names:
         first = next(modes[m]["datasets"][name] for m in order if name in modes[m]["datasets"])
+        rule = first.get("floor_rule")
         cells = [name, first["meta_task"], _fmt(first["ood"]), _fmt(first["n"]), _fmt(first.get("n_candidates")),
-                 _fmt(first.get("chance"))]
+                 _fmt(first.get("chance")), _fmt(first.get("floor_text_only")),
+                 {"majority-per-template": "majority"}.get(rule, rule or "–")]
         for m in order:
             d = modes[m]["datasets"].get(name)
-            cells += [_fmt(d["p_at_1"]), _fmt(d["augment_rate"], 2), _fmt(d["latency_ms_mean"])] if d else ["–"] * 3
+            cells += ([_fmt_ci(d["p_at_1"], d.get("ci95")), _fmt(d["augment_rate"], 2), _fmt(d["latency_ms_mean"])]
+                      if d else ["–"] * 3)
         lines.append("| " + " | ".join(cells) + " |")
     curve = report.get("thresholds")
     if curve:
@@ -113,15 +141,67 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_floors(ax: Any, names: list[str], series: list[tuple[str, list[Any], list[Any], Any]],
+                chance: list[Any], floor: list[Any]) -> None:
+    """Horizontal bars of Precision@1 per dataset (one bar per series, with its 95% interval as an error bar),
+    and each dataset's text-only floor and chance as marks across the bars.
+
+    `series`: (label, P@1 values, [lo, hi] intervals or None, colour or None), values in `names` order.
+    """
+    import numpy as np
+
+    k = max(1, len(series))
+    height = 0.8 / k
+    y = np.arange(len(names), dtype=float)
+    for i, (label, vals, cis, colour) in enumerate(series):
+        pos = y - 0.4 + height * (i + 0.5)
+        v = np.array([np.nan if x is None else x for x in vals], dtype=float)
+        err = np.array([[x - c[0], c[1] - x] if (c and x is not None) else [0.0, 0.0] for x, c in zip(vals, cis)],
+                       dtype=float).T.reshape(2, -1)
+        ax.barh(pos, np.nan_to_num(v), height, xerr=err, color=colour, label=label, alpha=0.85,
+                error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"})
+    for vals, style, label in ((floor, {"color": "crimson", "marker": "|", "s": 260, "linewidths": 2.2},
+                                "text-only floor"),
+                               (chance, {"color": "black", "marker": "|", "s": 260, "linewidths": 1.2}, "chance")):
+        pts = [(x, yy) for x, yy in zip(vals, y) if x is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, label=label, **style)
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("Precision@1, % (bars: 95% bootstrap interval)")
+    tops = [c[1] for _, _, cis, _ in series for c in cis if c] + [x for _, vals, _, _ in series for x in vals
+                                                                 if x is not None]
+    tops += [x for x in list(chance) + list(floor) if x is not None]
+    ax.set_xlim(0, min(100.0, 1.1 * max(tops, default=100.0) + 2.0))
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+
+
 def plot_report(report: Mapping[str, Any], path: Path) -> None:
-    """Precision@1 (overall) against mean latency: one point per mode, plus the threshold curve when present."""
+    """Left: Precision@1 (overall) against mean latency, one point per mode, plus the threshold curve when present.
+    Right: Precision@1 per dataset and mode with its 95% interval, beside the dataset's text-only floor and chance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    order = _ordered_modes(report["modes"])
+    names: list[str] = []
+    for m in order:
+        names += [n for n in report["modes"][m]["datasets"] if n not in names]
+    fig, (ax, ax_ds) = plt.subplots(1, 2, figsize=(13, max(4.4, 0.5 * len(names) + 1.2)), dpi=100,
+                                    gridspec_kw={"width_ratios": [1, 1.1]})
     try:
+        first = {n: next(report["modes"][m]["datasets"][n] for m in order if n in report["modes"][m]["datasets"])
+                 for n in names}
+        series = []
+        for m in order:
+            ds = report["modes"][m]["datasets"]
+            series.append((m, [ds[n]["p_at_1"] if n in ds else None for n in names],
+                           [ds[n].get("ci95") if n in ds else None for n in names], None))
+        plot_floors(ax_ds, names, series, [first[n].get("chance") for n in names],
+                    [first[n].get("floor_text_only") for n in names])
+        ax_ds.set_title("Per dataset: P@1 by mode, text-only floor and chance")
         curve = report.get("thresholds") or []
         pts = [(e["latency_ms_mean"], e["overall"], e["threshold"]) for e in curve
                if e["latency_ms_mean"] is not None and e["overall"] is not None]
@@ -140,8 +220,18 @@ def plot_report(report: Mapping[str, Any], path: Path) -> None:
             x, y = r["latency_ms"]["mean"], r["overall"]
             if x is None or y is None:
                 continue
-            ax.scatter([x], [y], marker=markers.get(m, "D"), s=120 if m == "auto" else 60, zorder=2,
-                       label=f"{MODE_LABELS.get(m, m)}: {y:.1f}")
+            ci = r.get("overall_ci95")
+            yerr = [[y - ci[0]], [ci[1] - y]] if ci else None
+            ax.errorbar([x], [y], yerr=yerr, fmt=markers.get(m, "D"), markersize=11 if m == "auto" else 7,
+                        capsize=3, zorder=2, label=f"{MODE_LABELS.get(m, m)}: {y:.1f}"
+                                                   + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""))
+        first_mode = report["modes"][order[0]] if order else {}
+        for key, style, label in (("floor_text_only_macro", {"color": "crimson", "linestyle": "--"},
+                                   "text-only floor (macro)"),
+                                  ("chance_macro", {"color": "black", "linestyle": ":"}, "chance (macro)")):
+            level = (first_mode.get(key) or {}).get("overall")
+            if level is not None:
+                ax.axhline(level, linewidth=1, label=f"{label}: {level:.1f}", **style)
         ax.set_xlabel("mean latency per query, ms (batch size 1)")
         ax.set_ylabel("Precision@1, % (macro over datasets)")
         ax.set_title(f"Accuracy vs latency: {Path(str(report.get('model'))).name or report.get('model')}")

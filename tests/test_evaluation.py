@@ -7,6 +7,7 @@ here by brute force.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -400,3 +401,106 @@ def test_interrupted_dataset_resumes_without_reencoding_candidates(bench, tmp_pa
     assert {m for _, m in model.query_calls} == {"never"}  # auto was already done
     assert rep["modes"]["never"]["datasets"]["CatCls"]["n"] == len(rows["CatCls"])
     assert not list((tmp_path / "crash.parts").glob("*.npy"))  # dropped once the dataset is complete
+
+
+def _write_train(data: Path, name: str, pairs: list[tuple[str, str]]) -> None:
+    folder = data / "train" / name
+    folder.mkdir(parents=True)
+    folder.joinpath("original.jsonl").write_text("".join(
+        json.dumps({"qry": q, "qry_image_path": "images/q.png", "pos_text": p, "pos_image_path": ""}) + "\n"
+        for q, p in pairs))
+
+
+def test_report_carries_floors_and_intervals(tmp_path):
+    """Every dataset of every mode has p_at_1, ci95, chance and floor_text_only (DESIGN.md section 4), the floor
+    follows its rule, and the macro aggregates have intervals; markdown and plot show them."""
+    from PIL import Image
+
+    data, model, rows = _build(tmp_path)
+    cat = rows["CatCls"]
+    pos = [r["tgt_text"][0] for r in cat]
+    other = next(f"label {i}" for i in range(5) if f"label {i}" != pos[1])
+    # CatCls gets a train split: query 0's template (modulo case and spaces) answers its positive, query 1's a
+    # wrong label, and three rows of another template make "label 4" the dataset's most frequent answer
+    _write_train(data, "CatCls", [("QID:CatCls-0   X", pos[0]), ("qid:CatCls-1 x", other)]
+                 + [("another template", "label 4")] * 3)
+    expected = {0: pos[0], 1: other}
+    hits = [expected.get(i, "label 4") == p for i, p in enumerate(pos)]
+    rep = ev.evaluate(model, data, modes=("auto", "never", "always"), out=tmp_path / "r.json",
+                      show_progress_bar=False)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved == json.loads(json.dumps(rep))
+    preds = [json.loads(x) for x in (tmp_path / "r.predictions.jsonl").read_text().splitlines()]
+    for mode, m in saved["modes"].items():
+        for name, d in m["datasets"].items():
+            assert {"p_at_1", "ci95", "chance", "floor_text_only", "floor_rule"} <= set(d)
+            lo, hi = d["ci95"]
+            assert lo <= d["p_at_1"] <= hi
+            mine = sorted((p["index"], p["correct"]) for p in preds if p["dataset"] == name and p["mode"] == mode)
+            assert d["correct_bits"] == "".join("1" if c else "0" for _, c in mine)
+            if name == "CatCls":
+                assert d["floor_rule"] == "majority-per-template"
+                assert d["floor_text_only"] == pytest.approx(100 * np.mean(hits), abs=1e-3)
+            else:  # ColorVQA and ShapeOOD have no train split
+                assert d["floor_rule"] == "chance" and d["floor_text_only"] == d["chance"]
+        for key in ("overall", "ind", "ood"):
+            lo, hi = m[f"{key}_ci95"]
+            assert lo <= m[key] <= hi
+        assert m["floor_text_only_macro"]["overall"] == pytest.approx(
+            np.mean([d["floor_text_only"] for d in m["datasets"].values()]), abs=1e-3)
+    assert saved["metric"]["floor_rules"] == {"CatCls": "majority-per-template", "ColorVQA": "chance",
+                                              "ShapeOOD": "chance"}
+    assert "majority-per-template" in saved["metric"]["floor_text_only"]
+    md = (tmp_path / "r.md").read_text()
+    assert "| chance | text-only floor |" in md and "P@1 [95% CI]" in md
+    cat_line = next(line for line in md.splitlines() if line.startswith("| CatCls |"))
+    assert f"| {100 * np.mean(hits):.1f} | majority |" in cat_line
+    with Image.open(tmp_path / "r.png") as im:
+        assert im.size[0] > 1000  # two panels: accuracy vs latency, and per-dataset P@1 with floor and chance
+    # the floor covers the evaluated queries: with --limit, the first N
+    rep2 = ev.evaluate(model, data, modes=("never",), limit=2, out=tmp_path / "l.json", show_progress_bar=False)
+    assert rep2["modes"]["never"]["datasets"]["CatCls"]["floor_text_only"] == pytest.approx(100 * np.mean(hits[:2]))
+
+
+class HashModel:
+    """Embeddings from a hash of the input: a model that has learned nothing, for the real MiniMMEB layout."""
+
+    dim = 16
+
+    def _vec(self, *parts) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha1(repr(parts).encode()).digest()[:4], "little")
+        v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    def encode_candidates(self, candidates, batch_size=32, show_progress_bar=None):
+        return np.stack([self._vec(c.text, str(c.image)) for c in candidates])
+
+    def encode_queries(self, queries, augment="auto", threshold=0.5, batch_size=1, max_new_tokens=64,
+                       show_progress_bar=None):
+        q = queries[0]
+        return [QueryResult(decision="/embed", p_augment=0.2, augmentation=None,
+                            embedding=self._vec(q.text, str(q.image)), timings={"total": 1.0})]
+
+
+def test_floors_on_a_generated_minimmeb(tmp_path):
+    """On MiniMMEB's own layout the train rows come from DIR/train/NAME/original.jsonl: a VQA set gets the majority
+    floor, an image-positive set (text-to-image retrieval) and an out-of-distribution set (no train) get chance."""
+    from msolomon.data.minimmeb import generate
+    from msolomon.metrics import text_only_floor
+
+    data = tmp_path / "mm"
+    generate(data, seed=0, scale="tiny", datasets=["DigitsVQA", "ScenesT2I", "DigitsR"], progress=False)
+    rep = ev.evaluate(HashModel(), data, modes=("never",), out=tmp_path / "g.json", show_progress_bar=False,
+                      model_name="hash")
+    ds = rep["modes"]["never"]["datasets"]
+    assert rep["metric"]["floor_rules"] == {"DigitsR": "chance", "DigitsVQA": "majority-per-template",
+                                            "ScenesT2I": "chance"}
+    read = lambda p: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]  # noqa: E731
+    train = read(data / "train" / "DigitsVQA" / "original.jsonl")
+    test = read(data / "test" / "DigitsVQA" / "test.jsonl")
+    floor = text_only_floor([(r["qry"], r["pos_text"]) for r in train],
+                            [(r["qry_text"], r["tgt_text"][0]) for r in test])
+    assert ds["DigitsVQA"]["floor_text_only"] == pytest.approx(floor, abs=1e-3)
+    for name in ("ScenesT2I", "DigitsR"):
+        assert ds[name]["floor_text_only"] == ds[name]["chance"]
+    assert all(d["ci95"][0] <= d["p_at_1"] <= d["ci95"][1] for d in ds.values())

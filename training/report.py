@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from msolomon.data import META_TASKS
+from msolomon.metrics import correct_by_dataset, paired_gain_ci
 
 MAIN_ROWS = (("NoAug", "noaug", "never"), ("AlwaysAug", "alwaysaug", "always"), ("M-Solomon", "msolomon", "auto"))
 PAPER_HEADLINE_SETS = ("FashionIQ", "ImageNet-R")  # the MMEB sets of the paper's headline results (seed review)
@@ -22,54 +23,130 @@ def _fmt(x: Any, digits: int = 1) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _fmt_ci(x: Any, ci: Any, digits: int = 1) -> str:
+    if x is None or not ci:
+        return _fmt(x, digits)
+    return f"{_fmt(x, digits)} [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+
+
+def _fmt_gain(gain: Any, ci: Any) -> str:
+    if gain is None:
+        return "–"
+    return f"{gain:+.1f}" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else "")
+
+
+GAINS = (("msolomon", "auto", "noaug", "never", "M-Solomon(auto) − NoAug(never)"),
+         ("msolomon", "auto", "alwaysaug", "always", "M-Solomon(auto) − AlwaysAug(always)"))
+
+
+def gain_interval(result: Mapping[str, Any], a: tuple[str, str], b: tuple[str, str],
+                  datasets: list[str] | None = None) -> dict[str, Any] | None:
+    """`paired_gain_ci` of model/mode `a` over `b` on `datasets` (default: every dataset both evaluated), from the
+    per-query correctness in their reports; None when a report lacks it or the runs cover different queries."""
+    m = result["models"]
+    ca = correct_by_dataset(m[a[0]]["modes"][a[1]])
+    cb = correct_by_dataset(m[b[0]]["modes"][b[1]])
+    names = [n for n in (datasets if datasets is not None else ca) if n in ca and n in cb]
+    if not names or any(len(ca[n]) != len(cb[n]) for n in names):
+        return None
+    out = paired_gain_ci({n: ca[n] for n in names}, {n: cb[n] for n in names})
+    out["gain"] = round(out["gain"], 4)
+    out["ci95"] = [round(v, 4) for v in out["ci95"]]
+    return out
+
+
+def gains(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each claimed gain with its 95% paired bootstrap interval: M-Solomon(auto) − NoAug(never) and
+    M-Solomon(auto) − AlwaysAug(always), overall (macro over every dataset) and on each mirror set."""
+    scopes: list[tuple[str, list[str] | None]] = [("overall", None)]
+    scopes += [(f"{name} ({analogue} mirror)", [name]) for name, analogue in result.get("mirrors", {}).items()]
+    rows = []
+    for scope, datasets in scopes:
+        for ka, ma, kb, mb, label in GAINS:
+            g = gain_interval(result, (ka, ma), (kb, mb), datasets)
+            if g is None and datasets is not None:
+                continue
+            rows.append({"scope": scope, "comparison": label, "gain": None if g is None else g["gain"],
+                         "ci95": None if g is None else g["ci95"], "n": None if g is None else g["n"],
+                         "ci_above_0": None if g is None else g["ci95"][0] > 0})
+    return rows
+
+
 def claims(result: Mapping[str, Any]) -> list[dict]:
     """The paper's claims checked on this run: M-Solomon beats NoAug by ≥3 points, is at least AlwaysAug,
     and costs at most 0.6× AlwaysAug's latency; overall and on the mirror sets."""
     m = result["models"]
     rows = []
 
-    def entry(scope: str, get) -> None:
+    def entry(scope: str, get, datasets: list[str] | None) -> None:
         no, al, ms = get("noaug", "never"), get("alwaysaug", "always"), get("msolomon", "auto")
+        g_no = gain_interval(result, ("msolomon", "auto"), ("noaug", "never"), datasets)
+        g_al = gain_interval(result, ("msolomon", "auto"), ("alwaysaug", "always"), datasets)
         rows.append({"scope": scope, "noaug": no[0], "alwaysaug": al[0], "msolomon": ms[0],
                      "gain_over_noaug": None if ms[0] is None else round(ms[0] - no[0], 2),
                      "gain_over_alwaysaug": None if ms[0] is None else round(ms[0] - al[0], 2),
+                     "gain_over_noaug_ci95": None if g_no is None else g_no["ci95"],
+                     "gain_over_alwaysaug_ci95": None if g_al is None else g_al["ci95"],
                      "latency_ratio_vs_alwaysaug": None if not al[1] else round(ms[1] / al[1], 3),
                      "holds": bool(ms[0] is not None and ms[0] - no[0] >= 3 and ms[0] >= al[0]
                                    and al[1] and ms[1] / al[1] <= 0.6)})
 
-    entry("overall", lambda k, mode: (m[k]["modes"][mode]["overall"], m[k]["modes"][mode]["latency_ms"]["mean"]))
+    entry("overall", lambda k, mode: (m[k]["modes"][mode]["overall"], m[k]["modes"][mode]["latency_ms"]["mean"]),
+          None)
     for name, analogue in result.get("mirrors", {}).items():
         if name in m["msolomon"]["modes"]["auto"]["datasets"]:
             entry(f"{name} ({analogue} mirror)", lambda k, mode, n=name: (
-                m[k]["modes"][mode]["datasets"][n]["p_at_1"], m[k]["modes"][mode]["datasets"][n]["latency_ms_mean"]))
+                m[k]["modes"][mode]["datasets"][n]["p_at_1"], m[k]["modes"][mode]["datasets"][n]["latency_ms_mean"]),
+                [name])
     return rows
 
 
 def markdown(result: Mapping[str, Any]) -> str:
     m = result["models"]
     tasks = [t for t in META_TASKS if t in m["msolomon"]["modes"]["auto"]["by_meta_task"]]
-    head = ["model", "mode"] + [{"vqa": "VQA"}.get(t, t.capitalize()) for t in tasks] + ["IND", "OOD", "Overall", "/augment rate",
-                                                                 "latency ms (mean)"]
+    head = ["model", "mode"] + [{"vqa": "VQA"}.get(t, t.capitalize()) for t in tasks] + [
+        "IND", "OOD", "Overall [95% CI]", "/augment rate", "latency ms (mean)"]
     lines = ["# M-Solomon on MiniMMEB: the paper's comparison", "",
-             "Precision@1 (%) on MiniMMEB test; latency per query at batch size 1 on this machine's CPU.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "Precision@1 (%) on MiniMMEB test; latency per query at batch size 1 on this machine's CPU. "
+             "[lo, hi]: 95% bootstrap interval over queries (resampled within each dataset, then macro-averaged).",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label: str, key: str, mode: str) -> str:
         r = m[key]["modes"][mode]
         cells = [label, mode] + [_fmt(r["by_meta_task"].get(t)) for t in tasks] + [
-            _fmt(r["ind"]), _fmt(r["ood"]), f"**{_fmt(r['overall'])}**", _fmt(r["augment_rate"], 2),
-            _fmt(r["latency_ms"]["mean"])]
+            _fmt(r["ind"]), _fmt(r["ood"]), f"**{_fmt(r['overall'])}**" + (
+                f" [{_fmt(r['overall_ci95'][0])}, {_fmt(r['overall_ci95'][1])}]" if r.get("overall_ci95") else ""),
+            _fmt(r["augment_rate"], 2), _fmt(r["latency_ms"]["mean"])]
         return "| " + " | ".join(cells) + " |"
 
     lines += [row(label, key, mode) for label, key, mode in MAIN_ROWS]
+    ref = m["msolomon"]["modes"]["auto"]
+    floor_macro, chance_macro = ref.get("floor_text_only_macro"), ref.get("chance_macro")
+    if floor_macro or chance_macro:
+        lines.append("")
+        for label, g in (("Text-only floor (never looks at the image, macro)", floor_macro),
+                         ("Chance (random pick of a candidate, macro)", chance_macro)):
+            if g:
+                lines.append(f"{label}: IND {_fmt(g.get('ind'))}, OOD {_fmt(g.get('ood'))}, "
+                             f"overall {_fmt(g.get('overall'))}.  ")
     lines += ["", "Every model in every mode:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += [row(key, key, mode) for key in m for mode in ("never", "always", "auto") if mode in m[key]["modes"]]
-    lines += ["", "## Claims checked", "", "| scope | NoAug | AlwaysAug | M-Solomon | vs NoAug | vs AlwaysAug | "
+    lines += ["", "## Claims checked", "",
+              "Gains in Precision@1 points with their 95% paired bootstrap interval (the same queries in both runs, "
+              "resampled together within each dataset, then macro-averaged).", "",
+              "| scope | NoAug | AlwaysAug | M-Solomon | vs NoAug [95% CI] | vs AlwaysAug [95% CI] | "
               "latency ÷ AlwaysAug | holds |", "|---|---|---|---|---|---|---|---|"]
     for c in claims(result):
         lines.append(f"| {c['scope']} | {_fmt(c['noaug'])} | {_fmt(c['alwaysaug'])} | {_fmt(c['msolomon'])} | "
-                     f"{c['gain_over_noaug']:+.1f} | {c['gain_over_alwaysaug']:+.1f} | "
+                     f"{_fmt_gain(c['gain_over_noaug'], c.get('gain_over_noaug_ci95'))} | "
+                     f"{_fmt_gain(c['gain_over_alwaysaug'], c.get('gain_over_alwaysaug_ci95'))} | "
                      f"{_fmt(c['latency_ratio_vs_alwaysaug'], 2)} | {'yes' if c['holds'] else 'no'} |")
+    g_rows = gains(result)
+    if g_rows:
+        lines += ["", "| scope | gain | points [95% CI] | interval above 0 |", "|---|---|---|---|"]
+        for g in g_rows:
+            lines.append(f"| {g['scope']} | {g['comparison']} | {_fmt_gain(g['gain'], g['ci95'])} | "
+                         f"{'–' if g['ci_above_0'] is None else ('yes' if g['ci_above_0'] else 'no')} |")
     split = result["split"]
     lines += ["", "## Pilot split (from the NoAug and AlwaysAug pilot evaluations)", "",
               f"Margin: AlwaysAug must beat NoAug by more than {split.get('margin')} points for D^A.", "",
@@ -78,13 +155,23 @@ def markdown(result: Mapping[str, Any]) -> str:
         lines.append(f"| {name} | {ev.get('meta_task')} | {_fmt(ev['noaug_p_at_1'])} | {_fmt(ev['alwaysaug_p_at_1'])} "
                      f"| {ev['delta']:+.1f} | {'D^A (augment)' if ev['assignment'] == 'augment' else 'D^E (embed)'} |")
     lines += ["", "## Per dataset (native mode of each model)", "",
-              "| dataset | task | OOD | chance | NoAug | AlwaysAug | M-Solomon | M-Solomon /augment rate |",
-              "|---|---|---|---|---|---|---|---|"]
-    ds = m["msolomon"]["modes"]["auto"]["datasets"]
+              "Text-only floor: the most frequent training answer per question template, without the image "
+              "('majority'); 'chance' where the positives are images or the set has no train split. "
+              "P@1 with its 95% bootstrap interval.", "",
+              "| dataset | task | OOD | chance | text-only floor | floor rule | NoAug P@1 [95% CI] | "
+              "AlwaysAug P@1 [95% CI] | M-Solomon P@1 [95% CI] | M-Solomon /augment rate |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    ds = ref["datasets"]
     for name in sorted(ds):
-        vals = [m[k]["modes"][mode]["datasets"][name]["p_at_1"] for _, k, mode in MAIN_ROWS]
+        cells = []
+        for _, k, mode in MAIN_ROWS:
+            d = m[k]["modes"][mode]["datasets"].get(name, {})
+            cells.append(_fmt_ci(d.get("p_at_1"), d.get("ci95")))
+        rule = ds[name].get("floor_rule")
+        rule = {"majority-per-template": "majority"}.get(rule, rule or "–")
         lines.append(f"| {name} | {ds[name]['meta_task']} | {'yes' if ds[name]['ood'] else ''} | "
-                     f"{_fmt(ds[name].get('chance'))} | " + " | ".join(_fmt(v) for v in vals) +
+                     f"{_fmt(ds[name].get('chance'))} | {_fmt(ds[name].get('floor_text_only'))} | "
+                     f"{rule} | " + " | ".join(cells) +
                      f" | {_fmt(ds[name]['augment_rate'], 2)} |")
     if "timings_s" in result:
         lines += ["", "Stage times (s, summed over every invocation on the run folder): " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings_s"].items())]
@@ -97,8 +184,14 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from msolomon.report import plot_floors
+
     m = result["models"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ref = m["msolomon"]["modes"]["auto"]["datasets"]
+    names = sorted(ref)
+    fig = plt.figure(figsize=(16, max(4.6, 0.42 * len(names) + 1.4)))
+    gs = fig.add_gridspec(1, 3, width_ratios=[1, 1, 1.2])
+    ax1, ax2, ax3 = fig.add_subplot(gs[0]), fig.add_subplot(gs[1]), fig.add_subplot(gs[2])
     colours = {"noaug": "tab:blue", "alwaysaug": "tab:orange", "msolomon": "tab:green"}
     markers = {"never": "o", "always": "s", "auto": "*"}
     for key in m:
@@ -122,6 +215,14 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     ax2.set_ylabel("Precision@1 (%)")
     ax2.set_title("NoAug vs AlwaysAug vs M-Solomon")
     ax2.legend(fontsize=8)
+    series = []
+    for label, key, mode in MAIN_ROWS:
+        ds = m[key]["modes"][mode]["datasets"]
+        series.append((label, [ds.get(n, {}).get("p_at_1") for n in names], [ds.get(n, {}).get("ci95") for n in names],
+                       colours[key]))
+    plot_floors(ax3, names, series, [ref[n].get("chance") for n in names],
+                [ref[n].get("floor_text_only") for n in names])
+    ax3.set_title("per dataset: P@1, text-only floor, chance")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(tmp, dpi=110)
@@ -130,9 +231,11 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
 
 
 def write_reproduce_report(result: Mapping[str, Any], out: Path) -> None:
-    """DIR/report.json ({"split", "models": {noaug, alwaysaug, msolomon}} + settings), report.md, report.png."""
+    """DIR/report.json ({"split", "models": {noaug, alwaysaug, msolomon}} + settings, claims, gains), report.md,
+    report.png."""
     data = dict(result)
     data["claims"] = claims(result)
+    data["gains"] = gains(result)
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / "report.json")
@@ -173,4 +276,5 @@ def write_model_card(result: Mapping[str, Any], model_dir: Path, command: str) -
     (model_dir / "README.md").write_text(card)
     data = dict(result)
     data["claims"] = claims(result)
+    data["gains"] = gains(result)
     (model_dir / "report.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
