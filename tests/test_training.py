@@ -138,7 +138,7 @@ def _write_train_fixture(root: Path, n: int = 48) -> None:
 def _train_cmd(data: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "training.train", "--data", str(data), "--out", str(out), "--labeling", "noaug",
             "--batch-size", "8", "--max-steps", "12", "--save-every", "3", "--log-every", "1", "--warmup-steps", "2",
-            "--tiny", json.dumps(SMALL)]
+            "--init", "tiny", "--tiny", json.dumps(SMALL)]
 
 
 def _weights(folder: Path) -> dict:

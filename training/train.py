@@ -1,11 +1,12 @@
 """`python -m training.train`: train NoAug, AlwaysAug or M-Solomon (adaptive) with L_rep + λ·L_gen.
 
     python -m training.train --data DIR --out RUN --labeling noaug|alwaysaug|adaptive \\
-        [--augmentations SYNTH.jsonl] [--split SPLIT.json] [--init tiny|PATH] [--config FILE.yaml|json] ...
+        [--augmentations SYNTH.jsonl] [--split SPLIT.json] [--init base|tiny|PATH] [--config FILE.yaml|json] ...
 
-`--data` is a MiniMMEB folder or an MMEB-train folder (`--image-root` for its images). `--init tiny` trains
-the small Qwen2-VL from scratch (full fine-tuning); a checkpoint path trains it in full, with `--lora`, or
-with `--qlora` (4-bit base). Multi-process: `torchrun --nproc_per_node N -m training.train ...` or
+`--data` is a MiniMMEB folder or an MMEB-train folder (`--image-root` for its images). `--init base` (the
+default) fine-tunes the shipped pretrained tiny base MLLM (assets/base, made by `training.pretrain`), as the paper
+fine-tunes Qwen2-VL; `--init tiny` trains the small Qwen2-VL from scratch for comparison; a checkpoint path (e.g.
+Qwen2-VL-2B-Instruct) trains it in full, with `--lora`, or with `--qlora` (4-bit base). Multi-process: `torchrun --nproc_per_node N -m training.train ...` or
 `accelerate launch -m training.train ...`. Settings come from the command line or one YAML/JSON file
 (command-line values win). A rerun with the same --out resumes from the last checkpoint.
 """
@@ -22,6 +23,8 @@ from typing import Any, Sequence
 
 logger = logging.getLogger("training.train")
 
+DEFAULT_BASE_DIR = Path(__file__).resolve().parents[1] / "assets" / "base"
+
 
 @dataclass
 class TrainConfig:
@@ -35,7 +38,7 @@ class TrainConfig:
     image_root: str | None = None
     datasets: list[str] | None = None
     limit: int | None = None  # rows per dataset
-    init: str = "tiny"
+    init: str = "base"  # "base" (assets/base), "tiny" (from scratch) or a checkpoint path
     tiny: dict[str, Any] = field(default_factory=dict)  # TinyConfig overrides
     model_seed: int = 0
     lora: bool = False
@@ -184,7 +187,7 @@ def build_model(config: TrainConfig, corpus: Sequence[str], resume_dir: Path | N
         return model
     # a frozen LoRA base may sit in bf16 on GPU; weights that are trained in full stay fp32 (bf16 via autocast)
     adapted = config.lora or config.qlora
-    model = MSolomon.from_pretrained(config.init, quantization="4bit" if config.qlora else None, device=device,
+    model = MSolomon.from_pretrained(resolve_init(config.init), quantization="4bit" if config.qlora else None, device=device,
                                      dtype=torch.bfloat16 if adapted and torch.cuda.is_available() else torch.float32)
     if not (config.lora or config.qlora):
         return model
@@ -201,6 +204,17 @@ def build_model(config: TrainConfig, corpus: Sequence[str], resume_dir: Path | N
                           trainable_token_indices={"embed_tokens": [model.augment_id, model.embed_id]})
         peft_model = get_peft_model(base, lora)
     return MSolomon(peft_model, model.processor, model.settings)
+
+
+def resolve_init(init: str) -> str:
+    """`base` is the shipped pretrained base; anything else is a checkpoint path (or hub id in the cache)."""
+    if init != "base":
+        return init
+    if not (DEFAULT_BASE_DIR / "config.json").is_file():
+        raise ValueError(f"the shipped base model is missing from {DEFAULT_BASE_DIR}: make it with "
+                         "`python -m training.pretrain --out runs/pretrain --ship assets/base`, or train from scratch "
+                         "with --init tiny")
+    return str(DEFAULT_BASE_DIR)
 
 
 def run(config: TrainConfig) -> Path:

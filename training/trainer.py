@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -30,6 +30,7 @@ CHECKPOINT = "checkpoint"
 FINAL = "final"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
+POSTFIX = (("loss", "loss"), ("rep_loss", "rep"), ("gen_loss", "gen"), ("decision_acc", "dec"), ("token_acc", "tok"))
 
 
 @dataclass
@@ -177,13 +178,17 @@ class Trainer:
     """Owns the loop: batches, losses, optimisation, logging, checkpoints, resume."""
 
     def __init__(self, model, examples: Sequence[Example], out_dir: str | Path, loop: LoopSettings | None = None,
-                 extra_state: dict | None = None):
+                 extra_state: dict | None = None, collator: Callable[[Sequence], dict] | None = None,
+                 loss_fn: Callable | None = None):
+        """`collator` and `loss_fn` default to the embedder's (L_rep + λ·L_gen); pretraining passes its own
+        (next-token loss only), so both stages share batching, checkpoints and resume."""
         self.model = model
         self.examples = list(examples)
         self.out = Path(out_dir)
         self.loop = loop or LoopSettings()
         self.extra_state = extra_state or {}
-        self.collator = Collator(model.encoder, self.loop.collator)
+        self.collator = collator or Collator(model.encoder, self.loop.collator)
+        self.loss_fn = loss_fn or compute_loss
         self.params = [p for _, p in _trainable(model)]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
@@ -215,7 +220,7 @@ class Trainer:
             chunk = [self.examples[i] for i in idx]
             batch = self.collator(chunk)
             with self._autocast():
-                loss, metrics = compute_loss(self.model, batch, chunk, self.loop)
+                loss, metrics = self.loss_fn(self.model, batch, chunk, self.loop)
             (loss / self.loop.grad_accum).backward()
             for k, v in metrics.items():
                 metrics_sum[k] = metrics_sum.get(k, 0.0) + v / self.loop.grad_accum
@@ -278,8 +283,7 @@ class Trainer:
                        **{k: round(v, 5) for k, v in metrics.items()}}
                 with open(self._log_path(), "a") as fh:
                     fh.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", rep=f"{metrics['rep_loss']:.3f}",
-                                gen=f"{metrics['gen_loss']:.3f}", dec=f"{metrics['decision_acc']:.2f}")
+                bar.set_postfix({short: f"{metrics[key]:.3f}" for key, short in POSTFIX if key in metrics})
             if done % self.loop.save_every == 0 and done < self.steps:
                 self.model.model.eval()
                 save_checkpoint(self.model, self.optimizer, self.scheduler, done, self.out, self.extra_state)

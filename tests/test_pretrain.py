@@ -1,0 +1,197 @@
+"""The pretrained base: its data never holds a benchmark image, the validation split never touches the test,
+fine-tuning starts from the saved base, and the pretraining command runs end to end and resumes."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from msolomon.data import minimmeb as M
+from training import pretrain_data as PD
+
+SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2,
+         "vision_dim": 32, "vision_depth": 1, "vision_heads": 4, "vocab_size": 512}
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench") / "minimmeb"
+    M.generate(root, seed=0, scale="tiny", progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pdata(tmp_path_factory, bench) -> Path:
+    root = tmp_path_factory.mktemp("pretrain") / "data"
+    PD.generate(root, PD.PretrainDataSettings(n_per_dataset=30, n_heldout_per_dataset=4, benchmark_scale="tiny"),
+                bench, progress=False)
+    return root
+
+
+def _rows(root: Path, split: str, name: str) -> list[dict]:
+    file = root / split / name / (("original" if split == "train" else split) + ".jsonl")
+    return [json.loads(line) for line in file.read_text().splitlines()]
+
+
+def _images(root: Path, split: str, name: str) -> set[str]:
+    out: set[str] = set()
+    for r in _rows(root, split, name):
+        for key in ("qry_image_path", "pos_image_path", "neg_image_path", "qry_img_path", "tgt_img_path"):
+            v = r.get(key)
+            out |= {x for x in (v if isinstance(v, list) else [v]) if x}
+    return out
+
+
+def _hashes(root: Path, paths) -> set[str]:
+    return {PD.pixel_hash(root / p) for p in paths}
+
+
+def test_pretraining_images_are_disjoint_from_every_benchmark_image(pdata, bench):
+    assert PD.check_disjoint(pdata, [bench]) == []
+    meta = json.loads((pdata / PD.META_FILE).read_text())
+    assert meta["benchmark_images"] == len(list((bench / "images").rglob("*.png")))
+    worlds = set(meta["counts"])
+    assert worlds >= {"DigitsCLS", "ScenesVQA", "ChartVQA", "DocVQA", "SignVQA", "PhotoCLS", "DigitsR", "Garments"}
+    rows = PD.load_rows(pdata, "train")
+    assert len(rows) > 300 and all(Path(r["image"]).is_file() and r["response"] for r in rows)
+    # the check is not vacuous: a benchmark image put into the pretraining data is found
+    planted = pdata / "images" / "planted.png"
+    shutil.copy(next((bench / "images" / "FashionCIR").rglob("*.png")), planted)
+    with open(pdata / "train.jsonl", "a") as fh:
+        fh.write(json.dumps({"id": "x", "dataset": "x", "image": "images/planted.png", "prompt": "q",
+                             "response": "a"}) + "\n")
+    try:
+        assert PD.check_disjoint(pdata, [bench]) == [str(planted)]
+    finally:
+        lines = (pdata / "train.jsonl").read_text().splitlines()[:-1]
+        (pdata / "train.jsonl").write_text("".join(line + "\n" for line in lines))
+        planted.unlink()
+
+
+def test_fashion_world_builder_would_collide_so_garments_are_drawn_on_other_backdrops(pdata, bench):
+    """Every FashionCIR garment on white is a gallery image: the world builder's own items would all be dropped."""
+    rows = [r for r in PD.load_rows(pdata, "train") if r["dataset"] == "Garments"]
+    assert rows and not (_hashes(Path("/"), [r["image"] for r in rows]) & PD.image_hashes(bench))
+
+
+def test_heldout_images_are_not_training_images(pdata):
+    train = {PD.pixel_hash(r["image"]) for r in PD.load_rows(pdata, "train")}
+    held = PD.load_rows(pdata, "heldout")
+    assert held and not ({PD.pixel_hash(r["image"]) for r in held} & train)
+
+
+def test_pretraining_digits_come_from_the_train_half_only(pdata):
+    """Handwritten digits are drawn from scikit-learn's train half under the benchmark seed (no test digit)."""
+    from msolomon.worlds.digits import digit_pools
+
+    pools = digit_pools(0)
+    train_ids = {img.tobytes() for img, _ in pools["train"]}
+    test_only = {img.tobytes() for img, _ in pools["test"]} - train_ids
+    assert len(train_ids) > 1000 and len(test_only) > 400
+    from msolomon.worlds.common import Ctx, Store, rng_for
+
+    seen: list = []
+    ctx = Ctx(M.Settings.make(seed=0, scale="tiny"), "DigitsCLS", "train", Store(pdata.parent / "x", "d"),
+              rng_for(PD.PRETRAIN_SEED_OFFSET, "DigitsCLS", "train"))
+    import msolomon.worlds.digits as digits
+
+    real = digits.render_handwritten
+    try:
+        digits.render_handwritten = lambda img8, **kw: (seen.append(img8.tobytes()), real(img8, **kw))[1]
+        digits.build_digits_cls(ctx, 20)
+    finally:
+        digits.render_handwritten = real
+    assert len(seen) == 20 and set(seen) <= train_ids and not (set(seen) & test_only)
+
+
+def test_validation_split_is_disjoint_from_test_and_benchmark_fixes(bench):
+    meta = M.load_minimmeb(bench)["datasets"]
+    for name, d in meta.items():
+        if d["ood"]:
+            continue
+        assert d["splits"] == ["train", "val", "test"] and d["n_val"] == 20
+        val_q = {PD.pixel_hash(bench / r["qry_img_path"]) for r in _rows(bench, "val", name) if r["qry_img_path"]}
+        test_q = {PD.pixel_hash(bench / r["qry_img_path"]) for r in _rows(bench, "test", name) if r["qry_img_path"]}
+        assert not (val_q & test_q), name
+        val_text = {(r["qry_text"], r["qry_img_path"]) for r in _rows(bench, "val", name)}
+        test_text = {(r["qry_text"], r["qry_img_path"]) for r in _rows(bench, "test", name)}
+        assert not (val_text & test_text), name
+    # no ShapesCLS validation or test query equals a training query (same pixels)
+    train_q = {PD.pixel_hash(bench / r["qry_image_path"]) for r in _rows(bench, "train", "ShapesCLS")}
+    for split in ("val", "test"):
+        assert not ({PD.pixel_hash(bench / r["qry_img_path"]) for r in _rows(bench, split, "ShapesCLS")} & train_q)
+    # RefScenes (out of distribution) never shows a ScenesGround training image
+    ground = _hashes(bench, _images(bench, "train", "ScenesGround"))
+    assert not (_hashes(bench, _images(bench, "test", "RefScenes")) & ground)
+
+
+def test_shapes_test_queries_avoid_training_queries_even_when_the_stream_repeats_one(tmp_path):
+    """Force the collision: a test stream that replays the training stream must still build unseen queries."""
+    from msolomon.worlds.common import Ctx, Store, rng_for
+    from msolomon.worlds.scenes import build_shapes_cls
+
+    settings = M.Settings.make(seed=0, scale="tiny")
+    taken: set = set()
+    store = Store(tmp_path, "S")
+    train = build_shapes_cls(Ctx(settings, "S", "train", store, rng_for(0, "same"), taken), 30)
+    test = build_shapes_cls(Ctx(settings, "S", "test", store, rng_for(0, "same"), taken), 30)
+    assert not ({PD.pixel_hash(tmp_path / it.qry_img) for it in train}
+                & {PD.pixel_hash(tmp_path / it.qry_img) for it in test})
+
+
+def test_exact_match_normalisation():
+    assert PD.exact_match(["The digit is 7.", "the digit is 7", "The digit is 1."], ["The digit is 7."] * 3) == \
+        pytest.approx(200 / 3)
+    assert PD.plain_question("<|image_1|> Represent the given image for classification") == "What does the image show?"
+    assert PD.plain_question("<|image_1|> Select the portion of the image that isolates the object of the given "
+                             "label: star") == "Describe the star in the image."
+
+
+def test_pretrain_command_trains_evaluates_and_resumes(tmp_path, bench, pdata):
+    from training.pretrain import main
+
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--data", str(pdata), "--benchmark", str(bench), "--max-steps", "4",
+            "--batch-size", "8", "--save-every", "2", "--log-every", "1", "--warmup-steps", "1", "--max-new-tokens", "6",
+            "--backbone", json.dumps(SMALL), "--threads", "1", "--ship", str(tmp_path / "base")]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    ev = report["eval"]["overall"]
+    assert ev["n"] == len(PD.load_rows(pdata, "heldout")) and 0 <= ev["text_only_floor"] <= 100
+    assert set(report["half_precision"]["overall"]) == {"n", "exact_match", "text_only_floor"}
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and log[-1]["loss"] < log[0]["loss"]
+    assert (out / "report.png").stat().st_size > 1000
+    card = (tmp_path / "base" / "README.md").read_text()
+    assert "Held-out generative accuracy" in card and "text-only floor" in card
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "base" / "model.safetensors"), "pt") as fh:
+        assert all(fh.get_tensor(k).dtype == torch.float16 for k in fh.keys())
+    # a rerun finds the final model and trains nothing
+    stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main(args[:-2]) == 0
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_fine_tuning_starts_from_the_saved_base(tmp_path, monkeypatch):
+    """`--init base` (the default) loads the shipped base: at step 0 the weights are the base's."""
+    from msolomon.model import MSolomon
+    from training import train as T
+
+    base = MSolomon.tiny(seed=3, **SMALL)
+    base.save_pretrained(tmp_path / "base")
+    monkeypatch.setattr(T, "DEFAULT_BASE_DIR", tmp_path / "base")
+    config = T.TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), device="cpu")
+    assert config.init == "base"
+    model = T.build_model(config, [], None)
+    want = base.model.state_dict()
+    got = model.model.state_dict()
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
+    assert model.tokenizer.get_vocab() == base.tokenizer.get_vocab()
+    monkeypatch.setattr(T, "DEFAULT_BASE_DIR", tmp_path / "missing")
+    with pytest.raises(ValueError, match="training.pretrain"):
+        T.build_model(config, [], None)

@@ -1,0 +1,408 @@
+"""`python -m training.pretrain --out DIR`: the tiny base MLLM, our analogue of Qwen2-VL-2B-Instruct.
+
+M-Solomon starts from an MLLM that can already see and answer; augmentation carries that knowledge into the
+embedding. Ours is a small Qwen2-VL trained generatively (next-token loss on the answer) on image–question–answer
+data that MiniMMEB's world builders make with seeds of their own (`training.pretrain_data`), disjoint from every
+benchmark image by pixel hash.
+
+    1. the benchmark to stay apart from (MiniMMEB at --benchmark-seed/--benchmark-scale)   DIR/benchmark/
+    2. pretraining data (train + held-out)                                                   DIR/data/
+    3. generative pretraining, resumable, curves in DIR/train_log.jsonl                      DIR/checkpoint, DIR/final
+    4. held-out exact match, with the image and without it (the text-only floor)            DIR/report.json, .md, .png
+    5. --ship assets/base: the base in half precision with its model card
+
+Every stage skips what is done, so a killed run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger("training.pretrain")
+
+# the default backbone, chosen by measurement (README "Choosing the backbone"): `never` latency 20 ms at batch
+# size 1 on one thread, 5 M parameters (10 MB in half precision)
+BASE_BACKBONE: dict[str, Any] = {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
+                                 "intermediate_size": 1024, "vision_dim": 128, "vision_depth": 2, "vision_heads": 4,
+                                 "vocab_size": 4096}
+
+
+@dataclass
+class PretrainSettings:
+    """Every setting of a pretraining run."""
+
+    out: str = ""
+    data: str | None = None  # an existing pretraining data folder (default: OUT/data, generated)
+    benchmark: str | None = None  # the MiniMMEB folder to exclude (default: OUT/benchmark, generated)
+    benchmark_seed: int = 0
+    benchmark_scale: str = "small"
+    n_per_dataset: int = 2000
+    n_heldout: int = 40
+    datasets: list[str] | None = None
+    backbone: dict[str, Any] = field(default_factory=lambda: dict(BASE_BACKBONE))
+    seed: int = 0
+    batch_size: int = 32
+    epochs: float = 2.0
+    max_steps: int | None = None
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    max_response_tokens: int = 48
+    save_every: int = 250
+    log_every: int = 25
+    max_new_tokens: int = 48
+    threads: int | None = None
+    ship: str | None = None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PretrainSettings:
+    parser = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = PretrainSettings()
+    helps = {"out": "run folder (required)", "data": "existing pretraining data folder",
+             "benchmark": "MiniMMEB folder whose images are excluded", "n_per_dataset": "items per world builder",
+             "n_heldout": "held-out items per world builder", "datasets": "comma-separated world builders",
+             "backbone": "JSON object of TinyConfig fields", "epochs": "passes over the data",
+             "max_steps": "stop after this many steps (overrides --epochs)", "threads": "torch threads",
+             "ship": "copy the base here in half precision with its model card (e.g. assets/base)"}
+    for f in fields(PretrainSettings):
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        kind = {"max_steps": int, "threads": int, "data": str, "benchmark": str, "ship": str}.get(
+            f.name, str if isinstance(default, (list, dict)) or default is None else type(default))
+        parser.add_argument(flag, dest=f.name, type=kind, default=None,
+                            help=f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {default})")
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in fields(PretrainSettings):
+        v = getattr(args, f.name)
+        if v is None:
+            continue
+        if f.name == "datasets":
+            v = [x.strip() for x in v.split(",") if x.strip()]
+        elif f.name == "backbone":
+            try:
+                v = {**BASE_BACKBONE, **json.loads(v)}
+            except (json.JSONDecodeError, TypeError) as err:
+                parser.error(f"--backbone must be a JSON object: {err}")
+        values[f.name] = v
+    settings = PretrainSettings(**values)
+    if not settings.out:
+        parser.error("--out is required")
+    return settings
+
+
+# --- batches and loss ------------------------------------------------------------------------------------------
+
+
+class PretrainCollator:
+    """prompt(image, question) + answer + terminal, labels on the answer and the terminal token only."""
+
+    def __init__(self, encoder, max_response_tokens: int = 48, padding_side: str = "right"):
+        self.encoder = encoder
+        self.max_response_tokens = max_response_tokens
+        self.padding_side = padding_side
+
+    def encode(self, row: dict):
+        from msolomon.inputs import Query
+
+        enc = self.encoder
+        answer = enc.tokenizer.encode(" ".join(row["response"].split()), add_special_tokens=False)
+        tail = answer[: self.max_response_tokens] + [enc.terminal_id]
+        prompt = enc.encode_prompt(Query(text=row["prompt"], image=row.get("image")), reserve=len(tail))
+        return prompt.extended(tail, labels=tail)
+
+    def __call__(self, rows: Sequence[dict]) -> dict:
+        return self.encoder.collate([self.encode(r) for r in rows], self.padding_side)
+
+
+def pretrain_loss(model, batch: dict, rows: Sequence[dict], loop) -> tuple[Any, dict]:
+    """Next-token cross-entropy on the answers (logits only where labels are) and its token accuracy."""
+    import torch
+
+    from msolomon.backbone import unwrap
+
+    hidden = model.forward_hidden(batch)
+    labels = batch["labels"].to(hidden.device)
+    shifted = labels[:, 1:]
+    where = shifted != -100
+    logits = unwrap(model.model).lm_head(hidden[:, :-1][where]).float()
+    target = shifted[where]
+    loss = torch.nn.functional.cross_entropy(logits, target)
+    acc = (logits.argmax(-1) == target).float().mean().item()
+    return loss, {"loss": loss.item(), "gen_loss": loss.item(), "token_acc": acc}
+
+
+# --- generative evaluation -------------------------------------------------------------------------------------
+
+
+def generate_answers(model, rows: Sequence[dict], with_image: bool = True, batch_size: int = 16,
+                     max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers of the base (stock `generate` with the KV cache), with or without each row's image."""
+    import torch
+
+    from msolomon.backbone import unwrap
+    from msolomon.inputs import Query
+
+    enc = model.encoder
+    core = unwrap(model.model)
+    out: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            items = [enc.encode_prompt(Query(text=r["prompt"], image=r["image"] if with_image else None),
+                                       reserve=max_new_tokens + 1) for r in chunk]
+            batch = enc.collate(items, "left")
+            kwargs = {k: batch[k].to(model.device) for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+            if batch["pixel_values"] is not None:
+                kwargs["pixel_values"] = batch["pixel_values"].to(model.device, model.dtype)
+                kwargs["image_grid_thw"] = batch["image_grid_thw"].to(model.device)
+            ids = core.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=model.terminal_id, pad_token_id=model.pad_id)
+            new = ids[:, batch["input_ids"].shape[1]:]
+            out += [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+    return out
+
+
+def evaluate_base(model, rows: Sequence[dict], max_new_tokens: int = 48) -> dict:
+    """Held-out exact match per world and overall, with the image and without it (the text-only floor)."""
+    from training.pretrain_data import exact_match
+
+    seen = generate_answers(model, rows, True, max_new_tokens=max_new_tokens)
+    blind = generate_answers(model, rows, False, max_new_tokens=max_new_tokens)
+    by: dict[str, dict] = {}
+    for name in sorted({r["dataset"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["dataset"] == name]
+        refs = [rows[i]["response"] for i in idx]
+        by[name] = {"n": len(idx), "exact_match": round(exact_match([seen[i] for i in idx], refs), 1),
+                    "text_only_floor": round(exact_match([blind[i] for i in idx], refs), 1)}
+    refs = [r["response"] for r in rows]
+    overall = {"n": len(rows), "exact_match": round(exact_match(seen, refs), 1),
+               "text_only_floor": round(exact_match(blind, refs), 1)}
+    examples = [{"dataset": r["dataset"], "prompt": r["prompt"], "reference": r["response"], "with_image": s,
+                 "without_image": b} for r, s, b in list(zip(rows, seen, blind))[:: max(1, len(rows) // 30)]]
+    return {"overall": overall, "datasets": by, "examples": examples}
+
+
+# --- stages ----------------------------------------------------------------------------------------------------
+
+
+def stage_benchmark(s: PretrainSettings, out: Path) -> Path:
+    from msolomon.data.minimmeb import generate, is_minimmeb
+
+    if s.benchmark:
+        return Path(s.benchmark)
+    path = out / "benchmark"
+    if not is_minimmeb(path):
+        logger.info("generating MiniMMEB (%s, seed %d) to exclude its images", s.benchmark_scale, s.benchmark_seed)
+        generate(path, seed=s.benchmark_seed, scale=s.benchmark_scale, progress=False)
+    return path
+
+
+def stage_data(s: PretrainSettings, out: Path, benchmark: Path) -> Path:
+    from training.pretrain_data import PretrainDataSettings, generate, is_pretrain_data
+
+    if s.data:
+        return Path(s.data)
+    path = out / "data"
+    if not is_pretrain_data(path):
+        generate(path, PretrainDataSettings(
+            n_per_dataset=s.n_per_dataset, n_heldout_per_dataset=s.n_heldout, seed=s.seed,
+            benchmark_seed=s.benchmark_seed, benchmark_scale=s.benchmark_scale,
+            datasets=tuple(s.datasets) if s.datasets else None), benchmark, progress=sys.stderr.isatty())
+    return path
+
+
+def build_base(s: PretrainSettings, rows: Sequence[dict], resume: Path | None):
+    import torch
+
+    from msolomon.backbone import default_corpus
+    from msolomon.model import MSolomon
+
+    if resume is not None:
+        return MSolomon.from_pretrained(resume, device="cpu" if not torch.cuda.is_available() else None,
+                                        dtype=torch.float32)
+    corpus = default_corpus() + sorted({t for r in rows for t in (r["prompt"], r["response"])})
+    model = MSolomon.tiny(seed=s.seed, corpus=corpus, **s.backbone)
+    if torch.cuda.is_available():
+        model.model.to("cuda")
+    return model
+
+
+def stage_train(s: PretrainSettings, out: Path, data: Path):
+    from training.pretrain_data import load_rows
+    from training.trainer import CHECKPOINT, FINAL, STATE, LoopSettings, OptimSettings, Trainer, recover_checkpoint
+
+    final = out / FINAL
+    if (final / "config.json").is_file():
+        from msolomon.model import MSolomon
+
+        return MSolomon.from_pretrained(final)
+    rows = load_rows(data, "train")
+    recover_checkpoint(out)
+    resume = out / CHECKPOINT if (out / CHECKPOINT / STATE).is_file() else None
+    model = build_base(s, rows, resume)
+    loop = LoopSettings(batch_size=s.batch_size, epochs=s.epochs, max_steps=s.max_steps, seed=s.seed,
+                        save_every=s.save_every, log_every=s.log_every,
+                        optim=OptimSettings(lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup_steps))
+    collator = PretrainCollator(model.encoder, s.max_response_tokens)
+    trainer = Trainer(model, rows, out, loop, extra_state={"pretrain": asdict(s)}, collator=collator,
+                      loss_fn=pretrain_loss)
+    logger.info("pretraining on %d examples for %d steps", len(rows), trainer.steps)
+    t0 = time.perf_counter()
+    trainer.train()
+    with open(out / "train_time_s.txt", "a") as fh:
+        fh.write(f"{time.perf_counter() - t0:.1f}\n")
+    return model
+
+
+def half_precision_copy(model, dest: Path) -> None:
+    """Save `model` with its weights in float16 (loaded back in float32 for CPU compute)."""
+    import torch
+
+    model.model.to(torch.float16)
+    try:
+        model.save_pretrained(dest)
+    finally:
+        model.model.to(torch.float32)
+
+
+def write_report(result: dict, out: Path) -> None:
+    from msolomon.report import atomic_write_text
+
+    atomic_write_text(out / "report.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "report.md", report_markdown(result))
+    plot_curves(out / "train_log.jsonl", out / "report.png")
+
+
+def report_markdown(result: dict) -> str:
+    ev = result["eval"]
+    lines = ["# Tiny base MLLM: held-out generative accuracy", "",
+             f"Exact match of the whole answer on {ev['overall']['n']} fresh held-out questions "
+             "(pretraining-style, images never seen in training), greedy decoding. The text-only floor asks the "
+             "same questions without the image.", "",
+             "| world | n | exact match | text-only floor | gain |", "|---|---|---|---|---|"]
+    for name, d in ev["datasets"].items():
+        lines.append(f"| {name} | {d['n']} | {d['exact_match']:.1f} | {d['text_only_floor']:.1f} | "
+                     f"{d['exact_match'] - d['text_only_floor']:+.1f} |")
+    o = ev["overall"]
+    lines.append(f"| **overall** | {o['n']} | **{o['exact_match']:.1f}** | {o['text_only_floor']:.1f} | "
+                 f"{o['exact_match'] - o['text_only_floor']:+.1f} |")
+    if "half_precision" in result:
+        h = result["half_precision"]["overall"]
+        lines += ["", f"Stored in float16: exact match {h['exact_match']:.1f} (float32: {o['exact_match']:.1f})."]
+    lines += ["", "Examples (reference / with the image / without it):", ""]
+    for ex in ev["examples"][:12]:
+        lines.append(f"- **{ex['dataset']}** {ex['prompt']}  \n  ref: {ex['reference']}  \n"
+                     f"  seen: {ex['with_image']}  \n  blind: {ex['without_image']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(log: Path, dest: Path) -> None:
+    """Training loss and token accuracy against step."""
+    if not log.is_file():
+        return
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    steps = [r["step"] for r in rows]
+    ax[0].plot(steps, [r["loss"] for r in rows])
+    ax[0].set(xlabel="step", ylabel="next-token loss", yscale="log", title="pretraining loss")
+    ax[1].plot(steps, [r.get("token_acc", float("nan")) for r in rows])
+    ax[1].set(xlabel="step", ylabel="token accuracy", title="answer token accuracy (train batch)")
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def run(s: PretrainSettings) -> dict:
+    import torch
+
+    from training.pretrain_data import load_rows
+
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    benchmark = stage_benchmark(s, out)
+    data = stage_data(s, out, benchmark)
+    timings["data_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    model = stage_train(s, out, data)
+    timings["train_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    heldout = load_rows(data, "heldout")
+    result: dict[str, Any] = {"settings": asdict(s), "data": json.loads((data / "pretrain.json").read_text()),
+                              "eval": evaluate_base(model, heldout, s.max_new_tokens)}
+    if s.ship:
+        from msolomon.model import MSolomon
+
+        half_precision_copy(model, Path(s.ship))
+        shipped = MSolomon.from_pretrained(s.ship, device="cpu")
+        result["half_precision"] = evaluate_base(shipped, heldout, s.max_new_tokens)
+    timings["eval_s"] = round(time.perf_counter() - t, 1)
+    result["timings_s"] = timings
+    write_report(result, out)
+    if s.ship:
+        write_base_card(result, Path(s.ship), out)
+    return result
+
+
+def write_base_card(result: dict, dest: Path, out: Path) -> None:
+    """The base's model card: the command, the data, the figures."""
+    from msolomon.report import atomic_write_text
+
+    s = result["settings"]
+    d = result["data"]
+    card = ["# M-Solomon tiny base MLLM", "",
+            "A small Qwen2-VL (`Qwen2VLForConditionalGeneration`, stock transformers) pretrained generatively, the "
+            "offline analogue of Qwen2-VL-2B-Instruct: NoAug, AlwaysAug and M-Solomon fine-tune from it.", "",
+            f"Backbone: `{json.dumps(s['backbone'])}`; weights stored in float16.", "",
+            "## Command", "", "```bash",
+            f"python -m training.pretrain --out {s['out']} --epochs {s['epochs']}"
+            + (f" --max-steps {s['max_steps']}" if s["max_steps"] else "")
+            + (f" --threads {s['threads']}" if s["threads"] else "") + f" --ship {s['ship']}", "```", "",
+            "## Data", "",
+            f"{d['n_train']} image–question–answer examples from MiniMMEB's world builders (digits, scenes and "
+            "shapes, charts, forms and signs, garments, photos) drawn with pretraining's own random streams; "
+            f"{d['n_heldout']} held-out examples. Handwritten digits come only from the train half of scikit-learn's "
+            f"digits under benchmark seed {s['benchmark_seed']}. Every image was hashed by its pixels against all "
+            f"{d['benchmark_images']} MiniMMEB images (seed {s['benchmark_seed']}, scale {s['benchmark_scale']}) and "
+            "collisions were dropped (`tests/test_pretrain.py` checks disjointness).", "",
+            "## Held-out generative accuracy", "", report_markdown(result).split("\n", 2)[2],
+            "## Time", "", f"Stage times (s): `{json.dumps(result['timings_s'])}`.", ""]
+    atomic_write_text(dest / "README.md", "\n".join(card))
+    atomic_write_text(dest / "pretrain_report.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = parse_args(argv)
+    try:
+        result = run(settings)
+    except (ValueError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    sys.stdout.write(report_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

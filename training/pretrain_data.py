@@ -1,0 +1,253 @@
+"""Image–text data for pretraining the tiny base MLLM, made by MiniMMEB's world builders with seeds of its own.
+
+The base must learn to *see and answer* before any embedding training, as Qwen2-VL-2B-Instruct did before
+M-Solomon fine-tuned it. So every world family (digits, scenes and shapes, charts, forms and signs, garments,
+photos) is asked for fresh items from random streams that no benchmark split uses, and each item becomes one
+generative example: image + question → a short reasoned answer (the same kind of answer the teacher writes).
+Text-only retrieval queries (a caption) become captioning examples of their positive image.
+
+Disjointness from the benchmark is checked, not assumed:
+- handwritten digits come only from the *train* half of scikit-learn's digits under the benchmark seed, so no
+  test digit is ever drawn, in any jitter;
+- every image is hashed by its decoded pixels, and an example whose image equals any MiniMMEB image (train, val
+  or test, at the benchmark's seed and scale) is dropped; `check_disjoint` proves it on the written files.
+
+Layout of OUT:
+    OUT/pretrain.json                 meta: settings, counts per family, the dropped collisions
+    OUT/train.jsonl, OUT/heldout.jsonl   {"id", "dataset", "image", "prompt", "response"}; image relative to OUT
+    OUT/images/NAME/{train,heldout}/...png
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from msolomon import prompts
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "pretrain.json"
+DESCRIBE = "Describe the image."
+PRETRAIN_SEED_OFFSET = 1_000_003  # pretraining streams are keyed by (seed + offset, name, part): never a benchmark's
+
+
+@dataclass(frozen=True)
+class PretrainDataSettings:
+    """How much pretraining data to make and which benchmark it must stay apart from."""
+
+    n_per_dataset: int = 2000  # items asked of each world builder for training
+    n_heldout_per_dataset: int = 40  # fresh items per builder for the generative evaluation
+    seed: int = 0  # pretraining's own streams (offset so they never equal a benchmark stream)
+    benchmark_seed: int = 0  # the MiniMMEB seed whose digit split is respected and whose images are excluded
+    benchmark_scale: str = "small"
+    datasets: tuple[str, ...] | None = None  # a subset of the world builders (default: all)
+
+
+def pixel_hash(path: str | Path) -> str:
+    """SHA-256 of an image's decoded RGB pixels and size: two files showing the same picture hash alike."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        rgb = img.convert("RGB")
+        return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def image_hashes(root: str | Path) -> set[str]:
+    """Pixel hashes of every PNG under `root` (e.g. a MiniMMEB folder: train, val and test images)."""
+    return {pixel_hash(p) for p in sorted(Path(root).rglob("*.png"))}
+
+
+# Pretraining asks plain questions, as an instruction-tuned MLLM's data does, not MMEB's embedding instructions:
+# (prefix of the teacher question, the plain question; {} is the rest of the text)
+PLAIN_QUESTIONS = (
+    ("Represent the given image for classification", "What does the image show?"),
+    ("Find an image caption describing the given everyday image.", DESCRIBE),
+    ("Find an image to match the reference image and the modification:", "Describe the image after this change: {}"),
+    ("Find an image to match the fashion image and style note:", "Describe the garment after this change: {}"),
+    ("Select the portion of the image that isolates the object of the given label:", "Describe the {} in the image."),
+    ("Select the portion of the image that follows the language expression:", "Which object is {}?"),
+)
+
+
+def plain_question(query_text: str | None) -> str:
+    """The question a pretraining example asks for a world item's query."""
+    question = prompts.teacher_question(query_text)
+    for prefix, plain in PLAIN_QUESTIONS:
+        if question.startswith(prefix):
+            return plain.format(question[len(prefix):].strip())
+    return question
+
+
+def item_examples(item) -> list[tuple[str, str, str]]:
+    """(image, prompt, response) pairs of one world item: its question with its answer, or, for a text-only
+    query (a caption), the caption of its positive image."""
+    if item.qry_img:
+        return [(item.qry_img, plain_question(item.qry_text), item.answer)]
+    if item.pos and item.pos[1]:
+        caption = prompts.teacher_question(item.qry_text)
+        return [(item.pos[1], DESCRIBE, caption if caption.endswith(".") else caption + ".")]
+    return []
+
+
+def build_garments(ctx, n: int) -> list[dict]:
+    """Garment descriptions and style changes, photographed on coloured backdrops.
+
+    FashionCIR's gallery already holds every garment appearance on white, so the world builder's own images would
+    all be benchmark images; product photos on other backdrops carry the same knowledge in other pixels."""
+    from msolomon.worlds.canvas import COLOURS
+    from msolomon.worlds.garments import GARMENTS, PATTERNS, SLEEVES, fashion_describe, render_garment
+
+    values = {"colour": list(COLOURS), "pattern": list(PATTERNS), "sleeves": list(SLEEVES)}
+    notes = {"colour": "make it {}", "pattern": "make it {}", "sleeves": "give it {} sleeves"}
+    rng, rows = ctx.rng, []
+    for i in range(n):
+        g = {"kind": rng.choice(GARMENTS), **{a: rng.choice(v) for a, v in values.items()}}
+        backdrop = rng.choice(("gray", "beige"))
+        path = ctx.store.put(f"{i:05d}", lambda: render_garment(g["kind"], g["colour"], g["pattern"], g["sleeves"],
+                                                                background=backdrop))
+        if rng.random() < 0.5:
+            rows.append((path, "Describe the garment.", fashion_describe(g)))
+        else:
+            attr = rng.choice(list(values))
+            value = rng.choice([x for x in values[attr] if x != g[attr]])
+            rows.append((path, f"Describe the garment after this change: {notes[attr].format(value)}",
+                         fashion_describe({**g, attr: value})))
+    return rows
+
+
+# world builders whose every image is a benchmark image, replaced by a task of their own
+OWN_TASKS = {"FashionCIR": ("Garments", build_garments)}
+
+
+def _build_part(name: str, part: str, n: int, settings: PretrainDataSettings, root: Path) -> list[dict]:
+    from msolomon.data.minimmeb import DATASETS, Ctx, Settings, Store, rng_for
+
+    if name in OWN_TASKS:
+        task, build = OWN_TASKS[name]
+        ctx = Ctx(Settings.make(seed=settings.benchmark_seed), task, "train", Store(root, f"{task}/{part}"),
+                  rng_for(settings.seed + PRETRAIN_SEED_OFFSET, task, part))
+        return [{"id": f"{task}:{part}:{i}", "dataset": task, "image": image, "prompt": prompt, "response": response}
+                for i, (image, prompt, response) in enumerate(build(ctx, n))]
+    spec = DATASETS[name]
+    bench = Settings.make(seed=settings.benchmark_seed, scale=settings.benchmark_scale)
+    # split "train": builders draw from train-side pools only (digits) and build train-style rows; the random
+    # stream and the image folder are pretraining's own
+    store = Store(root, f"{name}/{part}")
+    ctx = Ctx(bench, name, "train", store, rng_for(settings.seed + PRETRAIN_SEED_OFFSET, name, part))
+    rows = []
+    for i, item in enumerate(spec.build(ctx, n)):
+        for j, (image, prompt, response) in enumerate(item_examples(item)):
+            rows.append({"id": f"{name}:{part}:{i}:{j}", "dataset": name, "image": image, "prompt": prompt,
+                         "response": response})
+    return rows
+
+
+def generate(out: str | Path, settings: PretrainDataSettings, benchmark: str | Path,
+             progress: bool = True) -> dict:
+    """Write the pretraining data to `out` (atomically: a temporary sibling renamed into place) and return its
+    meta. `benchmark` is a MiniMMEB folder at the benchmark's seed and scale; its images are excluded."""
+    from tqdm.auto import tqdm
+
+    from msolomon.data.minimmeb import DATASETS
+
+    out = Path(out)
+    names = list(settings.datasets or DATASETS)
+    t0 = time.perf_counter()
+    banned = image_hashes(benchmark)
+    logger.info("%d benchmark images hashed in %.1fs", len(banned), time.perf_counter() - t0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    counts: dict[str, dict[str, int]] = {}
+    try:
+        splits: dict[str, list[dict]] = {"train": [], "heldout": []}
+        seen_train: set[str] = set()
+        for name in tqdm(names, desc="pretraining data", unit="world", disable=not progress):
+            world = OWN_TASKS[name][0] if name in OWN_TASKS else name
+            counts[world] = {}
+            for part, n in (("train", settings.n_per_dataset), ("heldout", settings.n_heldout_per_dataset)):
+                rows = _build_part(name, part, n, settings, tmp)
+                kept, dropped = [], 0
+                for row in rows:
+                    h = pixel_hash(tmp / row["image"])
+                    if h in banned or (part == "heldout" and h in seen_train):
+                        dropped += 1
+                        continue
+                    if part == "train":
+                        seen_train.add(h)
+                    kept.append(row)
+                splits[part] += kept
+                counts[world][part] = len(kept)
+                counts[world][f"{part}_dropped_collisions"] = dropped
+        used = {row["image"] for rows in splits.values() for row in rows}
+        for path in list((tmp / "images").rglob("*.png")):  # galleries a builder drew but no example shows
+            if str(path.relative_to(tmp)) not in used:
+                path.unlink()
+        for part, rows in splits.items():
+            (tmp / f"{part}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                               encoding="utf-8")
+        meta = {"name": "M-Solomon pretraining data", "settings": asdict(settings), "counts": counts,
+                "n_train": len(splits["train"]), "n_heldout": len(splits["heldout"]),
+                "benchmark": str(benchmark), "benchmark_images": len(banned)}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("pretraining data: %d train, %d held-out examples in %.1fs", meta["n_train"], meta["n_heldout"],
+                time.perf_counter() - t0)
+    return meta
+
+
+def load_rows(root: str | Path, part: str) -> list[dict]:
+    """The rows of one part (train or heldout), with image paths made absolute."""
+    root = Path(root)
+    path = root / f"{part}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: is {root} a pretraining data folder?")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            try:
+                row = json.loads(line)
+                row["image"] = str(root / row["image"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}: line {line_no}: not a pretraining row ({err})") from None
+            rows.append(row)
+    return rows
+
+
+def is_pretrain_data(root: str | Path) -> bool:
+    return (Path(root) / META_FILE).is_file() and (Path(root) / "train.jsonl").is_file()
+
+
+def check_disjoint(pretrain_root: str | Path, benchmark_roots: Iterable[str | Path]) -> list[str]:
+    """Images of pretraining examples (train and held-out) whose pixels equal a benchmark image; an empty list
+    proves disjointness."""
+    banned: set[str] = set()
+    for root in benchmark_roots:
+        banned |= image_hashes(root)
+    images = sorted({row["image"] for part in ("train", "heldout") for row in load_rows(pretrain_root, part)})
+    return [p for p in images if pixel_hash(p) in banned]
+
+
+def normalise_answer(text: str | None) -> str:
+    """Exact match ignores case, surrounding space and a final full stop, nothing else."""
+    return " ".join((text or "").strip().lower().rstrip(".").split())
+
+
+def exact_match(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    if not references:
+        return float("nan")
+    return 100.0 * sum(normalise_answer(p) == normalise_answer(r) for p, r in zip(predictions, references)) / len(
+        references)
