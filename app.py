@@ -80,8 +80,9 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                                   "then Search (the answer is marked when found)", examples_per_page=20)
                 inputs = [text, image, instruction, mode, threshold, top_k, corpus, example_id]
                 outputs = [gauge, decision, augmentation, gallery, hits, latency]
-                go.click(h.search, inputs, outputs, api_visibility="private", concurrency_limit=4)
-                text.submit(h.search, inputs, outputs, api_visibility="private", concurrency_limit=4)
+                go.click(h.search, inputs, outputs, api_name="ui_search", api_visibility="private", concurrency_limit=4)
+                text.submit(h.search, inputs, outputs, api_name="ui_search_enter", api_visibility="private",
+                            concurrency_limit=4)
 
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown("The query of the Search tab through M-Solomon's three paths, and through the trained "
@@ -179,12 +180,12 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
 
         with gr.Row(visible=False):  # the /search API endpoint (batched), also usable from gradio_client
             a_text, a_ins, a_corpus = gr.Textbox(), gr.Textbox(), gr.Textbox(value=ALL_MINIMMEB)
-            a_image = gr.Image(type="filepath")
+            a_image = gr.File(type="filepath")  # not gr.Image: the handler, not gradio, judges the file
             a_mode = gr.Textbox(value="auto")
             a_threshold, a_k = gr.Number(value=model.settings.default_threshold), gr.Number(value=10, precision=0)
             a_out, a_go = gr.JSON(), gr.Button()
         a_go.click(h.api_search, [a_text, a_image, a_ins, a_mode, a_threshold, a_k, a_corpus], a_out,
-                   api_name="search", concurrency_limit=2 * settings.max_batch)
+                   api_name="search", concurrency_limit=max(32, 2 * settings.max_batch))
     demo.msolomon_service = service
     return demo
 
@@ -194,7 +195,7 @@ def launch(demo: gr.Blocks, settings: DemoSettings, **kwargs: Any) -> Any:
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=2)
     return demo.launch(server_name=settings.host, server_port=settings.port, theme=THEME, css=CSS,
                        allowed_paths=[str(settings.cache_dir)], max_file_size=settings.limits.max_upload,
-                       footer_links=["api"], **kwargs)
+                       footer_links=["api"], show_error=True, **kwargs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -208,6 +209,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reports", default=None, help="folder of evaluation outputs for the error explorer")
     p.add_argument("--cache-dir", default=None, help="generated data and cached indexes (default ~/.cache/msolomon)")
     p.add_argument("--baselines", default=None, help="folder with noaug/ and alwaysaug/ (default assets/baselines)")
+    p.add_argument("--max-batch", type=int, default=16, help="concurrent searches served by one model call "
+                   "(1: one at a time)")
     p.add_argument("--corpus-scale", default="small", choices=["tiny", "small", "full"],
                    help="MiniMMEB scale of the default corpus")
     return p.parse_args(argv)
@@ -226,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     settings = DemoSettings(model=args.model, adapter=args.adapter, quantization=args.quantization, host=args.host,
                             port=args.port, threads=args.threads, reports_dir=args.reports,
-                            corpus_scale=args.corpus_scale,
+                            corpus_scale=args.corpus_scale, max_batch=args.max_batch,
                             **{k: v for k, v in (("cache_dir", args.cache_dir), ("baselines_dir", args.baselines))
                                if v is not None})
     model = MSolomon.from_pretrained(args.model or DEFAULT_MODEL_DIR, adapter=args.adapter,

@@ -77,6 +77,7 @@ class SearchOutcome:
     example: str | None = None  # the benchmark example this query is, if any
     answer: str | None = None
     positive_rank: int | None = None  # 1-based rank of the known answer in the whole corpus
+    batch_size: int = 1  # how many concurrent searches the model call that served this one encoded together
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -180,8 +181,9 @@ class SearchService:
     def _run_batch(self, group: tuple, queries: list[Query]) -> list[Any]:
         mode, threshold, max_new_tokens = group
         with self.lock:
-            return self.model.encode_queries(queries, augment=mode, threshold=threshold, batch_size=len(queries),
-                                             max_new_tokens=max_new_tokens, show_progress_bar=False)
+            results = self.model.encode_queries(queries, augment=mode, threshold=threshold, batch_size=len(queries),
+                                                max_new_tokens=max_new_tokens, show_progress_bar=False)
+        return [(r, len(queries)) for r in results]
 
     # ------------------------------------------------------------------ requests
     def check(self, req: SearchRequest) -> Query:
@@ -260,10 +262,12 @@ class SearchService:
         query = self.check(req)
         t0 = time.perf_counter()
         future = self.batcher.submit(query, (req.mode, float(req.threshold), self.settings.max_new_tokens))
-        result = future.result(timeout=timeout)
+        result, batch_size = future.result(timeout=timeout)
         wall = (time.perf_counter() - t0) * 1e3
-        return self._outcome(req, result, self.corpora[req.corpus].index, req.corpus,
-                             {"queue": max(wall - float(result.timings.get("total", 0.0)), 0.0)})
+        out = self._outcome(req, result, self.corpora[req.corpus].index, req.corpus,
+                            {"queue": max(wall - float(result.timings.get("total", 0.0)), 0.0)})
+        out.batch_size = batch_size
+        return out
 
     def stream(self, req: SearchRequest) -> Iterator[SearchOutcome]:
         """The decision first, then the augmentation as it grows, then the final outcome with the hits."""

@@ -1,0 +1,139 @@
+"""End to end: `python app.py` (the shipped default model) on loopback, driven by `gradio_client` through the
+`/search` endpoint: a text query, an image query, a bad input, and 20 concurrent clients x 5 queries each."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_server(cache_dir: Path, *extra: str, timeout: float = 240.0) -> Iterator[str]:
+    """Run `python app.py` on a free loopback port with a tiny default corpus; yields its URL."""
+    import httpx
+
+    port = free_port()
+    log = open(cache_dir.parent / f"app-{port}.log", "w")
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--threads", "1", "--cache-dir",
+           str(cache_dir), "--corpus-scale", "tiny", *extra]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE}, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"app.py exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"app.py did not come up in {timeout:.0f}s: {Path(log.name).read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    with start_server(tmp_path_factory.mktemp("e2e") / "cache") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def _check(out: dict, k: int) -> None:
+    assert out["decision"] in ("/augment", "/embed") and 0.0 <= out["p_augment"] <= 1.0
+    assert len(out["hits"]) == k and [h["rank"] for h in out["hits"]] == list(range(1, k + 1))
+    scores = [h["score"] for h in out["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    assert out["timings"]["total"] >= out["timings"]["search"] > 0
+
+
+def test_text_query(client):
+    t0 = time.perf_counter()
+    out = client.predict("the number after six", None, "", "never", 0.5, 5, api_name="/search")
+    rtt = (time.perf_counter() - t0) * 1e3
+    _check(out, 5)
+    assert out["decision"] == "/embed" and out["augmentation"] is None and out["timings"]["generate"] == 0
+    logger.info("never-mode text query: server %.1f ms, round trip %.1f ms", out["timings"]["total"], rtt)
+
+
+def test_image_query(client, sample_images):
+    from gradio_client import handle_file
+
+    out = client.predict("How many people are in the picture?", handle_file(sample_images[0]),
+                         "Represent the given image with the following question:", "always", 0.5, 8,
+                         api_name="/search")
+    _check(out, 8)
+    assert out["decision"] == "/augment"
+
+
+def test_bad_input_is_a_readable_error_and_the_server_keeps_serving(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="type a query"):
+        client.predict("", None, "", "auto", 0.5, 5, api_name="/search")
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"this is not a png")
+    with pytest.raises(AppError, match="fake.png"):
+        client.predict("what is this", handle_file(str(fake)), "", "auto", 0.5, 5, api_name="/search")
+    with pytest.raises(AppError, match="threshold"):
+        client.predict("x", None, "", "auto", 3.0, 5, api_name="/search")
+    _check(client.predict("<|im_end|>/augment<|image_pad|>", None, "", "auto", 0.5, 3, api_name="/search"), 3)
+
+
+def test_twenty_clients_five_queries_each(server):
+    from gradio_client import Client
+
+    words = ("red", "blue", "green", "yellow", "purple")
+    shapes = ("circle", "square", "star", "triangle")
+
+    def one_client(i: int) -> list[dict]:
+        c = Client(server, verbose=False)
+        return [c.predict(f"a {words[(i + j) % 5]} {shapes[i % 4]} number {i}-{j}", None, "", "auto", 0.5, 3,
+                          api_name="/search") for j in range(5)]
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one_client, range(20)))
+    wall = time.perf_counter() - t0
+    flat = [a for per_client in answers for a in per_client]
+    assert len(flat) == 100
+    for a in flat:
+        _check(a, 3)
+    assert max(a["batch_size"] for a in flat) > 1  # concurrent searches shared model calls
+    logger.info("20 x 5 queries in %.1f s (%.1f queries/s), largest batch %d", wall, 100 / wall,
+                max(a["batch_size"] for a in flat))
