@@ -503,7 +503,8 @@ def evaluate(model: Any, data_dir: str | Path | Benchmark, image_root: str | Pat
              modes: Sequence[str] | str = MODES, limit: int | None = None, thresholds: Sequence[float] | None = None,
              out: str | Path | None = None, *, datasets: Sequence[str] | None = None, threshold: float = 0.5,
              max_new_tokens: int = 64, candidate_batch_size: int = 32, resume: bool = True,
-             show_progress_bar: bool | None = None, model_name: str | None = None) -> dict[str, Any]:
+             show_progress_bar: bool | None = None, model_name: str | None = None,
+             split: str = "test") -> dict[str, Any]:
     """Evaluate `model` (an MSolomon, anything with its `encode_queries`/`encode_candidates`, or a path) on a
     MiniMMEB or MMEB-eval folder and return the DESIGN.md section 4 report.
 
@@ -515,7 +516,7 @@ def evaluate(model: Any, data_dir: str | Path | Benchmark, image_root: str | Pat
                             thresholds=tuple(thresholds) if thresholds is not None else None,
                             datasets=tuple(datasets) if datasets is not None else None, threshold=threshold,
                             max_new_tokens=max_new_tokens, candidate_batch_size=candidate_batch_size,
-                            resume=resume, show_progress_bar=show_progress_bar)
+                            resume=resume, show_progress_bar=show_progress_bar, split=split)
     bench = data_dir if isinstance(data_dir, Benchmark) else open_benchmark(data_dir, image_root, settings.split)
     if isinstance(model, (str, Path)):
         model_name = model_name or str(model)
@@ -678,6 +679,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--candidate-batch-size", type=int, default=32)
     p.add_argument("--fresh", action="store_true", help="ignore and clear results of an earlier run")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="MiniMMEB split to evaluate: test (default) or val, the validation split the pilot and any "
+                        "choice of threshold or checkpoint must use")
     return p
 
 
@@ -699,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 datasets=tuple(_csv(args.datasets)) if args.datasets else None,
                                 threshold=args.threshold, max_new_tokens=args.max_new_tokens,
                                 candidate_batch_size=args.candidate_batch_size, resume=not args.fresh,
-                                show_progress_bar=False if args.quiet else None)
+                                show_progress_bar=False if args.quiet else None, split=args.split)
         if Path(args.out).is_dir():
             raise EvaluationError(f"--out must be a file path (FILE.json), got the folder {args.out}")
         bench = open_benchmark(args.data, args.image_root, settings.split)

@@ -15,13 +15,20 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 1, "vision_di
 def test_reproduce_smoke(tmp_path):
     out = tmp_path / "rep"
     settings = ReproduceSettings(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
-                                 eval_limit=4, tiny=TINY, datasets=SUBSET)
+                                 eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET,
+                                 ship=str(tmp_path / "assets"))
     result = run(settings)
     report = json.loads((out / "report.json").read_text())
     assert set(report["models"]) == {"noaug", "alwaysaug", "msolomon"}
-    for name in report["models"]:
-        assert set(report["models"][name]["modes"]) >= {"auto", "never", "always"}
+    # each baseline in its own mode, M-Solomon in all three (for the threshold curve)
+    assert set(report["models"]["noaug"]["modes"]) == {"never"}
+    assert set(report["models"]["alwaysaug"]["modes"]) == {"always"}
+    assert set(report["models"]["msolomon"]["modes"]) == {"auto", "never", "always"}
     split = report["split"]
+    # the pilot measured on the validation split, never on test
+    assert split["pilot_on"] == "val"
+    pilot = json.loads((out / "eval" / "noaug.pilot.json").read_text())
+    assert pilot["split"] == "val" and json.loads((out / "eval" / "noaug.json").read_text())["split"] == "test"
     meta = json.loads((out / "minimmeb" / "minimmeb.json").read_text())["datasets"]
     ind = sorted(n for n, m in meta.items() if not m["ood"])
     # the split covers exactly the in-distribution sets and came from the two pilot reports
@@ -33,6 +40,15 @@ def test_reproduce_smoke(tmp_path):
     assert (out / "report.md").read_text().startswith("# M-Solomon on MiniMMEB")
     assert (out / "report.png").stat().st_size > 1000
     assert (out / "msolomon" / "final" / "model.safetensors").is_file()
+    # the three models shipped in half precision, each with its model card
+    from safetensors import safe_open
+
+    for sub, title in (("model", "M-Solomon"), ("baselines/noaug", "NoAug"), ("baselines/alwaysaug", "AlwaysAug")):
+        folder = tmp_path / "assets" / sub
+        assert (folder / "README.md").read_text().startswith(f"# {title} tiny")
+        assert "validation split" in (folder / "README.md").read_text()
+        with safe_open(str(folder / "model.safetensors"), "pt") as fh:
+            assert {str(fh.get_tensor(k).dtype) for k in fh.keys()} == {"torch.float16"}
     always = report["models"]["alwaysaug"]["modes"]["always"]
     assert always["augment_rate"] == 1.0
     assert report["models"]["noaug"]["modes"]["never"]["augment_rate"] == 0.0

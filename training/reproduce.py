@@ -1,15 +1,20 @@
 """`python -m training.reproduce --out DIR`: the paper's whole pipeline on MiniMMEB, end to end.
 
-    1. generate MiniMMEB (train + test)               DIR/minimmeb/
+    1. generate MiniMMEB (train + val + test)         DIR/minimmeb/
     2. synthesise augmentations with the oracle       DIR/synthesis.jsonl
-    3. train NoAug and AlwaysAug                      DIR/noaug/, DIR/alwaysaug/
-    4. pilot: evaluate both (in-distribution test sets) and split the datasets into D^A / D^E   DIR/split.json
-    5. train M-Solomon with the pilot's split         DIR/msolomon/
-    6. evaluate all three models in all modes         DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
+    3. fine-tune NoAug and AlwaysAug from the base    DIR/noaug/, DIR/alwaysaug/
+    4. pilot: evaluate both on the validation split (carved from train; the test sets are not touched) and
+       split the in-distribution datasets into D^A / D^E                                   DIR/split.json
+    5. fine-tune M-Solomon with the pilot's split     DIR/msolomon/
+    6. evaluate on test: each baseline in its own mode, M-Solomon in all three (`--all-modes`: every model in
+       every mode)                                    DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
     7. the report                                     DIR/report.json, DIR/report.md, DIR/report.png
+    8. `--ship assets`: the three models in half precision, with model cards: assets/model (M-Solomon),
+       assets/baselines/noaug, assets/baselines/alwaysaug
 
-Every stage skips what is already done, so a killed run resumes. Deterministic for a seed.
-`--scale tiny` is the smoke run used by the tests.
+The three models fine-tune the shipped pretrained base (assets/base, `training.pretrain`) as the paper fine-tunes
+Qwen2-VL; `--init tiny` trains them from scratch instead, for comparison. Every stage skips what is already done,
+so a killed run resumes. Deterministic for a seed. `--scale tiny --init tiny` is the smoke run of the tests.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ logger = logging.getLogger("training.reproduce")
 MODELS = ("noaug", "alwaysaug", "msolomon")
 LABELING = {"noaug": "noaug", "alwaysaug": "alwaysaug", "msolomon": "adaptive"}
 NATIVE_MODE = {"noaug": "never", "alwaysaug": "always", "msolomon": "auto"}
+ALL_MODES = ("auto", "never", "always")
 
 
 @dataclass
@@ -37,10 +43,11 @@ class ReproduceSettings:
     scale: str = "small"
     data: str | None = None  # an existing MiniMMEB folder instead of generating one
     error_rate: float = 0.1  # the oracle teacher's rate of wrong answers
-    epochs: float = 4.0
+    init: str = "base"  # "base" (assets/base), "tiny" (from scratch) or a checkpoint path
+    epochs: float = 2.0
     max_steps: int | None = None
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 5e-4
     gen_weight: float = 1.0
     temperature: float = 0.02
     tiny: dict[str, Any] = field(default_factory=dict)
@@ -49,7 +56,9 @@ class ReproduceSettings:
     eval_limit: int | None = None
     threads: int | None = None
     datasets: list[str] | None = None  # a subset of MiniMMEB's datasets (default: all 15)
-    ship: str | None = None  # copy the M-Solomon model here with its model card (assets/model)
+    pilot_split: str = "val"  # where the pilot measures: the validation split carved from train
+    all_modes: bool = False  # evaluate every model in every mode (default: baselines in their own mode)
+    ship: str | None = None  # the assets folder: model/ and baselines/{noaug,alwaysaug}/ in half precision
 
 
 def stage_data(s: ReproduceSettings, out: Path) -> Path:
@@ -80,7 +89,7 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
     if (final / "config.json").is_file():
         return final
     config = TrainConfig(data=str(data), out=str(out / name), labeling=LABELING[name],
-                         augmentations=str(synthesis), split=str(split) if split else None, init="tiny",
+                         augmentations=str(synthesis), split=str(split) if split else None, init=s.init,
                          tiny=dict(s.tiny), model_seed=s.seed, seed=s.seed, batch_size=s.batch_size,
                          epochs=s.epochs, max_steps=s.max_steps, lr=s.lr, gen_weight=s.gen_weight,
                          temperature=s.temperature, save_every=500, log_every=20)
@@ -92,14 +101,12 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
 
 
 def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out: Path, modes: Sequence[str],
-               datasets: Sequence[str] | None = None, tag: str = "") -> dict:
-    from msolomon.evaluation import evaluate
-
-    from msolomon.evaluation import StaleResultsError
+               datasets: Sequence[str] | None = None, tag: str = "", split: str = "test") -> dict:
+    from msolomon.evaluation import StaleResultsError, evaluate
 
     report_path = out / "eval" / f"{name}{tag}.json"
     kwargs = dict(modes=tuple(modes), limit=s.eval_limit, out=report_path, datasets=datasets,
-                  max_new_tokens=s.max_new_tokens, show_progress_bar=False, model_name=name)
+                  max_new_tokens=s.max_new_tokens, show_progress_bar=False, model_name=name, split=split)
     try:
         return evaluate(str(model_dir), data, **kwargs)
     except StaleResultsError as err:  # the model or settings changed since: evaluate again from scratch
@@ -116,10 +123,12 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
         return path
     meta = load_minimmeb(data)["datasets"]
     ind = sorted(n for n, m in meta.items() if not m["ood"])
-    noaug = stage_eval(s, "noaug", finals["noaug"], data, out, ["never"], ind, tag=".pilot")
-    always = stage_eval(s, "alwaysaug", finals["alwaysaug"], data, out, ["always"], ind, tag=".pilot")
+    noaug = stage_eval(s, "noaug", finals["noaug"], data, out, ["never"], ind, tag=".pilot", split=s.pilot_split)
+    always = stage_eval(s, "alwaysaug", finals["alwaysaug"], data, out, ["always"], ind, tag=".pilot",
+                        split=s.pilot_split)
     result = pilot_split(noaug, always, PilotSettings(margin=s.margin, datasets=ind))
     result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}
+    result["pilot_on"] = s.pilot_split
     write_json_atomic(path, result)
     logger.info("pilot split: D^A=%s D^E=%s", result["augment"], result["embed"])
     return path
@@ -153,7 +162,8 @@ def run(s: ReproduceSettings) -> dict:
     reports = {}
     for name in MODELS:
         t = time.perf_counter()
-        reports[name] = stage_eval(s, name, finals[name], data, out, ["auto", "never", "always"])
+        modes = ALL_MODES if s.all_modes or name == "msolomon" else (NATIVE_MODE[name],)
+        reports[name] = stage_eval(s, name, finals[name], data, out, modes)
         timings[f"eval_{name}_s"] = time.perf_counter() - t
     from training.report import write_reproduce_report
 
@@ -166,7 +176,7 @@ def run(s: ReproduceSettings) -> dict:
               "timings_s": accumulate_timings(out / "timings.json", timings)}
     write_reproduce_report(result, out)
     if s.ship:
-        ship_model(result, finals["msolomon"], Path(s.ship), command_line(s))
+        ship_models(result, finals, Path(s.ship), command_line(s))
     return result
 
 
@@ -198,21 +208,25 @@ def command_line(s: ReproduceSettings) -> str:
     return " ".join(parts)
 
 
-def ship_model(result: dict, final: Path, dest: Path, command: str) -> None:
-    """Copy the trained M-Solomon model to `dest` (e.g. assets/model) with its model card and report."""
-    import shutil
+SHIPPED = {"msolomon": "model", "noaug": "baselines/noaug", "alwaysaug": "baselines/alwaysaug"}
 
+
+def ship_models(result: dict, finals: dict[str, Path], assets: Path, command: str) -> None:
+    """Save the three models under `assets` (model/, baselines/noaug/, baselines/alwaysaug/) in float16 (loaded
+    back in float32 on a CPU), each with its model card and the run's report."""
+    import torch
+
+    from msolomon.model import MSolomon
     from training.report import write_model_card
 
-    tmp = dest.with_name(dest.name + ".tmp-ship")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(final, tmp)
-    write_model_card(result, tmp, command)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    logger.info("shipped the M-Solomon model to %s", dest)
+    for name, sub in SHIPPED.items():
+        model = MSolomon.from_pretrained(finals[name], device="cpu", dtype=torch.float32)
+        model.model.to(torch.float16)
+        dest = assets / sub
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(dest)  # atomic: a temporary folder renamed into place
+        write_model_card(result, dest, command, model_key=name)
+        logger.info("shipped %s to %s", name, dest)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,11 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     defaults = ReproduceSettings(out="")
-    for name in ("seed", "scale", "data", "error_rate", "epochs", "max_steps", "batch_size", "lr", "gen_weight",
-                 "temperature", "margin", "max_new_tokens", "eval_limit", "threads", "ship"):
+    helps = {"init": "base (assets/base), tiny (from scratch) or a checkpoint path",
+             "pilot_split": "where the pilot measures (val; never the test sets)",
+             "ship": "assets folder to write model/ and baselines/ into (half precision, with model cards)",
+             "threads": "torch threads (default: torch's)", "eval_limit": "test queries per dataset (default: all)"}
+    for name in ("seed", "scale", "data", "error_rate", "init", "epochs", "max_steps", "batch_size", "lr",
+                 "gen_weight", "temperature", "margin", "max_new_tokens", "eval_limit", "threads", "pilot_split",
+                 "ship"):
         default = getattr(defaults, name)
         kind = {"max_steps": int, "eval_limit": int, "threads": int, "data": str, "ship": str}.get(name, type(default))
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default)
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
+                            help=f"{helps.get(name, name.replace('_', ' '))} (default: {default})")
+    parser.add_argument("--all-modes", action="store_true", help="evaluate every model in every mode")
     parser.add_argument("--tiny", default="{}", help="JSON object of TinyConfig overrides")
     parser.add_argument("--datasets", default=None, help="comma-separated subset of MiniMMEB's datasets")
     args = parser.parse_args(argv)
