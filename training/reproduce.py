@@ -6,8 +6,8 @@
     4. pilot: evaluate both on the validation split (carved from train; the test sets are not touched) and
        split the in-distribution datasets into D^A / D^E                                   DIR/split.json
     5. fine-tune M-Solomon with the pilot's split     DIR/msolomon/
-    6. evaluate on test: each baseline in its own mode, M-Solomon in all three (`--all-modes`: every model in
-       every mode)                                    DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
+    6. evaluate on test, each model in its own mode (NoAug never, AlwaysAug always, M-Solomon auto; `--all-modes`:
+       every model in every mode, for threshold curves)   DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
     7. the report                                     DIR/report.json, DIR/report.md, DIR/report.png
     8. `--ship assets`: the three models in half precision, with model cards: assets/model (M-Solomon),
        assets/baselines/noaug, assets/baselines/alwaysaug
@@ -162,7 +162,7 @@ def run(s: ReproduceSettings) -> dict:
     reports = {}
     for name in MODELS:
         t = time.perf_counter()
-        modes = ALL_MODES if s.all_modes or name == "msolomon" else (NATIVE_MODE[name],)
+        modes = ALL_MODES if s.all_modes else (NATIVE_MODE[name],)
         reports[name] = stage_eval(s, name, finals[name], data, out, modes)
         timings[f"eval_{name}_s"] = time.perf_counter() - t
     from training.report import write_reproduce_report
