@@ -65,8 +65,9 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                         example_id = gr.Textbox(visible=False)
                         go = gr.Button("Search", variant="primary", elem_id="search-button")
                     with gr.Column(scale=3):
-                        gauge = gr.Label(num_top_classes=2, label="Decision: p(/augment) vs p(/embed)",
-                                         elem_id="gauge")
+                        gauge = gr.Label(num_top_classes=2, elem_id="gauge",
+                                         label="The model's own preference, p(/augment) vs p(/embed), before "
+                                               "the mode applies")
                         decision = gr.HTML(elem_id="decision-box")
                         augmentation = gr.Textbox(label="Augmentation (streamed as it is written)", lines=2,
                                                   interactive=False, elem_id="augmentation")
@@ -104,8 +105,10 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                             f"text file with one candidate per line; at most {limits.max_corpus_items} items. "
                             "Indexes are cached on disk by model and content, so a restart does not re-encode.")
                 with gr.Row():
-                    up_images = gr.File(file_count="multiple", file_types=["image"], label="Images", type="filepath")
-                    up_text = gr.File(file_count="single", file_types=[".txt"], label="Text file", type="filepath")
+                    up_images = gr.File(file_count="multiple", file_types=["image"], label="Images", type="filepath",
+                                        elem_id="corpus-images")
+                    up_text = gr.File(file_count="single", file_types=[".txt"], label="Text file", type="filepath",
+                                      elem_id="corpus-text")
                 up_name = gr.Textbox(label="Corpus name", value="my corpus")
                 up_go = gr.Button("Index", variant="primary")
                 up_status = gr.Markdown()
@@ -130,7 +133,8 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                     ev_modes = gr.CheckboxGroup(list(MODES), value=["auto", "never", "always"], label="Modes")
                     ev_go = gr.Button("Run evaluation")
                 table = gr.Dataframe(headers=["dataset", "mode", "queries", "P@1 %", "augment rate",
-                                              "latency ms (mean)"], interactive=False, label="Per dataset")
+                                              "latency ms (mean)"], interactive=False, label="Per dataset",
+                                     elem_id="explorer-table")
                 plot = gr.Image(label="Accuracy vs latency", type="filepath", height=330)
                 with gr.Row():
                     f_set = gr.Dropdown(["all"], value="all", label="Dataset")
@@ -138,7 +142,8 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                     f_dec = gr.Dropdown(["all", "/augment", "/embed"], value="all", label="Decision")
                     f_out = gr.Dropdown(["all", "right", "wrong"], value="all", label="Outcome")
                 queries = gr.Dataframe(headers=["#", "dataset", "mode", "decision", "right", "p(/augment)", "query"],
-                                       interactive=False, label="Queries (click a row)")
+                                       interactive=False, label="Queries (click a row)",
+                                       elem_id="explorer-queries")
                 with gr.Row():
                     q_image = gr.Image(label="Query image", height=200, scale=1)
                     q_detail = gr.HTML()
@@ -164,7 +169,7 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                 ev_go.click(run_eval, [ev_sets, ev_limit, ev_modes], [files, table, plot, f_set, queries],
                             api_visibility="private")
 
-            with gr.Tab("Model", id="model"):
+            with gr.Tab("Model", id="model") as model_tab:
                 with gr.Row():
                     with gr.Column():
                         facts = gr.Markdown()
@@ -177,6 +182,7 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                         refresh = gr.Button("Refresh")
                 refresh.click(h.panel, None, [facts, card, live], api_visibility="private")
                 demo.load(h.panel, None, [facts, card, live], api_visibility="private")
+                model_tab.select(h.panel, None, [facts, card, live], api_visibility="private")
 
         with gr.Row(visible=False):  # the /search API endpoint (batched), also usable from gradio_client
             a_text, a_ins, a_corpus = gr.Textbox(), gr.Textbox(), gr.Textbox(value=ALL_MINIMMEB)

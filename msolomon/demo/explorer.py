@@ -109,7 +109,7 @@ def select(records: Sequence[dict], dataset: str = "all", mode: str = "all", dec
 
 def query_rows(records: Sequence[dict], limit: int = 500) -> list[list[Any]]:
     def short(text: Any) -> str:
-        text = " ".join(str(text or "").split())
+        text = " ".join(str(text or "").replace("<|image_1|>", " ").split())
         return text if len(text) <= 90 else text[:87] + "…"
 
     return [[i, r["dataset"], r["mode"], r.get("decision"), "yes" if r.get("correct") else "no",

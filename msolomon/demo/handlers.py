@@ -188,6 +188,6 @@ class Handlers:
     def panel(self) -> tuple[str, list[list[Any]], str]:
         s = self.service
         path = str(s.settings.model or "assets/model (the shipped default)")
-        facts = panel.model_facts(s.model, path, s.settings.threads, s.model_key)
         card_dir = s.settings.model or str(Path(__file__).resolve().parents[2] / "assets" / "model")
+        facts = panel.model_facts(s.model, path, s.settings.threads, s.model_key, card_dir)
         return panel.facts_markdown(facts), panel.card_figures(card_dir), panel.live_markdown(s.live_figures())

@@ -27,12 +27,13 @@ the rest. The threshold sets how sure the model must be (p(`/augment`) ≥ thres
 """
 
 
-def model_facts(model: Any, path: str, threads: int, signature: str | None) -> list[tuple[str, str]]:
+def model_facts(model: Any, path: str, threads: int, signature: str | None,
+                folder: str | None = None) -> list[tuple[str, str]]:
     core = unwrap(model.model)
     n_params = sum(p.numel() for p in core.parameters())
     size_mb = sum(p.numel() * p.element_size() for p in core.parameters()) / 2**20
-    folder = Path(path)
-    disk = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20 if folder.is_dir() else float("nan")
+    where = Path(folder or path)
+    disk = sum(f.stat().st_size for f in where.glob("*.safetensors")) / 2**20 if where.is_dir() else float("nan")
     tok = model.tokenizer
     return [
         ("model", path),
@@ -68,16 +69,23 @@ def card_figures(path: str) -> list[list[Any]]:
             if not isinstance(r, dict) or "overall" not in r:
                 continue
             lat = (r.get("latency_ms") or {}).get("mean")
-            rows.append([name, mode, r.get("overall"), r.get("ind"), r.get("ood"), r.get("augment_rate"),
-                         None if lat is None else round(float(lat), 1)])
+            rows.append([name, mode, *(_round(r.get(k)) for k in ("overall", "ind", "ood")),
+                         _round(r.get("augment_rate"), 2), _round(lat)])
     return rows
+
+
+def _round(x: Any, nd: int = 1) -> Any:
+    return round(float(x), nd) if isinstance(x, (int, float)) else x
 
 
 CARD_HEADERS = ["model", "mode", "overall P@1", "IND", "OOD", "/augment rate", "latency ms"]
 
 
 def facts_markdown(facts: list[tuple[str, str]]) -> str:
-    return "| | |\n|---|---|\n" + "\n".join(f"| {escape(k)} | `{escape(v)}` |" for k, v in facts)
+    def cell(v: str) -> str:  # a code span; pipes escaped so `<|im_end|>` does not split the table
+        return "`" + v.replace("`", "'").replace("|", "\\|") + "`"
+
+    return "| fact | value |\n|---|---|\n" + "\n".join(f"| {escape(k)} | {cell(v)} |" for k, v in facts)
 
 
 def live_markdown(live: dict[str, dict[str, float]]) -> str:

@@ -1,0 +1,112 @@
+"""In a browser: Playwright (pip) drives Debian's headless Chromium through every tab of `python app.py`.
+
+It types a query, uploads an image, runs a search and checks that the decision, the augmentation and the gallery
+appear; clicks an example and sees the known answer judged; compares; indexes a custom corpus; runs a small
+evaluation in the error explorer and opens a query; reads the model panel. Every network request the page makes
+is recorded, and the test fails on any that leaves 127.0.0.1. Screenshots of each tab go to
+outputs/screenshots/ (git-ignored)."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from test_app_e2e import ROOT, start_server
+
+CHROMIUM = os.environ.get("MSOLOMON_CHROMIUM", "/usr/bin/chromium")
+SHOTS = ROOT / "outputs" / "screenshots"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-default-apps"]
+
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)", allow_module_level=True)
+
+
+def _outside(urls: list[str]) -> list[str]:
+    """Requests that leave the machine: anything but 127.0.0.1 (data: and blob: URLs never leave it)."""
+    out = []
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme in ("data", "blob", "about", "chrome-extension"):
+            continue
+        if parsed.hostname != "127.0.0.1":
+            out.append(url)
+    return out
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_every_tab_in_chromium(tmp_path, sample_images):
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    requests: list[str] = []
+    text_file = tmp_path / "my candidates.txt"
+    text_file.write_text("a photo of an astronaut\na cup of coffee\na cat\n", encoding="utf-8")
+    with start_server(tmp_path / "cache") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.on("request", lambda r: requests.append(r.url))
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(url)
+            page.wait_for_selector("#search-button")
+
+            # Search: a typed query, an uploaded image, mode always, an image-only corpus
+            page.locator("#query-text textarea").fill("How many shapes are in the picture?")
+            page.locator("#query-image input[type=file]").set_input_files(sample_images[0])
+            page.locator("#mode").get_by_text("always", exact=True).click()
+            corpus = page.get_by_label("Corpus")
+            corpus.click()
+            page.get_by_role("option", name="MiniMMEB: ScenesT2I").click()
+            page.click("#search-button")
+            expect(page.locator("#decision")).to_contain_text("/augment")
+            expect(page.locator("#hits table")).to_be_visible()
+            expect(page.locator("#augmentation textarea")).not_to_have_value("")
+            expect(page.locator("#gallery img").first).to_be_visible()
+            expect(page.locator(".latency")).to_contain_text("total")
+            page.screenshot(path=str(SHOTS / "1-search.png"), full_page=True)
+
+            # an example with its known answer: judged right or wrong
+            page.get_by_text("ScenesVQA (vqa").click()
+            page.click("#search-button")
+            expect(page.locator("#hits")).to_contain_text("the known answer")
+            page.screenshot(path=str(SHOTS / "2-search-example.png"), full_page=True)
+
+            _tab(page, "Compare")
+            page.click("#compare-button")
+            expect(page.locator("#compare")).to_contain_text("M-Solomon · always")
+            page.screenshot(path=str(SHOTS / "3-compare.png"), full_page=True)
+
+            _tab(page, "Corpora")
+            page.locator("#corpus-images input[type=file]").set_input_files(sample_images[:2])
+            page.locator("#corpus-text input[type=file]").set_input_files(str(text_file))
+            page.get_by_role("button", name="Index").click()
+            expect(page.get_by_text("Indexed")).to_be_visible()
+            page.screenshot(path=str(SHOTS / "4-corpora.png"), full_page=True)
+
+            _tab(page, "Error explorer")
+            page.get_by_text("Run the evaluation on a small MiniMMEB subset").click()
+            page.get_by_role("button", name="Run evaluation").click()
+            expect(page.locator("#explorer-table")).to_contain_text("never", timeout=180_000)
+            page.locator("#explorer-queries [role=gridcell]").nth(1).click()
+            expect(page.locator("#explorer-detail")).to_contain_text("top candidates")
+            page.screenshot(path=str(SHOTS / "5-error-explorer.png"), full_page=True)
+
+            _tab(page, "Model")
+            expect(page.get_by_text("torch threads")).to_be_visible()
+            page.screenshot(path=str(SHOTS / "6-model.png"), full_page=True)
+        finally:
+            browser.close()
+    assert requests, "no requests were recorded"
+    assert not _outside(requests), f"requests left the machine: {_outside(requests)}"
+    for name in ("1-search", "2-search-example", "3-compare", "4-corpora", "5-error-explorer", "6-model"):
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
+    shutil.copy(SHOTS / "1-search.png", tmp_path / "last-search.png")  # keep one beside the test's logs
