@@ -61,6 +61,8 @@ def load_image(image: Any, limits: ImageLimits | None = None):
                 img = Image.open(path)
         except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise ImageError(f"image {name}: not a readable image ({err})") from None
+        except (ValueError, SyntaxError) as err:  # e.g. a PNG text chunk that decompresses beyond PIL's cap
+            raise ImageError(f"image {name}: malformed image file ({err})") from None
         except OSError as err:
             raise ImageError(f"image {name}: cannot open ({err})") from None
     elif hasattr(image, "size") and hasattr(image, "convert"):
@@ -82,9 +84,25 @@ def load_image(image: Any, limits: ImageLimits | None = None):
         if getattr(img, "is_animated", False):
             img.seek(0)
         img.load()
-        return to_rgb(img)
+        return to_rgb(apply_exif_orientation(img))
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"image {name}: cannot decode ({err})") from None
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def apply_exif_orientation(img):
+    """The image turned upright as its EXIF orientation tag says (what photo viewers show); unchanged without one."""
+    from PIL import ImageOps
+
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF is ignored, as viewers do
+        return img
+    if orientation in (None, 1):
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 def to_rgb(img):
@@ -96,7 +114,12 @@ def to_rgb(img):
         return img.copy() if getattr(img, "is_animated", False) else img
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
+        finite = np.isfinite(arr)
+        if not finite.any():
+            return Image.new("RGB", img.size, (0, 0, 0))
+        lo, hi = float(arr[finite].min()), float(arr[finite].max())
+        # NaN and -inf pixels count as the darkest value, +inf as the brightest: they never spoil the others
+        arr = np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo)
         scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
         return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
     if mode == "P":
@@ -147,8 +170,16 @@ class Encoder:
         self.augment_id = tok.convert_tokens_to_ids(prompts.AUGMENT)
         self.embed_id = tok.convert_tokens_to_ids(prompts.EMBED)
         self.image_token_id = tok.convert_tokens_to_ids(prompts.IMAGE_PAD)
+        self.control_tokens = tuple(prompts.control_tokens(tok))  # every added token of this tokenizer
 
     # -- single items ---------------------------------------------------------------------------
+    def neutralize(self, text: str | None) -> str | None:
+        """`text` with every control-token string of this tokenizer broken (read as plain text)."""
+        return prompts.neutralize(text, self.control_tokens)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
     def _truncate_text(self, text: str | None, budget: int) -> str | None:
         if not text:
             return text
@@ -161,28 +192,46 @@ class Encoder:
 
     def encode_prompt(self, item: Candidate, reserve: int = 0) -> ItemEncoding:
         """The prompt of a query or candidate (chat layout, image expanded); `reserve` tokens kept free for
-        the generated segment and the terminal token. Over-long text is truncated with a warning."""
+        the generated segment and the terminal token. Over-long text is truncated with a warning.
+
+        Control-token strings are neutralised *before* the text is measured, so the length cap holds for any
+        text (a neutralised `<|im_end|>` is several plain tokens, not one)."""
         image = load_image(item.image, self.image_limits) if item.image is not None else None
+        instruction = self.neutralize(item.instruction)
+        text = self.neutralize(item.text)
+        if image is None and any(prompts.MMEB_IMAGE_PLACEHOLDER in (part or "") for part in (text, instruction)):
+            raise ValueError(f"the text holds MMEB's image placeholder {prompts.MMEB_IMAGE_PLACEHOLDER} but no image "
+                             "was given: pass image=... or remove the placeholder")
         n_image_tokens = 0
         if image is not None:
             grid = self._grid(image)
             n_image_tokens = int(np.prod(grid)) // (self.processor.image_processor.merge_size ** 2)
-        overhead = len(self.tokenizer.encode(prompts.render_prompt(None, image is not None, item.instruction),
-                                             add_special_tokens=False)) + n_image_tokens
-        budget = self.max_length - reserve - overhead
+        overhead = self._count(self._render(None, image is not None, instruction)) + n_image_tokens
+        limit = self.max_length - reserve
+        budget = limit - overhead
         if budget < 1:
             raise ValueError(f"no room for the query: its prompt takes {overhead} tokens (image included) and "
                              f"{reserve} are kept for the generated segment and terminal token (max_new_tokens + 1), "
                              f"over max_length={self.max_length}; lower max_new_tokens or the image resolution")
-        text = self._truncate_text(item.text, budget)
-        if image is None and not (text and text.strip()) and not item.instruction:
+        if image is None and not (text and text.strip()) and not instruction:
             raise ValueError("a query or candidate needs a text, an image or both; got neither")
-        rendered = prompts.render_prompt(text, image is not None, item.instruction)
-        out = self.processor(text=[rendered], images=[image] if image is not None else None, return_tensors="pt")
-        ids = out["input_ids"][0].tolist()
+        for _ in range(4):  # joining text and template can merge or split a token or two: trim until it fits
+            kept = self._truncate_text(text, budget)
+            rendered = self._render(kept, image is not None, instruction)
+            out = self.processor(text=[rendered], images=[image] if image is not None else None, return_tensors="pt")
+            ids = out["input_ids"][0].tolist()
+            if len(ids) <= limit or not kept:
+                break
+            budget -= len(ids) - limit
+        if len(ids) > limit:
+            raise ValueError(f"the prompt takes {len(ids)} tokens, over max_length={self.max_length} minus "
+                             f"{reserve} kept for the segment; shorten the instruction or lower max_new_tokens")
         mm = out.get("mm_token_type_ids")
         mm = mm[0].tolist() if mm is not None else [int(t == self.image_token_id) for t in ids]
         return ItemEncoding(ids, mm, out.get("pixel_values"), out.get("image_grid_thw"))
+
+    def _render(self, text: str | None, has_image: bool, instruction: str | None) -> str:
+        return prompts.render_prompt(text, has_image, instruction, self.control_tokens)
 
     def _grid(self, image) -> tuple[int, int, int]:
         ip = self.processor.image_processor

@@ -74,26 +74,58 @@ _BOILERPLATE_RE = re.compile(
 
 _ZERO_WIDTH = "\u200b"
 
+# Control tokens of the Qwen family beyond Qwen2-VL's own (tool calls, fill-in-the-middle, reasoning): the real
+# Qwen tokenizer matches them as single tokens, so text from users or a teacher must not carry them as typed.
+QWEN_EXTRA_CONTROL_TOKENS = [
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]
+# What `neutralize` breaks when no tokenizer is at hand (e.g. teacher augmentations read before training).
+CONTROL_TOKENS = QWEN2VL_SPECIAL_TOKENS + list(DECISION_TOKENS) + QWEN_EXTRA_CONTROL_TOKENS
 
-def neutralize(text: str | None) -> str | None:
-    """Keep user text from injecting control tokens: a special-token string typed by a user (`<|im_end|>`,
-    `<|image_pad|>`, `/augment`, ...) gets a zero-width space after its first character, so it is read as
-    plain text instead of as the token itself."""
+
+def control_tokens(tokenizer) -> list[str]:
+    """Every string the tokenizer reads as one added (control) token: its special tokens and added vocabulary
+    (Qwen's `<tool_call>`, `<|fim_prefix|>`, `<think>`, ...), plus the format module's own tokens."""
+    found = set(QWEN2VL_SPECIAL_TOKENS) | set(DECISION_TOKENS)
+    found.update(str(t) for t in getattr(tokenizer, "all_special_tokens", None) or [])
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        found.add(getattr(added, "content", str(added)))
+    found.discard(MMEB_IMAGE_PLACEHOLDER)  # the format module maps it to the image block itself
+    return sorted((t for t in found if t), key=lambda t: (-len(t), t))
+
+
+def _token_pattern(tokens: tuple[str, ...]) -> re.Pattern:
+    ordered = sorted(set(tokens), key=lambda t: (-len(t), t))  # longest first: no token hides a longer one
+    return re.compile("|".join(re.escape(t) for t in ordered))
+
+
+_PATTERNS: dict[tuple[str, ...], re.Pattern] = {}
+
+
+def neutralize(text: str | None, tokens=None) -> str | None:
+    """Keep user text from injecting control tokens: each control-token string in `text` (`<|im_end|>`,
+    `<|image_pad|>`, `/augment`, ... and, with `tokens`, every added token of a tokenizer) gets a zero-width space
+    after its first character, so it is read as plain text instead of as the token itself. Idempotent.
+
+    `tokens`: the strings to break (default: Qwen2-VL's special tokens and the two decision tokens)."""
     if not text:
         return text
-    for token in QWEN2VL_SPECIAL_TOKENS + list(DECISION_TOKENS):
-        if token in text:
-            text = text.replace(token, token[0] + _ZERO_WIDTH + token[1:])
-    return text
+    key = tuple(tokens) if tokens is not None else tuple(QWEN2VL_SPECIAL_TOKENS + list(DECISION_TOKENS))
+    pattern = _PATTERNS.get(key)
+    if pattern is None:
+        pattern = _PATTERNS[key] = _token_pattern(tuple(t for t in key if len(t) > 1))
+    return pattern.sub(lambda m: m[0][0] + _ZERO_WIDTH + m[0][1:], text)
 
 
-def render_prompt(text: str | None, has_image: bool, instruction: str | None = None) -> str:
+def render_prompt(text: str | None, has_image: bool, instruction: str | None = None, tokens=None) -> str:
     """The chat prompt up to the assistant turn, with one image block if there is an image.
 
     The image goes where MMEB's `<|image_1|>` placeholder stands, else before the text. The processor
-    later expands the single `<|image_pad|>` into as many tokens as the image needs.
+    later expands the single `<|image_pad|>` into as many tokens as the image needs. Control-token strings in the
+    text and instruction are neutralised (`tokens`: those of the loaded tokenizer, see `control_tokens`).
     """
-    content = " ".join(neutralize(part).strip() for part in (instruction, text) if part and part.strip())
+    content = " ".join(neutralize(part, tokens).strip() for part in (instruction, text) if part and part.strip())
     if has_image and MMEB_IMAGE_PLACEHOLDER not in content:
         content = MMEB_IMAGE_PLACEHOLDER + content
     first, _, rest = content.partition(MMEB_IMAGE_PLACEHOLDER)
