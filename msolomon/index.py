@@ -12,14 +12,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import stat
+import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from msolomon.inputs import check_count
+
 FORMAT = "msolomon-vector-index"
 VERSION = 1
+FILES = ("meta.json", "index.faiss", "payloads.jsonl")
+MAX_META_BYTES = 1 << 20
+# faiss's serialisation of a flat inner-product index: fourcc, d (int32), ntotal (int64), two unused int64,
+# is_trained (1 byte), metric type (int32), then the vectors: their number of floats (uint64) and the floats
+FLAT_FOURCC = b"IxFI"
+FLAT_HEADER = struct.Struct("<4siqqq?iQ")
 
 
 @dataclass
@@ -33,11 +46,17 @@ class Hit:
 
 
 def _as_matrix(vectors, dim: int | None = None, what: str = "vectors") -> np.ndarray:
-    arr = np.asarray(vectors, dtype=np.float32)
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be a numeric array (n, d): {err}") from None
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2:
         raise ValueError(f"{what} must be a 2-D array (n, d), got shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{what} have dimension 0 (shape {arr.shape}): an index needs vectors of at least one "
+                         "dimension")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(f"{what} have dimension {arr.shape[1]}, the index has {dim}")
     if not np.isfinite(arr).all():
@@ -67,6 +86,8 @@ class VectorIndex:
         import faiss
 
         arr = _as_matrix(vectors)
+        if arr.shape[0] == 0:
+            raise ValueError("no vectors to build an index from (got 0); encode at least one candidate first")
         try:
             index = faiss.index_factory(arr.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
@@ -106,8 +127,7 @@ class VectorIndex:
 
     def search_arrays(self, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Raw faiss output: scores and positions, each (n_queries, k); position -1 marks no result."""
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        k = check_count(k, "k")
         arr = _as_matrix(queries, self.dim, "queries")
         scores, positions = self.index.search(arr, min(k, max(len(self), 1)))
         return scores, positions
@@ -122,42 +142,181 @@ class VectorIndex:
         return out[0] if single else out
 
     def save(self, path: str | Path) -> None:
-        """Write the folder described in the module docstring; each file is written then renamed."""
+        """Write the folder described in the module docstring, all or nothing: the files are written to a new
+        folder beside `path`, which then takes its place, so an existing index stays whole until the new one is
+        complete. An existing folder that is not a saved VectorIndex is never replaced."""
         import faiss
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        _check_replaceable(path)
         meta = {"format": FORMAT, "version": VERSION, "dim": self.dim, "factory": self.factory,
                 "count": len(self), "metric": "inner_product"}
-        tmp = path / "index.faiss.tmp"
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, path / "index.faiss")
-        with open(path / "payloads.jsonl.tmp", "w", encoding="utf-8") as fh:
-            for i, p in zip(self.ids, self.payloads):
-                fh.write(json.dumps({"id": i, "payload": p}, ensure_ascii=False) + "\n")
-        os.replace(path / "payloads.jsonl.tmp", path / "payloads.jsonl")
-        (path / "meta.json.tmp").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.replace(path / "meta.json.tmp", path / "meta.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".saving", dir=path.parent))
+        try:
+            with open(tmp / "payloads.jsonl", "w", encoding="utf-8") as fh:
+                for n, (i, p) in enumerate(zip(self.ids, self.payloads)):
+                    try:
+                        line = json.dumps({"id": i, "payload": p}, ensure_ascii=False, allow_nan=False)
+                    except (TypeError, ValueError) as err:
+                        raise ValueError(f"cannot save the index: payload {n} (id {i!r}) is not JSON ({err})") from None
+                    fh.write(line + "\n")
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            mode = 0o666 & ~_umask()
+            for name in FILES:
+                os.chmod(tmp / name, mode)
+            os.chmod(tmp, 0o777 & ~_umask())
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                os.replace(path, old / "index")
+                try:
+                    os.replace(tmp, path)
+                except OSError:
+                    os.replace(old / "index", path)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def load(cls, path: str | Path) -> "VectorIndex":
+        """Read a saved index. Every file must be a regular file; `meta.json` is checked first, and `index.faiss`
+        against it (a flat index byte for byte, others by size) before faiss reads it."""
         import faiss
 
         path = Path(path)
+        if not path.is_dir():
+            raise ValueError(f"{path}: no such folder (a saved VectorIndex is a folder holding {', '.join(FILES)})")
         meta_file = path / "meta.json"
-        if not meta_file.is_file():
+        if not meta_file.exists():
             raise ValueError(f"{path} is not a saved VectorIndex: {meta_file.name} is missing")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-        index = faiss.read_index(str(path / "index.faiss"))
-        ids, payloads = [], []
-        with open(path / "payloads.jsonl", encoding="utf-8") as fh:
-            for line in fh:
+        _check_regular(meta_file)
+        meta = _read_meta(meta_file)
+        for name in FILES[1:]:
+            _check_regular(path / name)
+        dim, count, factory = meta["dim"], meta["count"], meta["factory"]
+        index_file = path / "index.faiss"
+        _check_index_file(index_file, dim, count, factory)
+        try:
+            index = faiss.read_index(str(index_file))
+        except (RuntimeError, MemoryError) as err:
+            raise ValueError(f"{index_file}: not a readable faiss index ({str(err).splitlines()[0][:200]})") from None
+        if index.ntotal != count or index.d != dim:
+            raise ValueError(f"{index_file}: holds {index.ntotal} vectors of dim {index.d}, but meta.json says "
+                             f"{count} of dim {dim}")
+        ids, payloads = _read_payloads(path / "payloads.jsonl", count)
+        return cls(index, dim, factory, ids, payloads)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_replaceable(path: Path) -> None:
+    """`save` may replace `path` only if it is absent, an empty folder, or a saved VectorIndex (nothing else)."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"cannot save the index to {path}: it exists and is not a folder")
+    entries = {p.name for p in path.iterdir()}
+    if not entries:
+        return
+    if "meta.json" not in entries:
+        raise ValueError(f"cannot save the index to {path}: the folder is not a saved VectorIndex (no meta.json); "
+                         "not replacing it: choose another folder")
+    temporary = {f"{name}.tmp" for name in FILES}  # left by an interrupted save of an older version
+    extra = sorted(entries - set(FILES) - temporary)
+    if extra:
+        raise ValueError(f"cannot save the index to {path}: the folder also holds {', '.join(extra[:5])}, which a "
+                         "save would delete; move them or choose another folder")
+
+
+def _check_regular(file: Path) -> None:
+    """A clear error unless `file` is a regular file (a FIFO or device would block or never end)."""
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{file}: missing (a saved VectorIndex holds {', '.join(FILES)})") from None
+    except OSError as err:
+        raise ValueError(f"{file}: cannot read ({err.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "not a file"
+        raise ValueError(f"{file}: is {kind}, not a regular file; refusing to read it")
+
+
+def _read_meta(meta_file: Path) -> dict:
+    size = meta_file.stat().st_size
+    if size > MAX_META_BYTES:
+        raise ValueError(f"{meta_file}: {size} bytes, too large for index metadata (at most {MAX_META_BYTES})")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{meta_file}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file}: must be a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > VERSION:
+        raise ValueError(f"{meta_file}: version {version!r} is not one this library reads (at most {VERSION})")
+    for key, minimum in (("dim", 1), ("count", 0)):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{meta_file}: {key!r} must be an integer >= {minimum}, got {value!r}")
+    meta.setdefault("factory", "Flat")
+    if not isinstance(meta["factory"], str):
+        raise ValueError(f"{meta_file}: 'factory' must be a string, got {meta['factory']!r}")
+    return meta
+
+
+def _check_index_file(file: Path, dim: int, count: int, factory: str) -> None:
+    """Check `index.faiss` against meta.json before faiss reads it, so a crafted header cannot make faiss
+    allocate memory the file does not hold: a flat index header by header and to the byte, others by size."""
+    size = file.stat().st_size
+    codes = 4 * dim * count
+    if factory == "Flat":
+        expected = FLAT_HEADER.size + codes
+        if size != expected:
+            raise ValueError(f"{file}: {size} bytes, but a flat index of {count} vectors of dim {dim} (meta.json) "
+                             f"takes {expected}")
+        with open(file, "rb") as fh:
+            fourcc, d, ntotal, _, _, _, metric, floats = FLAT_HEADER.unpack(fh.read(FLAT_HEADER.size))
+        if fourcc != FLAT_FOURCC or (d, ntotal, metric, floats) != (dim, count, 0, dim * count):
+            raise ValueError(f"{file}: header does not match meta.json (fourcc {fourcc!r}, dim {d}, {ntotal} "
+                             f"vectors, metric {metric}, {floats} floats; expected {FLAT_FOURCC!r}, dim {dim}, "
+                             f"{count} vectors, inner product, {dim * count})")
+        return
+    # approximate indexes: raw vectors or codes, ids, graph links and coarse centroids stay well under this
+    lists = max((int(n) for n in re.findall(r"(\d+)", factory)), default=0)
+    bound = (1 << 20) + count * (4 * dim + 4096) + lists * 4 * dim
+    if size > bound or size < 16:
+        raise ValueError(f"{file}: {size} bytes is implausible for a {factory!r} index of {count} vectors of dim "
+                         f"{dim} (meta.json)")
+
+
+def _read_payloads(file: Path, count: int) -> tuple[list, list]:
+    ids, payloads = [], []
+    with open(file, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            if len(ids) >= count:
+                raise ValueError(f"{file}: line {line_no}: more lines than the {count} vectors of meta.json")
+            try:
+                line = raw.decode("utf-8")
                 row = json.loads(line)
-                ids.append(row["id"])
-                payloads.append(row["payload"])
-        if index.ntotal != len(ids) or index.d != meta["dim"]:
-            raise ValueError(f"{path}: index holds {index.ntotal} vectors of dim {index.d}, but the files list "
-                             f"{len(ids)} payloads and dim {meta['dim']}")
-        return cls(index, meta["dim"], meta.get("factory", "Flat"), ids, payloads)
+            except UnicodeDecodeError:
+                raise ValueError(f"{file}: line {line_no}: not UTF-8 text") from None
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{file}: line {line_no}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict) or "id" not in row or "payload" not in row:
+                raise ValueError(f"{file}: line {line_no}: expected an object with 'id' and 'payload', got "
+                                 f"{line.strip()[:80]!r}")
+            ids.append(row["id"])
+            payloads.append(row["payload"])
+    if len(ids) != count:
+        raise ValueError(f"{file}: {len(ids)} lines, but meta.json lists {count} vectors")
+    return ids, payloads
