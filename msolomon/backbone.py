@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -52,14 +53,47 @@ class FormatSettings:
     default_threshold: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field, so a bad msolomon.json fails at load, not at a query."""
+        def whole(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        if not whole(self.format_version) or self.format_version != 1:
+            raise ValueError(f"format_version must be 1, got {self.format_version!r}")
+        if list(self.decision_tokens) != list(prompts.DECISION_TOKENS):
+            raise ValueError(f"decision_tokens must be {list(prompts.DECISION_TOKENS)}, got {self.decision_tokens!r}")
+        if self.terminal_token != prompts.TERMINAL:
+            raise ValueError(f"terminal_token must be {prompts.TERMINAL!r}, got {self.terminal_token!r}")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if not whole(self.max_length) or self.max_length < 16:
+            raise ValueError(f"max_length must be an integer of at least 16, got {self.max_length!r}")
+        t = self.default_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:  # NaN fails the range
+            raise ValueError(f"default_threshold must be a number in [0, 1], got {t!r}")
+        if not isinstance(self.extra, dict):
+            raise ValueError(f"extra must be a JSON object, got {type(self.extra).__name__}")
+
     @classmethod
     def load(cls, path: Path) -> "FormatSettings":
+        """The settings in `path/msolomon.json` (defaults when the file is absent); a bad file names its problem."""
         file = Path(path) / MSOLOMON_CONFIG
-        if not file.is_file():
+        if not file.exists():
             return cls()
-        data = json.loads(file.read_text())
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{file}: not a readable JSON file ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{file}: must be a JSON object, got {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        try:
+            return cls(**known)
+        except ValueError as err:
+            raise ValueError(f"{file}: {err}") from None
 
     def save(self, path: Path) -> None:
         (Path(path) / MSOLOMON_CONFIG).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
@@ -240,3 +274,132 @@ def unwrap(model):
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
+
+
+# --- checkpoint folders: checked before transformers reads them, so every mistake gets a one-line message -------
+
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own cap on the JSON header
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+HUB_HINT = ("to load a hub model, pass its id (e.g. Qwen/Qwen2-VL-2B-Instruct) on a machine with network access, or "
+            "download it first (huggingface-cli download ID) and set HF_HUB_OFFLINE=1")
+
+
+def hub_offline() -> bool:
+    """Whether the hub must not be contacted (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set to a true value)."""
+    import os
+
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a model argument is meant as a local folder rather than a hub id `org/name`."""
+    if not _HUB_ID.match(text) or ".." in text:
+        return True
+    return Path(text.split("/")[0]).is_dir()  # "assets/modle": its first part is a folder here
+
+
+def resolve_model_source(path_or_id: Any) -> Path:
+    """The local folder to load a model from: `path_or_id` itself when it exists, else the hub cache's copy of a
+    hub id (downloaded when the hub may be contacted). A folder that does not exist fails at once, naming it."""
+    from msolomon.inputs import InputTypeError
+
+    if not isinstance(path_or_id, (str, Path)):
+        raise InputTypeError(f"the model must be a folder path (str or Path) or a hub id, got "
+                             f"{type(path_or_id).__name__}")
+    text = str(path_or_id).strip()
+    if not text:
+        raise ValueError("the model path is empty: pass a model folder or a hub id")
+    local = Path(text).expanduser()
+    if local.exists():
+        return local
+    if looks_like_path(text):
+        raise ValueError(f"model folder {text} does not exist (looked in {local.absolute()}); {HUB_HINT}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(text, local_files_only=True, allow_patterns=WEIGHT_PATTERNS))
+    except Exception:  # noqa: BLE001 - not in the cache: try the hub below, or explain
+        pass
+    if hub_offline():
+        raise ValueError(f"model {text}: no such folder here (looked in {local.absolute()}) and not in the local hub "
+                         f"cache; HF_HUB_OFFLINE is set, so the hub is not contacted; {HUB_HINT}")
+    try:
+        return Path(snapshot_download(text, allow_patterns=WEIGHT_PATTERNS))
+    except Exception as err:  # noqa: BLE001 - any hub failure becomes one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"model {text}: no such folder here (looked in {local.absolute()}) and the hub could not "
+                         f"provide it ({first}); {HUB_HINT}") from None
+
+
+def check_model_folder(folder: Path) -> None:
+    """Raise ValueError naming what is missing or broken before transformers reads `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a model folder")
+    names = {p.name for p in folder.iterdir()}
+    if not names:
+        raise ValueError(f"model folder {folder} is empty")
+    needed = ("config.json, tokenizer files (tokenizer.json), preprocessor_config.json and model.safetensors, as "
+              "MSolomon.save_pretrained writes")
+    if "config.json" not in names:
+        raise ValueError(f"{folder} is not a model folder: no config.json (a model folder holds {needed})")
+    _check_json(folder / "config.json")
+    if "tokenizer.json" not in names and not {"vocab.json", "merges.txt"} <= names:
+        raise ValueError(f"{folder}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt)")
+    if "preprocessor_config.json" not in names:
+        raise ValueError(f"{folder}: no preprocessor_config.json (the image processor's settings)")
+    if "model.safetensors" in names:
+        check_safetensors(folder / "model.safetensors")
+    elif "model.safetensors.index.json" in names:
+        index = _check_json(folder / "model.safetensors.index.json")
+        shards = sorted(set((index.get("weight_map") or {}).values())) if isinstance(index, dict) else []
+        if not shards:
+            raise ValueError(f"{folder / 'model.safetensors.index.json'}: lists no weight files")
+        for shard in shards:
+            check_safetensors(folder / shard)
+    elif any(n.endswith(".bin") for n in names):
+        raise ValueError(f"{folder}: only PyTorch .bin weights, which are not loaded (they are pickles); save the "
+                         "model as safetensors")
+    else:
+        raise ValueError(f"{folder}: no weights (model.safetensors)")
+
+
+def _check_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not a readable JSON file ({err})") from None
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file's header is read and checked against the file's size, so a zero-byte, truncated or
+    crafted file is named clearly instead of failing inside the safetensors library."""
+    import struct
+
+    if not file.is_file():
+        raise ValueError(f"{file}: missing weight file")
+    size = file.stat().st_size
+    if size < 8:
+        raise ValueError(f"{file}: {size} bytes, not a safetensors file (empty or truncated)")
+    with open(file, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+            raise ValueError(f"{file}: corrupt safetensors header (declares {n} header bytes in a file of {size})")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{file}: corrupt safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: corrupt safetensors header (not a JSON object)")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise ValueError(f"{file}: corrupt safetensors header (tensor {name!r} has no valid data_offsets)")
+        end = max(end, offsets[1])
+    if 8 + n + end > size:
+        raise ValueError(f"{file}: truncated: its header describes {8 + n + end} bytes but the file has {size}")

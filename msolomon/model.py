@@ -12,8 +12,10 @@ The query is never re-encoded: the cached path equals one full pass over the sam
 from __future__ import annotations
 
 import logging
+import numbers
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,16 +27,18 @@ from msolomon.backbone import (
     FormatSettings,
     TinyConfig,
     build_processor,
+    check_model_folder,
     ensure_special_tokens,
     is_adapter_dir,
     load_processor,
     load_qwen_tokenizer,
     quantization_config,
+    resolve_model_source,
     tiny_model_config,
     train_bpe_tokenizer,
     unwrap,
 )
-from msolomon.inputs import Candidate, Query, QueryResult, as_candidate, as_query
+from msolomon.inputs import Candidate, InputTypeError, Query, QueryResult, as_candidate, as_query, check_count
 from msolomon.processing import Encoder, ImageLimits, ItemEncoding
 
 logger = logging.getLogger(__name__)
@@ -59,7 +63,51 @@ def _now(device) -> float:
 
 
 def _is_single(items: Any) -> bool:
-    return isinstance(items, (str, Candidate, dict)) or (hasattr(items, "convert") and hasattr(items, "size"))
+    return isinstance(items, (str, Path, Candidate, dict)) or (hasattr(items, "convert") and hasattr(items, "size"))
+
+
+def _items(items: Any, convert, what: str) -> tuple[bool, list]:
+    # `what`: "query" or "candidate"
+    """(single, converted items) of an `encode_*` argument; a bad item is named by its position in the batch."""
+    single = _is_single(items)
+    if single:
+        return True, [convert(items)]
+    if items is None or isinstance(items, (bytes, int, float)) or not hasattr(items, "__iter__"):
+        raise InputTypeError(f"cannot encode a {type(items).__name__}: pass a str, a Path or PIL image, a dict, a "
+                             f"{what.capitalize()} or a list of them")
+    out = []
+    items = list(items)
+    for i, item in enumerate(items):
+        try:
+            out.append(convert(item))
+        except ValueError as err:
+            raise type(err)(f"{what} {i} of {len(items)}: {err}") from None
+    return False, out
+
+
+@contextmanager
+def quiet_loading(verbose: bool | None = None):
+    """Hide transformers' "Loading weights" bar and deprecation warnings while a model loads, unless `verbose`
+    (default: when the msolomon logger shows debug messages, as the command lines' --verbose sets)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    if verbose is None:
+        verbose = logging.getLogger("msolomon").isEnabledFor(logging.DEBUG)
+    if verbose:
+        yield
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def files_signature(*folders: str | Path | None) -> str | None:
@@ -150,17 +198,33 @@ class MSolomon:
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path | None = None, adapter: str | Path | None = None,
                         dtype: Any = None, quantization: str | None = None, device: Any = None) -> "MSolomon":
-        """Load a Qwen2-VL / Qwen2.5-VL checkpoint (local folder or hub id already in the local cache), a
-        merged M-Solomon checkpoint, or a base model plus a LoRA adapter; optionally quantised (8bit/4bit)."""
+        """Load a Qwen2-VL / Qwen2.5-VL checkpoint (local folder, or hub id: from the local cache, downloaded when
+        the hub may be contacted), a merged M-Solomon checkpoint, or a base model plus a LoRA adapter; optionally
+        quantised (8bit/4bit). No argument: the shipped default model. A folder that does not exist, is not a
+        model, or holds broken files fails at once with a `ValueError` that names it."""
         import json
 
         import torch
         from transformers import AutoModelForImageTextToText, AutoTokenizer
 
-        source = str(path_or_id if path_or_id is not None else DEFAULT_MODEL_DIR)
-        if adapter is None and Path(source).is_dir() and is_adapter_dir(source):
-            adapter = source
-            source = json.loads((Path(source) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        folder = resolve_model_source(path_or_id if path_or_id is not None else DEFAULT_MODEL_DIR)
+        if adapter is None and folder.is_dir() and is_adapter_dir(folder):
+            adapter = folder
+            config_file = folder / "adapter_config.json"
+            try:
+                base = json.loads(config_file.read_text(encoding="utf-8"))["base_model_name_or_path"]
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{config_file}: not a readable adapter config ({type(err).__name__}: {err})") \
+                    from None
+            folder = resolve_model_source(base)
+        elif adapter is not None:
+            adapter = resolve_model_source(adapter)
+            if not is_adapter_dir(adapter):
+                raise ValueError(f"adapter {adapter} is not a LoRA adapter folder: no adapter_config.json")
+        check_model_folder(folder)
+        source = str(folder)
+        settings_dir = Path(adapter) if adapter is not None else folder
+        settings = FormatSettings.load(settings_dir)  # a bad msolomon.json fails here, not at the first query
         device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         if isinstance(dtype, str):
@@ -171,16 +235,18 @@ class MSolomon:
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         token_source = str(adapter) if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file() \
             else source
+        qconf = quantization_config(quantization, dtype)
         try:
-            tokenizer = ensure_special_tokens(AutoTokenizer.from_pretrained(token_source))
-            processor = load_processor(source, tokenizer)
-            qconf = quantization_config(quantization, dtype)
-            kwargs: dict[str, Any] = {"dtype": dtype}
-            if qconf is not None:
-                kwargs.update(quantization_config=qconf, device_map={"": str(device)})
-            model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
-        except (OSError, EnvironmentError) as err:
-            raise ValueError(f"cannot load a model from {source!r}: {err}") from None
+            with quiet_loading():
+                tokenizer = ensure_special_tokens(AutoTokenizer.from_pretrained(token_source, local_files_only=True))
+                processor = load_processor(source, tokenizer)
+                kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+                if qconf is not None:
+                    kwargs.update(quantization_config=qconf, device_map={"": str(device)})
+                model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        except Exception as err:  # noqa: BLE001 - OSError, ValueError, KeyError, SafetensorError, ...: one line
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"cannot load a model from {source}: {type(err).__name__}: {detail[:300]}") from None
         if model.get_output_embeddings().weight.shape[0] < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         if adapter is not None:
@@ -190,8 +256,6 @@ class MSolomon:
         if qconf is None:
             model.to(device)
         model.eval()
-        settings_dir = Path(adapter) if adapter is not None else Path(source)
-        settings = FormatSettings.load(settings_dir)
         if not (settings_dir / "msolomon.json").is_file():  # a plain Qwen2-VL checkpoint: use its context length
             max_pos = getattr(unwrap(model).config.get_text_config(), "max_position_embeddings", None) or 8192
             settings.max_length = min(int(max_pos), 8192)
@@ -287,8 +351,8 @@ class MSolomon:
         """Embeddings of candidates (prompt + terminal token, no generation): (n, d) float32, L2-normalised."""
         import torch
 
-        single = _is_single(candidates)
-        items = [as_candidate(c) for c in ([candidates] if single else list(candidates))]
+        batch_size = check_count(batch_size, "batch_size")
+        single, items = _items(candidates, as_candidate, "candidate")
         out = []
         with torch.inference_mode():
             for start in self._progress(range(0, len(items), batch_size), show_progress_bar, len(items),
@@ -307,8 +371,8 @@ class MSolomon:
         import torch
 
         threshold = self._check_query_args(augment, threshold, max_new_tokens, batch_size)
-        single = _is_single(queries)
-        items = [as_query(q) for q in ([queries] if single else list(queries))]
+        batch_size, max_new_tokens = int(batch_size), int(max_new_tokens)
+        single, items = _items(queries, as_query, "query")
         results: list[QueryResult] = []
         with torch.inference_mode():
             for start in self._progress(range(0, len(items), batch_size), show_progress_bar, len(items), "queries"):
@@ -328,6 +392,7 @@ class MSolomon:
         from transformers import DynamicCache
 
         threshold = self._check_query_args(augment, threshold, max_new_tokens, 1)
+        max_new_tokens = int(max_new_tokens)
         item = as_query(query)
         device = self.device
         with torch.inference_mode():
@@ -386,15 +451,17 @@ class MSolomon:
     def _check_query_args(self, augment: str, threshold: float | None, max_new_tokens: int,
                           batch_size: int) -> float:
         """Validate the query-encoding arguments; returns the threshold to use."""
-        if augment not in AUGMENT_MODES:
+        if not isinstance(augment, str) or augment not in AUGMENT_MODES:
             raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
-        threshold = self.settings.default_threshold if threshold is None else float(threshold)
-        if not 0.0 <= threshold <= 1.0:
+        if threshold is None:
+            threshold = self.settings.default_threshold
+        elif isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+            raise InputTypeError(f"threshold must be a number in [0, 1], got {type(threshold).__name__} {threshold!r}")
+        threshold = float(threshold)
+        if not 0.0 <= threshold <= 1.0:  # NaN fails too
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
+        check_count(batch_size, "batch_size")
         if max_new_tokens + 1 >= self.settings.max_length:
             raise ValueError(f"max_new_tokens={max_new_tokens} does not fit the model's "
                              f"max_length={self.settings.max_length}")
