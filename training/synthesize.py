@@ -92,6 +92,7 @@ class SynthesisSettings:
     delay: float = 0.0  # seconds per item (oracle): lets tests kill a run part-way
     max_consecutive_errors: int = 50  # stop the run after this many failures in a row (0: never stop)
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
+    allow_images_outside_root: bool = False  # image paths may resolve outside the image root (trusted data only)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -176,7 +177,8 @@ def plan(settings: SynthesisSettings) -> list[TeacherItem]:
     seen: dict[str, str] = {}
     for name in names:
         # images are checked per item by the teacher, so one missing file costs one row, not the run
-        rows = read_train_dataset(folder, name, root, limit=settings.limit, check_images=False)
+        rows = read_train_dataset(folder, name, root, limit=settings.limit, check_images=False,
+                                  allow_outside_root=settings.allow_images_outside_root)
         for row in rows:
             if row.id in seen:
                 raise DataFormatError(f"query id {row.id!r} appears in both {seen[row.id]} and {name}: "
@@ -247,11 +249,15 @@ def read_results(path: str | Path, repair: bool = False) -> dict[str, dict]:
 
 
 def load_augmentations(path: str | Path) -> dict[str, str]:
-    """Query id -> augmentation for every query whose latest row has status `ok` (what the trainer uses)."""
+    """Query id -> augmentation for every query whose latest row has status `ok` (what the trainer uses).
+
+    A teacher's answer is untrusted text: control-token strings in it (`<|im_end|>`, `/augment`, `<think>`, ...)
+    are neutralised here, so they never become control tokens in a training target."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: augmentation file not found (run python -m training.synthesize first)")
-    return {qid: row["augmentation"] for qid, row in read_results(path).items()
+    return {qid: prompts.neutralize(row["augmentation"], prompts.CONTROL_TOKENS)
+            for qid, row in read_results(path).items()
             if row["status"] == "ok" and isinstance(row.get("augmentation"), str) and row["augmentation"].strip()}
 
 
@@ -309,10 +315,12 @@ def make_teacher(settings: SynthesisSettings) -> Teacher:
         return TransformersBackend(settings.model, batch_size=settings.batch_size,
                                    max_new_tokens=settings.max_new_tokens, device=settings.device)
     key_env = settings.api_key_env or DEFAULT_API_KEY_ENV
+    folder, root, _ = resolve_data(settings)
     return OpenAIBackend(OpenAISettings(
         base_url=settings.base_url, model=settings.api_model, api_key=os.environ.get(key_env) or None,
         concurrency=settings.concurrency, timeout=settings.timeout, retries=settings.retries,
-        backoff=settings.backoff, max_tokens=settings.max_new_tokens))
+        backoff=settings.backoff, max_tokens=settings.max_new_tokens, image_root=str(root or folder),
+        allow_images_outside_root=settings.allow_images_outside_root))
 
 
 def _empty_counts() -> dict[str, int]:
@@ -459,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Synthesise answer-style query augmentations with a teacher MLLM (resumable JSONL output).")
     p.add_argument("--data", required=True, help="a MiniMMEB folder or an MMEB-train folder (one sub-folder per set)")
     p.add_argument("--image-root", help="folder the image paths resolve against (default: MiniMMEB's own, or --data)")
+    p.add_argument("--allow-images-outside-root", action="store_true",
+                   help="let image paths resolve outside the image root, and the openai teacher send them; only for "
+                        "data you trust (default: refused)")
     p.add_argument("--out", required=True, help="output JSONL file (appended to; a rerun resumes)")
     p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--datasets", help="comma-separated dataset names (default: all training datasets)")
@@ -498,7 +509,8 @@ def settings_from_args(args: argparse.Namespace) -> SynthesisSettings:
         device=args.device, base_url=args.base_url, api_model=args.api_model, api_key_env=args.api_key_env,
         concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, backoff=args.backoff,
         error_rate=args.error_rate, no_answer_rate=args.no_answer_rate, seed=args.seed, delay=args.delay,
-        max_consecutive_errors=args.max_consecutive_errors, progress=args.progress)
+        max_consecutive_errors=args.max_consecutive_errors, progress=args.progress,
+        allow_images_outside_root=args.allow_images_outside_root)
 
 
 def main(argv: list[str] | None = None) -> int:

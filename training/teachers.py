@@ -247,6 +247,9 @@ class OpenAISettings:
     backoff_max: float = 60.0
     max_tokens: int = 512
     temperature: float = 0.0
+    # images are sent only from inside this folder (after resolving `..` and symbolic links); None: none are sent
+    image_root: str | None = None
+    allow_images_outside_root: bool = False  # only for data you trust
 
 
 class _Retryable(Exception):
@@ -384,9 +387,27 @@ class OpenAIBackend(Teacher):
         return ids[0]
 
     # -- one item
+    def _refuse_image(self, item: TeacherItem) -> str | None:
+        """Why the item's image must not leave the machine (outside the image root), or None when it may."""
+        from msolomon.data.mmeb import OUTSIDE_ROOT_FLAG, inside_root
+
+        s = self.settings
+        if not item.image or s.allow_images_outside_root:
+            return None
+        if s.image_root is None:
+            return (f"image {item.image} not sent: the OpenAI teacher sends images only from inside an image root "
+                    "(OpenAISettings.image_root), and none is set")
+        if not inside_root(item.image, s.image_root):
+            return (f"image {item.image} not sent: it resolves outside the image root {s.image_root}; pass "
+                    f"{OUTSIDE_ROOT_FLAG} if you trust this dataset")
+        return None
+
     def complete(self, item: TeacherItem) -> TeacherReply:
         """One item, with retries; never raises for a per-item failure (it becomes `TeacherReply.error`)."""
         s = self.settings
+        refused = self._refuse_image(item)
+        if refused:
+            return TeacherReply(item, error=refused)
         try:
             body = chat_request(item, self.model, s.max_tokens, s.temperature)
         except ValueError as err:  # ImageError: unreadable or unsafe image

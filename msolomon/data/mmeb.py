@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
 TRAIN_OPTIONAL = ("neg_text", "neg_image_path", "id")
 MINIMMEB_META = "minimmeb.json"
+OUTSIDE_ROOT_FLAG = "--allow-images-outside-root"
 
 # --- MMEB's 36 image datasets (VLM2Vec; research/paper-notes.md sections 2, 4 and 5) -----------------------------
 _IND = {
@@ -171,13 +173,25 @@ def _iter_jsonl(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dic
             row += 1
 
 
-class _Checker:
-    """Field validation and image resolution for one file, with errors that name the file and row."""
+def inside_root(path: str | Path, root: str | Path) -> bool:
+    """Whether `path` stays inside `root` once `..` and symbolic links are resolved."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
 
-    def __init__(self, path: Path, image_root: Path, check_images: bool) -> None:
+
+class _Checker:
+    """Field validation and image resolution for one file, with errors that name the file and row.
+
+    Image paths must resolve inside the image root (absolute paths, `..` and symbolic links included) unless
+    `allow_outside_root`: a crafted dataset must not make the library read, or a teacher send, any other file."""
+
+    def __init__(self, path: Path, image_root: Path, check_images: bool, allow_outside_root: bool = False) -> None:
         self.path, self.check_images = path, check_images
         self.image_root = Path(image_root).absolute()  # so every image path comes out absolute
+        self.allow_outside_root = allow_outside_root
         self._exists: dict[str, bool] = {}
+        self._inside: dict[str, bool] = {}
         self.row = 0
 
     def fail(self, problem: str) -> DataFormatError:
@@ -196,6 +210,14 @@ class _Checker:
             return None
         path = Path(rel.strip())
         full = str(path if path.is_absolute() else self.image_root / path)
+        if not self.allow_outside_root:
+            inside = self._inside.get(full)
+            if inside is None:
+                inside = self._inside[full] = inside_root(full, self.image_root)
+            if not inside:
+                raise self.fail(f"image path {rel!r} (column {column!r}) resolves outside the image root "
+                                f"{self.image_root} (to {os.path.realpath(full)}); images must stay inside "
+                                f"--image-root, or pass {OUTSIDE_ROOT_FLAG} if you trust this dataset")
         if self.check_images:
             ok = self._exists.get(full)
             if ok is None:
@@ -213,17 +235,19 @@ class _Checker:
 
 
 def read_eval_dataset(folder: str | Path, name: str, image_root: str | Path | None,
-                      limit: int | None = None, split: str = "test", check_images: bool = True) -> list[EvalRow]:
+                      limit: int | None = None, split: str = "test", check_images: bool = True,
+                      allow_outside_root: bool = False) -> list[EvalRow]:
     """Read one MMEB-eval dataset into `EvalRow`s (query id `f"{name}:{index}"`, candidate 0 the positive).
 
     Query text is kept as published, with MMEB's `<|image_1|>` placeholder: the format module maps it.
-    Image paths become absolute paths under `image_root` (the dataset folder's parent when None).
+    Image paths become absolute paths under `image_root` (the dataset folder's parent when None); one that
+    resolves outside it raises `DataFormatError` unless `allow_outside_root`.
     """
     folder = Path(folder)
     root = Path(image_root) if image_root is not None else folder
     rows: list[EvalRow] = []
     for path in _data_files(folder, name, split):
-        chk = _Checker(path, root, check_images)
+        chk = _Checker(path, root, check_images, allow_outside_root)
         for row, item in _iter_rows(path, EVAL_COLUMNS):
             if limit is not None and len(rows) >= limit:
                 return rows
@@ -253,7 +277,7 @@ def read_eval_dataset(folder: str | Path, name: str, image_root: str | Path | No
 
 def read_train_dataset(folder: str | Path, name: str, image_root: str | Path | None,
                        limit: int | None = None, split: str = "original",
-                       check_images: bool = True) -> list[TrainRow]:
+                       check_images: bool = True, allow_outside_root: bool = False) -> list[TrainRow]:
     """Read one MMEB-train dataset into `TrainRow`s (positive target, optional hard negative, stable id).
 
     MMEB-train folders hold `original-*.parquet` and `diverse_instruction-*.parquet`; `split` picks one (all files
@@ -264,7 +288,7 @@ def read_train_dataset(folder: str | Path, name: str, image_root: str | Path | N
     rows: list[TrainRow] = []
     seen: dict[str, tuple[Path, int]] = {}
     for path in _data_files(folder, name, split):
-        chk = _Checker(path, root, check_images)
+        chk = _Checker(path, root, check_images, allow_outside_root)
         for row, item in _iter_rows(path, TRAIN_COLUMNS, TRAIN_OPTIONAL):
             if limit is not None and len(rows) >= limit:
                 return rows
