@@ -141,11 +141,13 @@ class Benchmark:
     names: list[str]
     infos: dict[str, DatasetInfo]
     split: str = "test"
+    allow_outside_root: bool = False  # image paths may resolve outside image_root (only for trusted data)
 
-    def read(self, name: str, limit: int | None = None) -> list[EvalRow]:
+    def read(self, name: str, limit: int | None = None, check_images: bool = True) -> list[EvalRow]:
         from msolomon.data.mmeb import read_eval_dataset
 
-        return read_eval_dataset(self.folder, name, self.image_root, limit=limit, split=self.split)
+        return read_eval_dataset(self.folder, name, self.image_root, limit=limit, split=self.split,
+                                 check_images=check_images, allow_outside_root=self.allow_outside_root)
 
     def signature(self, name: str) -> str:
         """A short hash of the dataset's data files (names, sizes, modification times): stored results of a
@@ -158,11 +160,13 @@ class Benchmark:
         return hashlib.sha1(json.dumps(stamp).encode()).hexdigest()[:12]
 
 
-def open_benchmark(data_dir: str | Path, image_root: str | Path | None = None, split: str = "test") -> Benchmark:
+def open_benchmark(data_dir: str | Path, image_root: str | Path | None = None, split: str = "test",
+                   meta_tasks: Mapping[str, str] | None = None, allow_outside_root: bool = False) -> Benchmark:
     """Recognise a MiniMMEB folder (DIR/minimmeb.json, test sets in DIR/test/NAME; DIR/test itself works too)
-    or a published MMEB-eval folder (DIR/NAME/*.parquet|jsonl). Meta-task and IND/OOD come from minimmeb.json
-    for MiniMMEB, else from MMEB's table of 36 datasets."""
-    from msolomon.data.mmeb import MINIMMEB_META, dataset_info, list_eval_datasets
+    or any folder in MMEB-eval's layout (DIR/NAME/*.parquet|jsonl). Meta-task and IND/OOD come from minimmeb.json
+    for MiniMMEB, else from MMEB's table of 36 datasets; `meta_tasks` (NAME -> meta-task) overrides both. Any
+    other dataset evaluates too: meta-task `custom`, out-of-distribution, with a warning; it counts in `overall`."""
+    from msolomon.data.mmeb import MINIMMEB_META, list_eval_datasets
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -178,13 +182,59 @@ def open_benchmark(data_dir: str | Path, image_root: str | Path | None = None, s
     root = Path(image_root) if image_root is not None else (meta_dir or data_dir)
     try:
         names = list_eval_datasets(folder) if folder.is_dir() else []
-        infos = {n: dataset_info(n, folder_meta=meta_dir) for n in names}
     except DataFormatError as e:
         raise EvaluationError(str(e)) from None
     if not names:
         raise EvaluationError(f"no evaluation datasets found in {folder} (expected a MiniMMEB folder or an "
                               "MMEB-eval folder with one sub-folder of parquet/jsonl files per dataset)")
-    return Benchmark(data_dir, folder, root, kind, names, infos, split)
+    meta_tasks = dict(meta_tasks or {})
+    unknown = sorted(set(meta_tasks) - set(names))
+    if unknown:
+        raise EvaluationError(f"--meta-task names {', '.join(map(repr, unknown))}, not a dataset in {folder} "
+                              f"(available: {', '.join(names)})")
+    infos = {n: _dataset_info(n, meta_dir, meta_tasks.get(n)) for n in names}
+    return Benchmark(data_dir, folder, root, kind, names, infos, split, allow_outside_root)
+
+
+CUSTOM_META_TASK = "custom"
+
+
+def parse_meta_tasks(specs: Sequence[str] | None) -> dict[str, str]:
+    """`["NAME=TASK", ...]` (the --meta-task option) as a dict; TASK is an MMEB meta-task or `custom`."""
+    from msolomon.data import META_TASKS
+
+    out: dict[str, str] = {}
+    for spec in specs or ():
+        name, sep, task = spec.partition("=")
+        name, task = name.strip(), task.strip()
+        if not sep or not name or not task:
+            raise EvaluationError(f"--meta-task must look like NAME=TASK, got {spec!r}")
+        if task not in META_TASKS + (CUSTOM_META_TASK,):
+            raise EvaluationError(f"--meta-task {spec!r}: TASK must be one of {', '.join(META_TASKS)}, "
+                                  f"{CUSTOM_META_TASK}")
+        out[name] = task
+    return out
+
+
+def _dataset_info(name: str, meta_dir: Path | None, task: str | None) -> DatasetInfo:
+    """A dataset's taxonomy entry: the given meta-task, else minimmeb.json's or MMEB's, else `custom` (warned)."""
+    from msolomon.data.mmeb import dataset_info
+
+    try:
+        info = dataset_info(name, folder_meta=meta_dir)
+    except DataFormatError as err:
+        if not str(err).startswith("unknown dataset"):
+            raise EvaluationError(str(err)) from None
+        info = None
+    if task is not None:
+        ood = info.ood if info is not None else True
+        return DatasetInfo(name, task, ood, extra=dict(info.extra if info else {}, meta_task_from="--meta-task"))
+    if info is None:
+        logger.warning("%s: not one of MMEB's 36 datasets nor named in minimmeb.json; evaluated as meta-task "
+                       "%r, out-of-distribution (it counts in overall and ood; set its meta-task with "
+                       "--meta-task %s=TASK)", name, CUSTOM_META_TASK, name)
+        return DatasetInfo(name, CUSTOM_META_TASK, True, extra={"benchmark": "custom"})
+    return info
 
 
 def _train_folder(bench: Benchmark) -> Path | None:
@@ -205,7 +255,7 @@ def dataset_floor(bench: Benchmark, name: str, limit: int | None = None) -> dict
     from msolomon.data.mmeb import read_eval_dataset, read_train_dataset
 
     rows = read_eval_dataset(bench.folder, name, bench.image_root, limit=limit, split=bench.split,
-                             check_images=False)
+                             check_images=False, allow_outside_root=bench.allow_outside_root)
     chance = float(np.mean([100.0 / len(r.candidates) for r in rows])) if rows else 0.0
     out = {"floor_text_only": chance, "floor_rule": FLOOR_CHANCE}
     if not rows or any(r.candidates[0].image is not None or not r.candidates[0].text for r in rows):
@@ -213,7 +263,8 @@ def dataset_floor(bench: Benchmark, name: str, limit: int | None = None) -> dict
     train_dir = _train_folder(bench)
     if train_dir is None or not (train_dir / name).is_dir():
         return out  # no train split: nothing to count
-    train = read_train_dataset(train_dir, name, bench.image_root, split="original", check_images=False)
+    train = read_train_dataset(train_dir, name, bench.image_root, split="original", check_images=False,
+                               allow_outside_root=bench.allow_outside_root)
     if not train or any(t.positive.image is not None or not t.positive.text for t in train):
         return out
     floor = text_only_floor([(t.query.text, t.positive.text) for t in train],
@@ -485,18 +536,34 @@ def _model_name(model: Any, given: str | None) -> str:
 
 
 def load_model(path: str | Path) -> Any:
-    """`MSolomon.from_pretrained(path)`, with a clear error when the folder does not exist."""
+    """`MSolomon.from_pretrained(path)`; a folder that does not exist or is not a model is an `EvaluationError`."""
     p = Path(path)
-    looks_local = p.is_absolute() or str(path).startswith(".") or p.exists() or len(p.parts) != 2
-    if looks_local and not p.exists():
-        hint = " (the shipped default model; pass --model)" if p.resolve() == default_model_path() else ""
-        raise EvaluationError(f"model not found: {path}{hint}")
+    if not p.exists() and p.absolute() == default_model_path():
+        raise EvaluationError(f"model not found: {path} (the shipped default model is missing; pass --model)")
     from msolomon.model import MSolomon
 
     try:
         return MSolomon.from_pretrained(str(path))
-    except (OSError, ValueError) as err:  # from_pretrained reports unloadable folders as ValueError
-        raise EvaluationError(f"cannot load model {path}: {err}") from None
+    except (OSError, ValueError) as err:  # from_pretrained names the folder and the problem
+        raise EvaluationError(f"--model {path}: {err}") from None
+
+
+def report_path(out: str | Path) -> Path:
+    """Where the JSON report goes: `out` itself, or `out/report.json` when `out` is a folder (or ends with /)."""
+    text = str(out)
+    out = Path(out)
+    if out.is_dir() or text.endswith(("/", os.sep)):
+        return out / "report.json"
+    return out
+
+
+def _same_permissions(paths: Sequence[Path]) -> None:
+    """Give every output file the permissions a plain new file gets (temporary files are created 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in paths:
+        if Path(path).is_file():
+            os.chmod(path, 0o666 & ~mask)
 
 
 def evaluate(model: Any, data_dir: str | Path | Benchmark, image_root: str | Path | None = None,
@@ -504,11 +571,14 @@ def evaluate(model: Any, data_dir: str | Path | Benchmark, image_root: str | Pat
              out: str | Path | None = None, *, datasets: Sequence[str] | None = None, threshold: float = 0.5,
              max_new_tokens: int = 64, candidate_batch_size: int = 32, resume: bool = True,
              show_progress_bar: bool | None = None, model_name: str | None = None,
-             split: str = "test") -> dict[str, Any]:
+             split: str = "test", meta_tasks: Mapping[str, str] | None = None,
+             allow_outside_root: bool = False, keep_parts: bool = True) -> dict[str, Any]:
     """Evaluate `model` (an MSolomon, anything with its `encode_queries`/`encode_candidates`, or a path) on a
     MiniMMEB or MMEB-eval folder and return the DESIGN.md section 4 report.
 
-    With `out`, also writes FILE.json, FILE.md, FILE.png, FILE.predictions.jsonl and the resume sidecar FILE.parts/.
+    With `out` (a file, or a folder: then `out/report.json`), also writes FILE.json, FILE.md, FILE.png,
+    FILE.predictions.jsonl and the resume sidecar FILE.parts/, which a finished run removes unless `keep_parts`
+    (the default here, so that a caller's rerun skips finished work; the command line removes it).
     Reusing one `out` for a *different* in-memory model needs `resume=False` or another `model_name`, since the
     sidecar knows models only by name.
     """
@@ -517,12 +587,13 @@ def evaluate(model: Any, data_dir: str | Path | Benchmark, image_root: str | Pat
                             datasets=tuple(datasets) if datasets is not None else None, threshold=threshold,
                             max_new_tokens=max_new_tokens, candidate_batch_size=candidate_batch_size,
                             resume=resume, show_progress_bar=show_progress_bar, split=split)
-    bench = data_dir if isinstance(data_dir, Benchmark) else open_benchmark(data_dir, image_root, settings.split)
+    bench = data_dir if isinstance(data_dir, Benchmark) else open_benchmark(
+        data_dir, image_root, settings.split, meta_tasks=meta_tasks, allow_outside_root=allow_outside_root)
     if isinstance(model, (str, Path)):
         model_name = model_name or str(model)
         model = load_model(model)
-    return run_evaluation(model, bench, settings, Path(out) if out is not None else None,
-                          model_name=_model_name(model, model_name))
+    return run_evaluation(model, bench, settings, report_path(out) if out is not None else None,
+                          model_name=_model_name(model, model_name), keep_parts=keep_parts)
 
 
 def _select(bench: Benchmark, wanted: Sequence[str] | None) -> list[str]:
@@ -536,8 +607,9 @@ def _select(bench: Benchmark, wanted: Sequence[str] | None) -> list[str]:
 
 
 def run_evaluation(model: Any, bench: Benchmark, settings: EvalSettings, out: Path | None = None,
-                   model_name: str = "model") -> dict[str, Any]:
-    """The evaluation proper: per dataset, encode candidates once, then every needed mode; aggregate; write."""
+                   model_name: str = "model", keep_parts: bool = True) -> dict[str, Any]:
+    """The evaluation proper: per dataset, encode candidates once, then every needed mode; aggregate; write.
+    Without `keep_parts`, the resume sidecar is removed once the report is written."""
     from tqdm.auto import tqdm
 
     names = _select(bench, settings.datasets)
@@ -600,6 +672,8 @@ def run_evaluation(model: Any, bench: Benchmark, settings: EvalSettings, out: Pa
     report = build_report(results, settings, model_name, bench, names, floors)
     if paths is not None:
         write_outputs(report, paths["json"])
+        if not keep_parts and sidecar is not None:
+            shutil.rmtree(paths["parts"], ignore_errors=True)
     return report
 
 
@@ -650,6 +724,7 @@ def write_outputs(report: Mapping[str, Any], out: str | Path) -> dict[str, Path]
     atomic_write_json(paths["json"], report)
     atomic_write_text(paths["md"], markdown_report(report))
     plot_report(report, paths["png"])
+    _same_permissions([paths["json"], paths["md"], paths["png"], paths["predictions"]])
     return paths
 
 
@@ -664,21 +739,40 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m msolomon.evaluation",
                                 description="MMEB-style evaluation of an M-Solomon model (Precision@1, augment rate, "
                                             "latency) in the modes auto, never and always.")
-    p.add_argument("--model", default=str(default_model_path()), help="model folder (default: the shipped model)")
-    p.add_argument("--data", required=True, help="a MiniMMEB folder or an MMEB-eval folder as published")
+    p.add_argument("--model", default=str(default_model_path()),
+                   help="model folder or hub id (default: the shipped model, assets/model)")
+    p.add_argument("--data", required=True,
+                   help="a MiniMMEB folder, or any folder in MMEB-eval's layout (one sub-folder of parquet/jsonl "
+                        "files per dataset)")
     p.add_argument("--image-root", default=None, help="folder image paths resolve against (default: --data)")
+    p.add_argument("--allow-images-outside-root", action="store_true",
+                   help="let image paths of the data resolve outside --image-root (absolute paths, '..'); only for "
+                        "data you trust (default: refused)")
     p.add_argument("--out", required=True,
-                   help="report FILE.json; FILE.md, FILE.png, FILE.predictions.jsonl and FILE.parts/ go beside it")
-    p.add_argument("--modes", default="auto,never,always", help="comma-separated subset of auto,never,always")
-    p.add_argument("--limit", type=int, default=None, help="at most N queries per dataset")
+                   help="report FILE.json (a folder: FOLDER/report.json); FILE.md, FILE.png and "
+                        "FILE.predictions.jsonl go beside it")
+    p.add_argument("--keep-parts", action="store_true",
+                   help="keep the resume folder FILE.parts/ after a finished run (default: removed)")
+    p.add_argument("--modes", default="auto,never,always",
+                   help="comma-separated subset of auto,never,always (default: all three)")
+    p.add_argument("--limit", type=int, default=None, help="at most N queries per dataset (default: all)")
     p.add_argument("--thresholds", default=None,
-                   help="comma-separated decision thresholds to sweep for auto mode (uses the never/always runs)")
+                   help="comma-separated decision thresholds to sweep for auto mode, from the never/always runs "
+                        "(default: no sweep)")
     p.add_argument("--datasets", default=None, help="comma-separated dataset names (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="cap on the generated augmentation")
-    p.add_argument("--threshold", type=float, default=0.5, help="auto mode: augment when p_augment >= threshold")
-    p.add_argument("--candidate-batch-size", type=int, default=32)
-    p.add_argument("--fresh", action="store_true", help="ignore and clear results of an earlier run")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("--meta-task", action="append", default=None, metavar="NAME=TASK",
+                   help="meta-task of a dataset (classification, vqa, retrieval, grounding or custom); repeatable "
+                        "(default: MMEB's table or minimmeb.json; other datasets: custom, with a warning)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="cap on the generated augmentation (default: 64)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="auto mode: augment when p_augment >= threshold (default: 0.5)")
+    p.add_argument("--candidate-batch-size", type=int, default=32,
+                   help="candidates encoded per batch (default: 32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--fresh", action="store_true", help="ignore and clear results of an earlier run (default: resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only (default: progress shown)")
+    p.add_argument("--verbose", action="store_true",
+                   help="debug logging, with transformers' loading bar and warnings (default: off)")
     p.add_argument("--split", default="test", choices=("test", "val"),
                    help="MiniMMEB split to evaluate: test (default) or val, the validation split the pilot and any "
                         "choice of threshold or checkpoint must use")
@@ -691,9 +785,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = report_path(args.out)
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise EvaluationError(f"--threads must be at least 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         try:
             thresholds = [float(t) for t in _csv(args.thresholds)] if args.thresholds is not None else None
         except ValueError:
@@ -704,17 +805,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 threshold=args.threshold, max_new_tokens=args.max_new_tokens,
                                 candidate_batch_size=args.candidate_batch_size, resume=not args.fresh,
                                 show_progress_bar=False if args.quiet else None, split=args.split)
-        if Path(args.out).is_dir():
-            raise EvaluationError(f"--out must be a file path (FILE.json), got the folder {args.out}")
-        bench = open_benchmark(args.data, args.image_root, settings.split)
+        bench = open_benchmark(args.data, args.image_root, settings.split, meta_tasks=parse_meta_tasks(args.meta_task),
+                               allow_outside_root=args.allow_images_outside_root)
         _select(bench, settings.datasets)  # fail on an unknown dataset before loading the model
         model = load_model(args.model)
-        report = run_evaluation(model, bench, settings, Path(args.out), model_name=str(args.model))
+        report = run_evaluation(model, bench, settings, out, model_name=str(args.model),
+                                keep_parts=args.keep_parts)
     except EvaluationError as e:  # a bad argument
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except DataFormatError as e:  # a malformed data file met during the run
         parser.exit(1, f"{parser.prog}: error: {e}\n")
-    sys.stdout.write(markdown_report(report) + f"\nwrote {output_paths(Path(args.out))['json']}\n")
+    sys.stdout.write(markdown_report(report) + f"\nwrote {output_paths(out)['json']}\n")
     return 0
 
 

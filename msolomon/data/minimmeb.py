@@ -310,25 +310,34 @@ def load_minimmeb(path: str | Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m msolomon.data.minimmeb", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output folder (replaced if it is a MiniMMEB folder)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--out", required=True,
+                        help="output folder (created; replaced only if it is empty or a MiniMMEB folder)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files "
+                                                             "(default: 0)")
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small",
+                        help="size of each dataset (default: small)")
     parser.add_argument("--n-candidates", type=int, default=None,
                         help="candidates per retrieval/grounding query (default: the scale's, 100 for small/full)")
     parser.add_argument("--n-train", type=int, default=None, help="override the scale's train rows per dataset")
     parser.add_argument("--n-test", type=int, default=None, help="override the scale's test rows per dataset")
     parser.add_argument("--n-val", type=int, default=None,
                         help="override the scale's validation rows per in-distribution dataset")
-    parser.add_argument("--datasets", default=None, help="comma-separated subset of: " + ",".join(DATASETS))
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    parser.add_argument("--datasets", default=None,
+                        help="comma-separated subset (default: all) of: " + ",".join(DATASETS))
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines (default: shown)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     overrides = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val),
                                                  ("n_test", args.n_test)) if v is not None}
-    meta = generate(args.out, seed=args.seed, scale=args.scale, n_candidates=args.n_candidates,
-                    datasets=args.datasets.split(",") if args.datasets else None,
-                    progress=False if args.quiet else None, **overrides)
+    try:
+        meta = generate(args.out, seed=args.seed, scale=args.scale, n_candidates=args.n_candidates,
+                        datasets=args.datasets.split(",") if args.datasets else None,
+                        progress=False if args.quiet else None, **overrides)
+    except FileExistsError as err:  # an existing folder that is not MiniMMEB: never overwritten
+        parser.exit(2, f"{parser.prog}: error: --out {err}; choose a new or empty folder\n")
+    except (ValueError, KeyError) as err:  # bad --datasets, sizes
+        parser.exit(2, f"{parser.prog}: error: {str(err).strip(chr(39))}\n")
     ds = meta["datasets"]
     sys.stdout.write(f"MiniMMEB seed={meta['seed']} scale={meta['scale']}: {len(ds)} datasets "
           f"({sum(not d['ood'] for d in ds.values())} IND, {sum(d['ood'] for d in ds.values())} OOD), "
