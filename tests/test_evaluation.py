@@ -347,7 +347,7 @@ def test_output_files_exist_and_parse(bench, tmp_path, monkeypatch, capsys):
     (["--thresholds", "0,abc"], "--thresholds must be comma-separated numbers"),
     (["--threshold", "1.5"], "--threshold must be in [0, 1]"),
     (["--datasets", "CatCls,Nope"], "unknown dataset 'Nope'"),
-    (["--model", "/no/such/model"], "model not found: /no/such/model"),
+    (["--model", "/no/such/model"], "model folder /no/such/model does not exist"),
 ])
 def test_bad_arguments_exit_2(bench, tmp_path, capsys, extra, message):
     data, _, _ = bench
