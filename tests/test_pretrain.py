@@ -145,6 +145,9 @@ def test_shapes_test_queries_avoid_training_queries_even_when_the_stream_repeats
 def test_exact_match_normalisation():
     assert PD.exact_match(["The digit is 7.", "the digit is 7", "The digit is 1."], ["The digit is 7."] * 3) == \
         pytest.approx(200 / 3)
+    assert PD.word_accuracy(["A red circle and a blue star."], ["A red circle and a green star."]) == \
+        pytest.approx(100 * 6 / 7)
+    assert PD.word_accuracy(["red"], ["A red circle."]) == 0.0
     assert PD.plain_question("<|image_1|> Represent the given image for classification") == "What does the image show?"
     assert PD.plain_question("<|image_1|> Select the portion of the image that isolates the object of the given "
                              "label: star") == "Describe the star in the image."
@@ -161,7 +164,8 @@ def test_pretrain_command_trains_evaluates_and_resumes(tmp_path, bench, pdata):
     report = json.loads((out / "report.json").read_text())
     ev = report["eval"]["overall"]
     assert ev["n"] == len(PD.load_rows(pdata, "heldout")) and 0 <= ev["text_only_floor"] <= 100
-    assert set(report["half_precision"]["overall"]) == {"n", "exact_match", "text_only_floor"}
+    assert set(report["half_precision"]["overall"]) == {"n", "exact_match", "text_only_floor", "word_accuracy",
+                                                        "word_accuracy_text_only"}
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and log[-1]["loss"] < log[0]["loss"]
     assert (out / "report.png").stat().st_size > 1000

@@ -173,19 +173,21 @@ def generate_answers(model, rows: Sequence[dict], with_image: bool = True, batch
 
 def evaluate_base(model, rows: Sequence[dict], max_new_tokens: int = 48) -> dict:
     """Held-out exact match per world and overall, with the image and without it (the text-only floor)."""
-    from training.pretrain_data import exact_match
+    from training.pretrain_data import exact_match, word_accuracy
 
     seen = generate_answers(model, rows, True, max_new_tokens=max_new_tokens)
     blind = generate_answers(model, rows, False, max_new_tokens=max_new_tokens)
-    by: dict[str, dict] = {}
-    for name in sorted({r["dataset"] for r in rows}):
-        idx = [i for i, r in enumerate(rows) if r["dataset"] == name]
+
+    def scores(idx: Sequence[int]) -> dict:
         refs = [rows[i]["response"] for i in idx]
-        by[name] = {"n": len(idx), "exact_match": round(exact_match([seen[i] for i in idx], refs), 1),
-                    "text_only_floor": round(exact_match([blind[i] for i in idx], refs), 1)}
-    refs = [r["response"] for r in rows]
-    overall = {"n": len(rows), "exact_match": round(exact_match(seen, refs), 1),
-               "text_only_floor": round(exact_match(blind, refs), 1)}
+        s, b = [seen[i] for i in idx], [blind[i] for i in idx]
+        return {"n": len(idx), "exact_match": round(exact_match(s, refs), 1),
+                "text_only_floor": round(exact_match(b, refs), 1), "word_accuracy": round(word_accuracy(s, refs), 1),
+                "word_accuracy_text_only": round(word_accuracy(b, refs), 1)}
+
+    by = {name: scores([i for i, r in enumerate(rows) if r["dataset"] == name])
+          for name in sorted({r["dataset"] for r in rows})}
+    overall = scores(range(len(rows)))
     examples = [{"dataset": r["dataset"], "prompt": r["prompt"], "reference": r["response"], "with_image": s,
                  "without_image": b} for r, s, b in list(zip(rows, seen, blind))[:: max(1, len(rows) // 30)]]
     return {"overall": overall, "datasets": by, "examples": examples}
@@ -288,13 +290,19 @@ def report_markdown(result: dict) -> str:
              f"Exact match of the whole answer on {ev['overall']['n']} fresh held-out questions "
              "(pretraining-style, images never seen in training), greedy decoding. The text-only floor asks the "
              "same questions without the image.", "",
-             "| world | n | exact match | text-only floor | gain |", "|---|---|---|---|---|"]
-    for name, d in ev["datasets"].items():
-        lines.append(f"| {name} | {d['n']} | {d['exact_match']:.1f} | {d['text_only_floor']:.1f} | "
-                     f"{d['exact_match'] - d['text_only_floor']:+.1f} |")
+             "Word accuracy gives partial credit: the share of the reference's words the answer has in the same "
+             "place.", "",
+             "| world | n | exact match | text-only floor | gain | word accuracy | text-only |",
+             "|---|---|---|---|---|---|---|"]
+
+    def line(label: str, d: dict) -> str:
+        return (f"| {label} | {d['n']} | {d['exact_match']:.1f} | {d['text_only_floor']:.1f} | "
+                f"{d['exact_match'] - d['text_only_floor']:+.1f} | {d.get('word_accuracy', float('nan')):.1f} | "
+                f"{d.get('word_accuracy_text_only', float('nan')):.1f} |")
+
+    lines += [line(name, d) for name, d in ev["datasets"].items()]
     o = ev["overall"]
-    lines.append(f"| **overall** | {o['n']} | **{o['exact_match']:.1f}** | {o['text_only_floor']:.1f} | "
-                 f"{o['exact_match'] - o['text_only_floor']:+.1f} |")
+    lines.append(line("**overall**", o))
     if "half_precision" in result:
         h = result["half_precision"]["overall"]
         lines += ["", f"Stored in float16: exact match {h['exact_match']:.1f} (float32: {o['exact_match']:.1f})."]

@@ -246,6 +246,18 @@ def normalise_answer(text: str | None) -> str:
     return " ".join((text or "").strip().lower().rstrip(".").split())
 
 
+def word_accuracy(predictions: Sequence[str | None], references: Sequence[str]) -> float:
+    """Partial credit beside exact match: the share of reference words the prediction has at the same position
+    (a caption that gets two of three objects right scores about two thirds)."""
+    if not references:
+        return float("nan")
+    scores = []
+    for p, r in zip(predictions, references):
+        pw, rw = normalise_answer(p).replace(",", " ").split(), normalise_answer(r).replace(",", " ").split()
+        scores.append(sum(a == b for a, b in zip(pw, rw)) / max(len(rw), len(pw), 1))
+    return 100.0 * sum(scores) / len(scores)
+
+
 def exact_match(predictions: Sequence[str | None], references: Sequence[str]) -> float:
     if not references:
         return float("nan")
