@@ -191,7 +191,7 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
             a_threshold, a_k = gr.Number(value=model.settings.default_threshold), gr.Number(value=10, precision=0)
             a_out, a_go = gr.JSON(), gr.Button()
         a_go.click(h.api_search, [a_text, a_image, a_ins, a_mode, a_threshold, a_k, a_corpus], a_out,
-                   api_name="search", concurrency_limit=max(32, 2 * settings.max_batch))
+                   api_name="search", queue=False)  # plain HTTP: the Batcher is the bounded queue
     demo.msolomon_service = service
     return demo
 

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,49 +11,17 @@ from typing import Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+from msolomon.demo.process import running_app
+
 logger = logging.getLogger(__name__)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def start_server(cache_dir: Path, *extra: str, timeout: float = 240.0) -> Iterator[str]:
-    """Run `python app.py` on a free loopback port with a tiny default corpus; yields its URL."""
-    import httpx
-
-    port = free_port()
-    log = open(cache_dir.parent / f"app-{port}.log", "w")
-    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--threads", "1", "--cache-dir",
-           str(cache_dir), "--corpus-scale", "tiny", *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **OFFLINE}, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app.py exited with {proc.returncode}: {Path(log.name).read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"app.py did not come up in {timeout:.0f}s: {Path(log.name).read_text()[-3000:]}")
-            time.sleep(0.5)
+def start_server(cache_dir: Path, *extra: str) -> Iterator[str]:
+    """`python app.py` (default model) on a free loopback port with a tiny default corpus; yields its URL."""
+    with running_app(cache_dir, "--corpus-scale", "tiny", *extra) as (url, seconds):
+        logger.info("page up after %.1f s", seconds)
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -178,8 +178,27 @@ def ensure_minimmeb(cache_dir: Path, seed: int, scale: str) -> Path:
     return folder
 
 
-def minimmeb_payloads(bench: Any) -> list[dict]:
-    """Every distinct test candidate of a MiniMMEB benchmark, with the datasets it belongs to."""
+def minimmeb_payloads(bench: Any, cache_file: Path | None = None) -> list[dict]:
+    """Every distinct test candidate of a MiniMMEB benchmark, with the datasets it belongs to. Reading every
+    candidate list takes seconds, so the result is kept in `cache_file`, stamped with the data files it came from."""
+    stamp = {name: bench.signature(name) for name in bench.names}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            saved = json.loads(cache_file.read_text(encoding="utf-8"))
+            if saved.get("stamp") == stamp and saved.get("folder") == str(bench.folder):
+                return saved["payloads"]
+        except (ValueError, KeyError, TypeError):
+            logger.info("rebuilding the unreadable candidate list %s", cache_file)
+    payloads = _read_payloads(bench)
+    if cache_file is not None:
+        tmp = cache_file.with_name(cache_file.name + ".tmp")
+        tmp.write_text(json.dumps({"stamp": stamp, "folder": str(bench.folder), "payloads": payloads}),
+                       encoding="utf-8")
+        tmp.replace(cache_file)
+    return payloads
+
+
+def _read_payloads(bench: Any) -> list[dict]:
     by_key: dict[str, dict] = {}
     for name in bench.names:
         for row in bench.read(name):

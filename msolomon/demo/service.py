@@ -141,7 +141,7 @@ class SearchService:
                                           self.settings.corpus_scale)
         self.bench = open_benchmark(self.data_dir)
         t1 = time.perf_counter()
-        payloads = C.minimmeb_payloads(self.bench)
+        payloads = C.minimmeb_payloads(self.bench, self.data_dir.with_name(self.data_dir.name + ".candidates.json"))
         if self.settings.sample_photos:
             payloads += C.sample_photo_payloads(self.settings.cache_dir)
         index, cached = self.cache.get(payloads, self.encode_candidates, self.model_key, progress)

@@ -1,0 +1,142 @@
+"""The demo's serving targets (issue 8), measured against `python app.py` on loopback:
+
+- page up: seconds from `python app.py` to the page answering, first start (fresh cache: MiniMMEB generated and
+  the default corpus encoded) and with the cached index;
+- a text query in `never` mode: the server's own time (model + search, what the page shows) and the `/search`
+  round trip through gradio_client;
+- 20 concurrent clients x 5 queries (the demo's held-out MiniMMEB queries, auto mode, images uploaded): throughput
+  with batching (--max-batch 16) against one at a time: the same 20 clients on a server that encodes one query
+  per model call (--max-batch 1), and one client sending the 100 queries in turn.
+
+    python bench/demo_serving.py [--threads 1] [--scale small] [--json FILE] [--skip-first-start]
+
+Prints a table of figures and ratios against the targets; writes it as JSON when asked.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from msolomon.demo.corpus import ALL_MINIMMEB as ALL  # noqa: E402
+from msolomon.demo.process import running_app  # noqa: E402
+
+logger = logging.getLogger("bench.demo_serving")
+WORDS = ("red", "blue", "green", "yellow", "purple")
+SHAPES = ("circle", "square", "star", "triangle")
+
+
+def never_mode(url: str, n: int = 30) -> tuple[float, float]:
+    """Median server time (ms) and median round trip (ms) of text queries in never mode, one at a time."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    for _ in range(3):  # warm up
+        client.predict("warm up", None, "", "never", 0.5, 10, api_name="/search")
+    server, rtt = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        out = client.predict(f"a {WORDS[i % 5]} {SHAPES[i % 4]} {i}", None, "", "never", 0.5, 10, api_name="/search")
+        rtt.append((time.perf_counter() - t0) * 1e3)
+        server.append(out["timings"]["total"])
+    return statistics.median(server), statistics.median(rtt)
+
+
+def workload(cache: Path, scale: str, n: int = 100) -> list[tuple[str | None, str | None]]:
+    """The demo's own held-out MiniMMEB test queries, round-robin over its datasets: text-only and image
+    queries, VQA ones that the model augments and others it embeds at once (the load a demo of this method gets)."""
+    from msolomon.evaluation import open_benchmark
+
+    bench = open_benchmark(cache / f"minimmeb-{scale}-seed0")
+    per = {name: bench.read(name, limit=n) for name in bench.names}
+    out = []
+    for i in range(n):
+        row = per[bench.names[i % len(bench.names)]][i // len(bench.names)]
+        out.append((row.query.text, str(row.query.image) if row.query.image is not None else None))
+    return out
+
+
+def concurrent(url: str, queries: list[tuple[str | None, str | None]], clients: int = 20) -> tuple[float, int, int]:
+    """(queries per second, answered, largest batch) for `clients` light HTTP clients (httpx, the same requests
+    gradio_client makes: upload the image, then call /search), each sending its share of `queries` in turn."""
+    import httpx
+
+    def run(i: int) -> list[dict]:
+        out = []
+        with httpx.Client(base_url=url, timeout=120) as c:
+            for text, image in queries[i::clients]:
+                file = None
+                if image:
+                    with open(image, "rb") as fh:
+                        up = c.post("gradio_api/upload", files=[("files", (Path(image).name, fh, "image/png"))])
+                    up.raise_for_status()
+                    file = {"path": up.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": Path(image).name}
+                r = c.post("gradio_api/run/search", json={"data": [text, file, "", "auto", 0.5, 5, ALL],
+                                                          "session_hash": f"bench-{i}"})
+                r.raise_for_status()
+                out.append(r.json()["data"][0])
+        return out
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        answers = [a for per in pool.map(run, range(clients)) for a in per]
+    wall = time.perf_counter() - t0
+    assert all(a["decision"] in ("/augment", "/embed") and a["hits"] for a in answers)
+    return len(answers) / wall, len(answers), max(a.get("batch_size", 1) for a in answers)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--scale", default="small", help="MiniMMEB scale of the default corpus")
+    p.add_argument("--json", default=None)
+    p.add_argument("--skip-first-start", action="store_true", help="reuse a cache folder instead of a fresh one")
+    p.add_argument("--cache-dir", default=None, help="with --skip-first-start: the cache to reuse")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(args.cache_dir) if args.cache_dir else Path(tmp) / "cache"
+        common = ["--corpus-scale", args.scale]
+        if not args.skip_first_start:
+            with running_app(cache, *common, threads=args.threads, log=Path(tmp) / "first.log",
+                             timeout=600) as (_, seconds):
+                rows["page_up_first_start_s"] = (seconds, 90.0)
+        with running_app(cache, *common, threads=args.threads, log=Path(tmp) / "cached.log") as (url, seconds):
+            rows["page_up_cached_s"] = (seconds, 20.0)
+            server_ms, rtt_ms = never_mode(url)
+            rows["never_text_server_ms"] = (server_ms, 30.0)
+            rows["never_text_round_trip_ms"] = (rtt_ms, 250.0)
+            queries = workload(cache, args.scale)
+            batched, n_b, biggest = concurrent(url, queries)
+        with running_app(cache, *common, "--max-batch", "1", threads=args.threads,
+                         log=Path(tmp) / "one.log") as (url, _):
+            single, n_s, _ = concurrent(url, queries)
+            serial, _, _ = concurrent(url, queries, clients=1)
+    rows["throughput_batched_qps"] = (batched, None)
+    rows["throughput_one_at_a_time_qps"] = (single, None)
+    rows["throughput_sequential_qps"] = (serial, None)
+    rows["throughput_ratio"] = (batched / single, 2.0)
+    rows["throughput_ratio_vs_sequential"] = (batched / serial, 2.0)
+    sys.stdout.write(f"demo serving, {args.threads} torch thread(s), corpus scale {args.scale}; "
+                     f"answered {n_b}/100 batched (largest batch {biggest}), {n_s}/100 one at a time\n")
+    sys.stdout.write(f"{'figure':32s} {'value':>10s} {'target':>8s} {'value/target':>13s}\n")
+    for name, (value, target) in rows.items():
+        ratio = f"{value / target:13.2f}" if target else " " * 13
+        sys.stdout.write(f"{name:32s} {value:10.2f} {target if target else '':>8} {ratio}\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: {"value": v, "target": t} for k, (v, t) in rows.items()}
+                                              | {"threads": args.threads, "scale": args.scale}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
