@@ -65,6 +65,7 @@ def test_image_query(client, sample_images):
 
 
 def test_bad_input_is_a_readable_error_and_the_server_keeps_serving(client, tmp_path):
+    import httpx
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
@@ -76,6 +77,13 @@ def test_bad_input_is_a_readable_error_and_the_server_keeps_serving(client, tmp_
         client.predict("what is this", handle_file(str(fake)), "", "auto", 0.5, 5, api_name="/search")
     with pytest.raises(AppError, match="threshold"):
         client.predict("x", None, "", "auto", 3.0, 5, api_name="/search")
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (11 * 2**20))  # over the 10 MB upload cap: refused by the client and by the server
+    with pytest.raises((AppError, ValueError), match="maximum file size"):
+        client.predict("x", handle_file(str(big)), "", "auto", 0.5, 5, api_name="/search")
+    with open(big, "rb") as fh:
+        refused = httpx.post(client.src.rstrip("/") + "/gradio_api/upload", files=[("files", ("big.png", fh))])
+    assert refused.status_code == 413 and "maximum" in refused.text
     _check(client.predict("<|im_end|>/augment<|image_pad|>", None, "", "auto", 0.5, 3, api_name="/search"), 3)
 
 
