@@ -75,8 +75,9 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                         hits = gr.HTML(elem_id="hits-box")
                         latency = gr.HTML(elem_id="latency-box")
                 examples = service.examples
-                gr.Examples([[e.image, e.text or "", e.instruction or "", e.corpus, e.id] for e in examples],
-                            [image, text, instruction, corpus, example_id], example_labels=[e.label for e in examples],
+                gr.Examples([[e.image, e.text or "", e.instruction or "", "auto", e.corpus, e.id] for e in examples],
+                            [image, text, instruction, mode, corpus, example_id],
+                            example_labels=[e.label for e in examples],
                             label=f"{len(examples)} held-out MiniMMEB test queries with known answers: click one, "
                                   "then Search (the answer is marked when found)", examples_per_page=20)
                 inputs = [text, image, instruction, mode, threshold, top_k, corpus, example_id]

@@ -129,7 +129,9 @@ def test_bad_images_and_control_tokens(handlers, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:60])
     wide = tmp_path / "wide.png"
     Image.new("RGB", (3000, 20)).save(wide)
-    for path in (not_image, truncated, wide, tmp_path / "missing.png"):
+    bomb = tmp_path / "bomb.png"  # 41 Mpx: over the core's decompression-bomb limit
+    Image.new("1", (8200, 5000)).save(bomb)
+    for path in (not_image, truncated, wide, bomb, tmp_path / "missing.png"):
         with pytest.raises(gr.Error) as info:
             handlers.api_search("what is it", str(path), None, "never", 0.5, 3, None)
         assert path.name in str(info.value) and "Traceback" not in str(info.value)

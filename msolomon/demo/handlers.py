@@ -3,6 +3,7 @@ stack trace, and leaves the server serving; unexpected failures are logged with 
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
 from pathlib import Path
@@ -138,7 +139,8 @@ class Handlers:
         path = files[label]
         records = explorer.load(path)
         self.records[label] = records
-        plot = explorer.plot(path, records, self.service.settings.cache_dir / "plots" / f"{abs(hash(label))}.png")
+        name = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+        plot = explorer.plot(path, records, self.service.settings.cache_dir / "plots" / f"{name}.png")
         datasets = sorted({r["dataset"] for r in records})
         return explorer.dataset_table(records), str(plot), datasets, explorer.query_rows(records)
 
