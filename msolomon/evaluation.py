@@ -559,11 +559,12 @@ def report_path(out: str | Path) -> Path:
 
 def _same_permissions(paths: Sequence[Path]) -> None:
     """Give every output file the permissions a plain new file gets (temporary files are created 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    from msolomon.report import default_file_mode
+
+    mode = default_file_mode()
     for path in paths:
         if Path(path).is_file():
-            os.chmod(path, 0o666 & ~mask)
+            os.chmod(path, mode)
 
 
 def evaluate(model: Any, data_dir: str | Path | Benchmark, image_root: str | Path | None = None,

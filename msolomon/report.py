@@ -14,6 +14,13 @@ MODE_ORDER = ("never", "auto", "always")
 MODE_LABELS = {"never": "never (NoAug path)", "auto": "auto (model decides)", "always": "always (AlwaysAug path)"}
 
 
+def default_file_mode() -> int:
+    """The permissions open() gives a new file under the current umask (mkstemp's files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename it over `path`."""
     path = Path(path)
@@ -22,6 +29,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
