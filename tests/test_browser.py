@@ -61,7 +61,8 @@ def test_every_tab_in_chromium(tmp_path, sample_images):
             page.wait_for_selector("#search-button")
 
             # Search: a typed query, an uploaded image, mode always, an image-only corpus
-            page.locator("#query-text textarea").fill("How many shapes are in the picture?")
+            typed = "How many shapes are in the picture?"
+            page.locator("#query-text textarea").fill(typed)
             page.locator("#query-image input[type=file]").set_input_files(sample_images[0])
             page.locator("#mode").get_by_text("always", exact=True).click()
             corpus = page.get_by_label("Corpus")
@@ -77,6 +78,8 @@ def test_every_tab_in_chromium(tmp_path, sample_images):
 
             # an example with its known answer: judged right or wrong
             page.get_by_text("ScenesVQA (vqa").click()
+            expect(page.locator("#query-text textarea")).not_to_have_value(typed)  # the example has loaded
+            expect(page.locator("#mode input[value=auto]")).to_be_checked()
             page.click("#search-button")
             expect(page.locator("#hits")).to_contain_text("the known answer")
             page.screenshot(path=str(SHOTS / "2-search-example.png"), full_page=True)
