@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from msolomon.runtime import add_threads_argument, set_threads  # noqa: E402
+
 DEFAULT_DATASETS = "ScenesVQA,ChartVQA,DigitsCLS,ScenesT2I"
 MODES = ("never", "always", "auto")
 
@@ -37,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--datasets", default=DEFAULT_DATASETS,
                         help=f"comma-separated MiniMMEB test sets (default: {DEFAULT_DATASETS})")
     parser.add_argument("--n", type=int, default=2, help="queries per dataset (default: 2)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--verbose", action="store_true",
                         help="show loading bars, warnings and debug logging (default: off)")
     return parser
@@ -77,12 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                        f"choose from {', '.join(DATASETS)}\n")
     if args.n < 1:
         parser.exit(2, f"{parser.prog}: error: --n must be at least 1, got {args.n}\n")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.exit(2, f"{parser.prog}: error: --threads must be at least 1, got {args.threads}\n")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     from msolomon import MSolomon, VectorIndex
     from msolomon.backbone import unwrap

@@ -3,7 +3,7 @@
 
     python -m msolomon.evaluation --model PATH --data DIR [--image-root DIR] --out FILE.json \
         [--modes auto,never,always] [--limit N] [--thresholds 0,0.25,0.5,0.75,1] [--datasets A,B] \
-        [--max-new-tokens N] [--threshold 0.5] [--fresh]
+        [--max-new-tokens N] [--threshold 0.5] [--threads N] [--fresh]
 
 Why it is built this way:
 - Each dataset's unique candidates (by text, image and instruction) are encoded once and shared by every mode
@@ -40,6 +40,7 @@ from msolomon.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, FLOOR_CHANCE,
                               DatasetModeResult, aggregate_mode, is_correct, text_only_floor, threshold_curve)
 from msolomon.report import (append_jsonl, atomic_write_json, atomic_write_text, markdown_report, output_paths,
                              plot_report, read_jsonl, write_jsonl)
+from msolomon.runtime import add_threads_argument, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -769,7 +770,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto mode: augment when p_augment >= threshold (default: 0.5)")
     p.add_argument("--candidate-batch-size", type=int, default=32,
                    help="candidates encoded per batch (default: 32)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(p, what="torch and faiss")
     p.add_argument("--fresh", action="store_true", help="ignore and clear results of an earlier run (default: resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only (default: progress shown)")
     p.add_argument("--verbose", action="store_true",
@@ -790,12 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = report_path(args.out)
     try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise EvaluationError(f"--threads must be at least 1, got {args.threads}")
-            import torch
-
-            torch.set_num_threads(args.threads)
+        set_threads(args.threads)
         try:
             thresholds = [float(t) for t in _csv(args.thresholds)] if args.thresholds is not None else None
         except ValueError:

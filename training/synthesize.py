@@ -37,6 +37,7 @@ from typing import Any  # noqa: E402
 
 from msolomon import prompts  # noqa: E402
 from msolomon.data import DataFormatError  # noqa: E402
+from msolomon.runtime import add_threads_argument, set_threads  # noqa: E402
 from training.teachers import (  # noqa: E402
     BACKENDS,
     OpenAIBackend,
@@ -479,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=4)
     g.add_argument("--max-new-tokens", type=int, default=512, help="reply length cap (also for openai)")
     g.add_argument("--device", help="e.g. cpu, cuda:0 (default: all GPUs if any, else cpu)")
+    add_threads_argument(g, what="the teacher model (torch)")
     g = p.add_argument_group("openai backend (an OpenAI-compatible server such as vLLM)")
     g.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
     g.add_argument("--api-model", help="served model name (default: the one model GET /models lists)")
@@ -520,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("httpx", "urllib3", "transformers"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.backend == "transformers":
+        set_threads(args.threads)
     try:
         summary = synthesize(settings_from_args(args))
     except (UsageError, DataFormatError, TeacherError) as err:

@@ -1,7 +1,8 @@
 """`python -m training.train`: train NoAug, AlwaysAug or M-Solomon (adaptive) with L_rep + λ·L_gen.
 
     python -m training.train --data DIR --out RUN --labeling noaug|alwaysaug|adaptive \\
-        [--augmentations SYNTH.jsonl] [--split SPLIT.json] [--init base|tiny|PATH] [--config FILE.yaml|json] ...
+        [--augmentations SYNTH.jsonl] [--split SPLIT.json] [--init base|tiny|PATH] [--config FILE.yaml|json] \\
+        [--threads N] ...
 
 `--data` is a MiniMMEB folder or an MMEB-train folder (`--image-root` for its images). `--init base` (the
 default) fine-tunes the shipped pretrained tiny base MLLM (assets/base, made by `training.pretrain`), as the paper
@@ -69,9 +70,17 @@ class TrainConfig:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    return parse_command_line(argv)[0]
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainConfig, int | None]:
+    """The settings and the `--threads` value (a process setting, not a training setting: not in TrainConfig)."""
+    from msolomon.runtime import add_threads_argument
+
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML or JSON file with any of the settings below")
+    add_threads_argument(parser)
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -115,7 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         parser.error(f"--labeling {config.labeling} needs --augmentations (the output of training.synthesize)")
     if config.labeling == "adaptive" and not config.split:
         parser.error("--labeling adaptive needs --split (the output of training.pilot)")
-    return config
+    return config, args.threads
 
 
 def load_config_file(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -260,7 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = parse_args(argv)
+    config, threads = parse_command_line(argv)
+    from msolomon.runtime import set_threads
+
+    set_threads(threads)
     try:
         final = run(config)
     except ValueError as err:
