@@ -6,11 +6,12 @@ On disk (a folder; no pickle anywhere):
     index.faiss     the faiss index (faiss.write_index)
     payloads.jsonl  one line per vector, in index order: {"id": ..., "payload": {...}}
 Exact search (`"Flat"`) is the default; any faiss factory string (e.g. `"IVF256,Flat"`, `"HNSW32"`) serves
-large corpora.
+large corpora, and `factory="auto"` picks one by corpus size (`choose_index`, measured by `bench/index.py`).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -33,6 +34,44 @@ MAX_META_BYTES = 1 << 20
 # is_trained (1 byte), metric type (int32), then the vectors: their number of floats (uint64) and the floats
 FLAT_FOURCC = b"IxFI"
 FLAT_HEADER = struct.Struct("<4siqqq?iQ")
+
+
+# `factory="auto"`: exact search up to FLAT_MAX vectors, HNSW up to HNSW_MAX, IVF beyond (bench/index.py, README)
+FLAT_MAX = 100_000
+HNSW_MAX = 5_000_000
+HNSW_EF_SEARCH = 128
+IVF_NPROBE = 64
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """A faiss factory string and its search settings, as `choose_index` picks them for a corpus size."""
+
+    factory: str
+    nprobe: int | None = None
+    ef_search: int | None = None
+    reason: str = ""
+
+
+def ivf_lists(n: int) -> int:
+    """IVF list count for n vectors: the power of two nearest √n (at least 1), faiss's usual rule of thumb."""
+    n = max(int(n), 1)
+    return max(1, 2 ** round(math.log2(max(math.sqrt(n), 1))))
+
+
+def choose_index(n: int) -> IndexChoice:
+    """The index for a corpus of n vectors: exact (`Flat`) while a search of every vector stays fast, HNSW (the
+    fastest at recall@10 ≥ 0.95, memory ≈ the vectors plus about 260 bytes each, slow to build) in the middle,
+    IVF (fast to build and add to, memory ≈ the vectors) for the largest corpora. See README "Performance"."""
+    n = check_count(n, "n", minimum=0)
+    if n <= FLAT_MAX:
+        return IndexChoice("Flat", reason=f"{n} vectors <= {FLAT_MAX}: exact search is fast enough")
+    if n <= HNSW_MAX:
+        return IndexChoice("HNSW32", ef_search=HNSW_EF_SEARCH,
+                           reason=f"{FLAT_MAX} < {n} vectors <= {HNSW_MAX}: HNSW is the fastest at high recall")
+    lists = ivf_lists(n)
+    return IndexChoice(f"IVF{lists},Flat", nprobe=min(IVF_NPROBE, lists),
+                       reason=f"{n} vectors > {HNSW_MAX}: IVF builds fastest and needs the least memory")
 
 
 @dataclass
@@ -82,12 +121,18 @@ class VectorIndex:
     def build(cls, vectors, payloads: Sequence[Any] | None = None, factory: str = "Flat",
               ids: Sequence[Any] | None = None, nprobe: int | None = None, ef_search: int | None = None
               ) -> "VectorIndex":
-        """Build from an (n, d) array; IVF-type factories are trained on the vectors themselves."""
+        """Build from an (n, d) array; IVF-type factories are trained on the vectors themselves.
+        `factory="auto"` picks the index by corpus size (`choose_index`); explicit `nprobe`/`ef_search` win."""
         import faiss
 
         arr = _as_matrix(vectors)
         if arr.shape[0] == 0:
             raise ValueError("no vectors to build an index from (got 0); encode at least one candidate first")
+        if factory == "auto":
+            choice = choose_index(arr.shape[0])
+            factory = choice.factory
+            nprobe = choice.nprobe if nprobe is None else nprobe
+            ef_search = choice.ef_search if ef_search is None else ef_search
         try:
             index = faiss.index_factory(arr.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:

@@ -1,0 +1,160 @@
+"""Performance plumbing: the threads helper, the index chooser, `--threads` on every command line, and each
+bench/ script run once at a tiny size (so the benchmarks cannot rot; their figures are not checked here)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    from msolomon import runtime
+
+    before, applied = torch.get_num_threads(), dict(runtime._applied)
+    yield
+    torch.set_num_threads(before)
+    runtime._applied.clear()
+    runtime._applied.update(applied)
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- threads ---------------------------------------------------------------------------------------------------
+
+def test_default_threads_follows_the_environment_else_half_the_cores(monkeypatch):
+    from msolomon import runtime
+
+    monkeypatch.delenv("MSOLOMON_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 8)
+    assert runtime.default_threads() == 4
+    monkeypatch.setattr(runtime, "available_cores", lambda: 1)
+    assert runtime.default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert runtime.default_threads() == 3
+    monkeypatch.setenv("MSOLOMON_THREADS", "2")
+    assert runtime.default_threads() == 2
+    monkeypatch.setenv("MSOLOMON_THREADS", "zero")  # not a count: ignored
+    assert runtime.default_threads() == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", 1.5, True, None])
+def test_check_threads_refuses_what_is_not_a_positive_integer(bad):
+    from msolomon.runtime import check_threads
+
+    with pytest.raises(ValueError, match="threads must be an integer of at least 1"):
+        check_threads(bad)
+
+
+def test_set_threads_sets_torch_once_and_returns_the_count(restore_threads):
+    import torch
+
+    from msolomon.runtime import set_threads, threads_info
+
+    assert set_threads(1) == 1 and torch.get_num_threads() == 1
+    assert set_threads(2) == 2 and torch.get_num_threads() == 2
+    info = threads_info()
+    assert info["torch_threads"] == 2 and info["cores"] >= 1
+
+
+@pytest.mark.parametrize("command", [
+    ["-m", "msolomon.evaluation"], ["-m", "training.train"], ["-m", "training.synthesize"],
+    ["examples/quickstart.py"], ["bench/latency.py"], ["bench/throughput.py"], ["bench/index.py"], ["bench/train.py"],
+])
+def test_every_command_that_runs_a_model_takes_threads(command):
+    bad = subprocess.run([sys.executable, *command, "--threads", "0"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--threads must be an integer of at least 1" in bad.stderr
+
+
+# --- the index chooser -----------------------------------------------------------------------------------------
+
+def test_choose_index_by_corpus_size():
+    from msolomon.index import FLAT_MAX, HNSW_MAX, choose_index, ivf_lists
+
+    assert choose_index(0).factory == "Flat" and choose_index(FLAT_MAX).factory == "Flat"
+    mid = choose_index(FLAT_MAX + 1)
+    assert mid.factory.startswith("HNSW") and mid.ef_search and mid.nprobe is None
+    big = choose_index(HNSW_MAX * 4)
+    assert big.factory == f"IVF{ivf_lists(HNSW_MAX * 4)},Flat" and big.nprobe
+    assert [ivf_lists(n) for n in (1, 10_000, 100_000, 1_000_000)] == [1, 128, 256, 1024]
+    with pytest.raises(ValueError):
+        choose_index(-1)
+
+
+def test_auto_factory_builds_what_the_chooser_picks_and_keeps_its_settings(tmp_path, monkeypatch):
+    from msolomon import VectorIndex, index as index_module
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assert VectorIndex.build(x, factory="auto").factory == "Flat"
+    monkeypatch.setattr(index_module, "FLAT_MAX", 100)
+    hnsw = VectorIndex.build(x, factory="auto")
+    assert hnsw.factory == "HNSW32" and hnsw.index.hnsw.efSearch == index_module.HNSW_EF_SEARCH
+    assert [h.id for h in hnsw.search(x[5], k=1)] == [5]
+    hnsw.save(tmp_path / "idx")
+    assert VectorIndex.load(tmp_path / "idx").index.hnsw.efSearch == index_module.HNSW_EF_SEARCH
+    monkeypatch.setattr(index_module, "HNSW_MAX", 200)
+    ivf = VectorIndex.build(x, factory="auto")
+    assert ivf.factory.startswith("IVF") and ivf.index.nprobe == min(index_module.IVF_NPROBE, ivf.index.nlist)
+    ivf.save(tmp_path / "ivf")
+    assert VectorIndex.load(tmp_path / "ivf").index.nprobe == ivf.index.nprobe
+    assert VectorIndex.build(x, factory="auto", nprobe=2).index.nprobe == 2  # an explicit setting wins
+
+
+# --- each benchmark once, tiny ---------------------------------------------------------------------------------
+
+def test_bench_latency_tiny(tmp_path, restore_threads):
+    out = tmp_path / "latency.json"
+    assert _bench("latency").main(["--tiny", "--threads", "1", "--json", str(out)]) == 0  # 0: no mismatch
+    data = json.loads(out.read_text())
+    assert {"auto_over_always", "auto_over_never", "embed_path_over_never", "augment_over_prefill_plus_decode",
+            "kv_reuse_speedup"} <= set(data["ratios"])
+    assert set(data["p_at_1"]) == {"auto", "never", "always"} and data["machine"]["threads"] == 1
+    assert data["augmented"]["n"] >= 1 and not data["augmented"]["mismatches"]
+    assert data["ratios"]["augment_over_prefill_plus_decode"] > 0 and data["ratios"]["kv_reuse_speedup"] > 0
+
+
+def test_bench_throughput_tiny(tmp_path, restore_threads):
+    out = tmp_path / "throughput.json"
+    assert _bench("throughput").main(["--tiny", "--threads", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert "queries_batch4_over_one_at_a_time" in data["ratios"] and "candidates_batch4_over_batch1" in data["ratios"]
+    assert data["queries"]["batch4"]["items_per_s"] > 0 and data["candidates"]["batch1"]["peak_rss_mb"] > 0
+
+
+def test_bench_index_tiny(tmp_path, restore_threads):
+    out = tmp_path / "index.json"
+    assert _bench("index").main(["--tiny", "--threads", "1", "--sizes", "1000,3000", "--queries", "20",
+                                 "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    kinds = {(r["n"], r["kind"]) for r in data["rows"]}
+    assert kinds == {(n, k) for n in (1000, 3000) for k in ("Flat", "HNSW", "IVF")}
+    exact = [r for r in data["rows"] if r["kind"] == "Flat"]
+    assert all(r["recall_at_10"] == 1.0 for r in exact)
+    assert any(b is not None for b in data["best"]["3000"].values())
+
+
+def test_bench_train_tiny(tmp_path, restore_threads):
+    out = tmp_path / "train.json"
+    assert _bench("train").main(["--tiny", "--threads", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["ratios"]["selective_speedup"] > 0
+    assert abs(data["first_batch_loss"]["selective"] - data["first_batch_loss"]["full"]) < 1e-3
+    assert data["variants"]["selective"]["steps_per_s"] > 0
