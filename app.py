@@ -16,7 +16,6 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 import gradio as gr  # noqa: E402
