@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,12 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_threads() -> int:
-    """`$MSOLOMON_THREADS`, else `$OMP_NUM_THREADS`, else half the available cores (at least one)."""
+def default_threads(environ: Mapping[str, str] | None = None) -> int:
+    """`$MSOLOMON_THREADS`, else `$OMP_NUM_THREADS`, else half the available cores (at least one); `environ`:
+    the environment to read (default: this process's)."""
+    environ = os.environ if environ is None else environ
     for name in ("MSOLOMON_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
+        value = environ.get(name, "").strip()
         if value.isdigit() and int(value) >= 1:
             return int(value)
     return max(1, available_cores() // 2)

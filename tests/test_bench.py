@@ -158,3 +158,37 @@ def test_bench_train_tiny(tmp_path, restore_threads):
     assert data["ratios"]["selective_speedup"] > 0
     assert abs(data["first_batch_loss"]["selective"] - data["first_batch_loss"]["full"]) < 1e-3
     assert data["variants"]["selective"]["steps_per_s"] > 0
+
+
+def test_bench_two_processes_tiny(tmp_path):
+    out = tmp_path / "two.json"
+    done = subprocess.run([sys.executable, "bench/two_processes.py", "--tiny", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["ratios"]["slowdown_default_threads"] > 0
+    assert len(data["settings"]["default"]["pair_s"]) == 2
+
+
+def test_bench_thresholds_tiny(tmp_path, restore_threads):
+    out, png = tmp_path / "thresholds.json", tmp_path / "curve.png"
+    assert _bench("thresholds").main(["--tiny", "--threads", "1", "--json", str(out), "--plot", str(png)]) == 0
+    data = json.loads(out.read_text())
+    assert png.stat().st_size > 0
+    best, cheap = data["chosen"]["best_accuracy"], data["chosen"]["cheapest_at_always_accuracy"]
+    val = {e["threshold"]: e for e in data["curves"]["val"]}
+    assert best["val"]["overall"] == max(e["overall"] for e in val.values())
+    assert cheap["val"]["overall"] >= data["always_overall"]["val"]
+    assert cheap["test"]["threshold"] == cheap["threshold"]
+
+
+def test_threshold_choice_rules():
+    mod = _bench("thresholds")
+    curve = [{"threshold": 0.0, "overall": 50.0, "latency_ms_mean": 30.0},
+             {"threshold": 0.5, "overall": 52.0, "latency_ms_mean": 20.0},
+             {"threshold": 0.7, "overall": 52.0, "latency_ms_mean": 15.0},
+             {"threshold": 0.9, "overall": 50.0, "latency_ms_mean": 12.0},
+             {"threshold": 1.01, "overall": 40.0, "latency_ms_mean": 10.0}]
+    assert mod.best_accuracy(curve)["threshold"] == 0.7  # a tie in accuracy goes to the lower latency
+    assert mod.cheapest_at(curve, 50.0)["threshold"] == 0.9
+    assert mod.cheapest_at(curve, 60.0) is None
