@@ -25,7 +25,8 @@ from msolomon.demo.examples import INSTRUCTION_PRESETS  # noqa: E402
 from msolomon.demo.handlers import Handlers  # noqa: E402
 from msolomon.demo.panel import CARD_HEADERS, TEACHING  # noqa: E402
 from msolomon.demo.service import MODES, SearchService  # noqa: E402
-from msolomon.demo.settings import DemoSettings, default_threads  # noqa: E402
+from msolomon.demo.settings import DemoSettings  # noqa: E402
+from msolomon.runtime import add_threads_argument, set_threads  # noqa: E402
 
 logger = logging.getLogger("app")
 
@@ -211,7 +212,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes quantization")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--threads", type=int, default=default_threads(), help="torch and faiss threads, set once")
+    add_threads_argument(p)  # --threads N: torch's and faiss's threads, set once at start
     p.add_argument("--reports", default=None, help="folder of evaluation outputs for the error explorer")
     p.add_argument("--cache-dir", default=None, help="generated data and cached indexes (default ~/.cache/msolomon)")
     p.add_argument("--baselines", default=None, help="folder with noaug/ and alwaysaug/ (default assets/baselines)")
@@ -226,15 +227,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import faiss
-    import torch
-
-    torch.set_num_threads(args.threads)
-    faiss.omp_set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     from msolomon.model import DEFAULT_MODEL_DIR, MSolomon
 
     settings = DemoSettings(model=args.model, adapter=args.adapter, quantization=args.quantization, host=args.host,
-                            port=args.port, threads=args.threads, reports_dir=args.reports,
+                            port=args.port, threads=threads, reports_dir=args.reports,
                             corpus_scale=args.corpus_scale, max_batch=args.max_batch,
                             **{k: v for k, v in (("cache_dir", args.cache_dir), ("baselines_dir", args.baselines))
                                if v is not None})

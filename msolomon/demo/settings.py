@@ -61,8 +61,3 @@ class DemoSettings:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.max_batch < 1 or self.queue_size < 1:
             raise ValueError("max_batch and queue_size must be at least 1")
-
-
-def default_threads() -> int:
-    """Half the cores (at least one): the demo shares the machine with its users' browsers and other jobs."""
-    return max(1, (os.cpu_count() or 2) // 2)
