@@ -3,13 +3,14 @@ default (one thread per core, what every command used before `--threads`).
 
     python bench/two_processes.py [--model PATH] [--data DIR] [--queries 60] [--json FILE] [--tiny]
 
-(`--tiny` runs the default setting only.) The workload is a search service's or an evaluation's: MiniMMEB test queries (datasets in turn) encoded one at a
+The workload is a search service's or an evaluation's: MiniMMEB test queries (datasets in turn) encoded one at a
 time in auto mode. Each worker is its own `python` process that loads the model, waits until every worker is
 ready, then times only the encoding. For each thread setting: one worker alone, then two at once (the two-process
 case: an evaluation beside the demo, say); slowdown = a worker's time beside the other / its time alone. The
 settings run interleaved (alone, pair; alone, pair; ...) --rounds times; figures are medians.
-JSON: `ratios` (slowdown_default_threads, slowdown_torch_default_threads: the larger of the two workers),
-`settings`, `targets`.
+`--tiny` runs the default setting only; `--threads` is the workers' business here (each setting sets theirs), so
+the script itself ignores it. JSON: `ratios` (slowdown_default_threads, slowdown_torch_default_threads: the larger
+of the two workers), `settings`, `targets`.
 """
 from __future__ import annotations
 
