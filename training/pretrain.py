@@ -265,10 +265,30 @@ def stage_train(s: PretrainSettings, out: Path, data: Path):
     return model
 
 
+def shipped_matches(model, dest: Path) -> bool:
+    """Whether `dest` already holds `model`'s weights in float16 (a rerun then leaves the shipped files alone)."""
+    import torch
+
+    from msolomon.model import MSolomon
+
+    if not (Path(dest) / "model.safetensors").is_file():
+        return False
+    try:
+        shipped = MSolomon.from_pretrained(dest, device="cpu", dtype=torch.float32).model.state_dict()
+    except (ValueError, OSError):
+        return False
+    state = model.model.state_dict()
+    return set(shipped) == set(state) and all(
+        torch.equal(shipped[k], state[k].detach().cpu().to(torch.float16).to(torch.float32)) for k in state)
+
+
 def half_precision_copy(model, dest: Path) -> None:
     """Save `model` with its weights in float16 (loaded back in float32 for CPU compute)."""
     import torch
 
+    if shipped_matches(model, dest):
+        logger.info("%s already holds these weights in float16", dest)
+        return
     model.model.to(torch.float16)
     try:
         model.save_pretrained(dest)
