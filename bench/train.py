@@ -30,28 +30,26 @@ import _common as C  # noqa: E402
 REPRODUCE = {"batch_size": 32, "lr": 5e-4, "gen_weight": 1.0, "temperature": 0.02}
 
 
-def full_logits_loss(model, batch, examples, loop):
-    """`training.trainer.compute_loss` with the generation loss computed over every position's logits."""
+def full_logits_loss(model, batch, loop):
+    """`training.trainer.embedder_loss` with the generation loss computed over every position's logits."""
     import torch
     import torch.nn.functional as F
 
     from msolomon.backbone import unwrap
     from training.losses import info_nce
-    from training.trainer import target_keys
-
     q, t = batch["query"], batch["target"]
     device = model.device
     q_hidden = model.forward_hidden(q)
     t_hidden = model.forward_hidden(t)
     q_emb = q_hidden[torch.arange(q_hidden.shape[0], device=device), q["last_index"].to(device)]
     t_emb = t_hidden[torch.arange(t_hidden.shape[0], device=device), t["last_index"].to(device)]
-    keys = target_keys(examples, device, loop.collator.use_negatives) if loop.mask_false_negatives else None
+    keys = batch["target_keys"].to(device) if loop.mask_false_negatives else None
     rep = info_nce(q_emb, t_emb, q_emb.shape[0], loop.temperature, keys)
     logits = unwrap(model.model).lm_head(q_hidden[:, :-1]).float()  # (B, L-1, V): every position
     labels = q["labels"].to(device)[:, 1:]
     gen = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
     loss = rep.loss + loop.gen_weight * gen
-    return loss, {"loss": loss.item(), "rep_loss": rep.loss.item(), "gen_loss": gen.item()}
+    return loss, {"loss": loss.detach(), "rep_loss": rep.loss.detach(), "gen_loss": gen.detach()}
 
 
 def training_examples(args, folder: Path, tmp: Path, rows_per_dataset: int):
@@ -109,7 +107,7 @@ def main(argv=None) -> int:
     threads = C.start(args)
     import torch
 
-    from training.trainer import LoopSettings, OptimSettings, Trainer, compute_loss
+    from training.trainer import LoopSettings, OptimSettings, Trainer, embedder_loss
 
     model, model_name = load_base(args)
     bench, names, folder = C.minimmeb(args, split="train")
@@ -118,13 +116,13 @@ def main(argv=None) -> int:
         loop = LoopSettings(batch_size=batch, max_steps=steps + 1, seed=0, temperature=REPRODUCE["temperature"],
                             gen_weight=REPRODUCE["gen_weight"], optim=OptimSettings(lr=REPRODUCE["lr"]))
         other = type(model)(copy.deepcopy(model.model), model.processor, copy.deepcopy(model.settings))
-        trainers = {"selective": Trainer(model, examples, Path(tmp) / "a", loop, loss_fn=compute_loss),
+        trainers = {"selective": Trainer(model, examples, Path(tmp) / "a", loop, loss_fn=embedder_loss),
                     "full": Trainer(other, examples, Path(tmp) / "b", loop, loss_fn=full_logits_loss)}
         # the same loss either way (checked on the first batch, before any step)
         first = trainers["selective"].collator([examples[i] for i in range(batch)])
         with torch.no_grad():
-            a = compute_loss(model, first, examples[:batch], loop)[0].item()
-            b = full_logits_loss(other, first, examples[:batch], loop)[0].item()
+            a = embedder_loss(model, first, loop)[0].item()
+            b = full_logits_loss(other, first, loop)[0].item()
         if abs(a - b) > 1e-3 * max(1.0, abs(a)):
             raise SystemExit(f"the two generation losses differ: selective {a:.6f}, full {b:.6f}")
         for name, tr in trainers.items():  # warm-up step

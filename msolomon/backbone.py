@@ -311,7 +311,9 @@ def resolve_model_source(path_or_id: Any) -> Path:
     text = str(path_or_id).strip()
     if not text:
         raise ValueError("the model path is empty: pass a model folder or a hub id")
-    local = Path(text).expanduser()
+    from msolomon.files import readable_dir
+
+    local = readable_dir(Path(text).expanduser())  # a save killed between its renames left only NAME.old
     if local.exists():
         return local
     if looks_like_path(text):

@@ -38,6 +38,7 @@ from msolomon.data import DataFormatError, DatasetInfo, EvalRow
 from msolomon.inputs import Candidate, Query
 from msolomon.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, FLOOR_CHANCE, FLOOR_MAJORITY, TIMING_KEYS,
                               DatasetModeResult, aggregate_mode, is_correct, text_only_floor, threshold_curve)
+from msolomon.files import atomic_file
 from msolomon.report import (append_jsonl, atomic_write_json, atomic_write_text, markdown_report, output_paths,
                              plot_report, read_jsonl, write_jsonl)
 from msolomon.runtime import add_threads_argument, set_threads
@@ -489,10 +490,8 @@ class Sidecar:
 
     def save_candidates(self, dataset: str, signature: str, vecs: np.ndarray) -> None:
         p = self._cands(dataset, signature)
-        tmp = p.with_name(f".{p.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_file(p, "wb") as f:
             np.save(f, vecs)
-        os.replace(tmp, p)
 
     def drop_candidates(self, dataset: str) -> None:
         for p in self.folder.glob(f"{_safe_name(dataset)}.*.candidates.npy"):

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from msolomon.files import default_file_mode, readable_dir, replace_dir
 from msolomon.inputs import check_count
 
 FORMAT = "msolomon-vector-index"
@@ -196,9 +197,8 @@ class VectorIndex:
         _check_replaceable(path)
         meta = {"format": FORMAT, "version": VERSION, "dim": self.dim, "factory": self.factory,
                 "count": len(self), "metric": "inner_product"}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".saving", dir=path.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             with open(tmp / "payloads.jsonl", "w", encoding="utf-8") as fh:
                 for n, (i, p) in enumerate(zip(self.ids, self.payloads)):
                     try:
@@ -208,23 +208,11 @@ class VectorIndex:
                     fh.write(line + "\n")
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            mode = 0o666 & ~_umask()
+            mode = default_file_mode()
             for name in FILES:
                 os.chmod(tmp / name, mode)
-            os.chmod(tmp, 0o777 & ~_umask())
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-                os.replace(path, old / "index")
-                try:
-                    os.replace(tmp, path)
-                except OSError:
-                    os.replace(old / "index", path)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        replace_dir(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> "VectorIndex":
@@ -232,7 +220,7 @@ class VectorIndex:
         against it (a flat index byte for byte, others by size) before faiss reads it."""
         import faiss
 
-        path = Path(path)
+        path = readable_dir(path)  # a save killed between its two renames left only NAME.old: read that
         if not path.is_dir():
             raise ValueError(f"{path}: no such folder (a saved VectorIndex is a folder holding {', '.join(FILES)})")
         meta_file = path / "meta.json"
@@ -254,12 +242,6 @@ class VectorIndex:
                              f"{count} of dim {dim}")
         ids, payloads = _read_payloads(path / "payloads.jsonl", count)
         return cls(index, dim, factory, ids, payloads)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_replaceable(path: Path) -> None:

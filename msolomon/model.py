@@ -23,6 +23,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from msolomon import prompts
+from msolomon.files import replace_dir
 from msolomon.backbone import (
     FormatSettings,
     TinyConfig,
@@ -265,25 +266,16 @@ class MSolomon:
 
     def save_pretrained(self, path: str | Path) -> None:
         """Weights (safetensors; the adapter only for a peft model), tokenizer, image processor and the
-        format settings, written to a temporary folder then moved in place, so a crash leaves no half model."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp-save")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self.model.save_pretrained(str(tmp))
-        self.tokenizer.save_pretrained(str(tmp))
-        self.processor.image_processor.save_pretrained(str(tmp))
-        self.settings.save(tmp)
-        if path.exists():
-            old = path.with_name(path.name + ".tmp-old")
-            if old.exists():
-                shutil.rmtree(old)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
+        format settings, written to a staging folder that then takes `path`'s place (`msolomon.files.replace_dir`):
+        a kill at any point leaves the old model or the new one loadable."""
+        replace_dir(path, self.write_files)
+
+    def write_files(self, folder: Path) -> None:
+        """The files of `save_pretrained`, written straight into the existing folder `folder`."""
+        self.model.save_pretrained(str(folder))
+        self.tokenizer.save_pretrained(str(folder))
+        self.processor.image_processor.save_pretrained(str(folder))
+        self.settings.save(folder)
 
     # ------------------------------------------------------------------ forward passes
     def rope_positions(self, batch: dict):

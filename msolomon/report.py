@@ -5,39 +5,16 @@ half-written report or sidecar part behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from msolomon.files import (append_jsonl, atomic_file, atomic_write_json, atomic_write_jsonl, atomic_write_text,  # noqa: F401 (re-exported)
+                            default_file_mode, read_jsonl)
 
 MODE_ORDER = ("never", "auto", "always")
 MODE_LABELS = {"never": "never (NoAug path)", "auto": "auto (model decides)", "always": "always (AlwaysAug path)"}
 
 
-def default_file_mode() -> int:
-    """The permissions open() gives a new file under the current umask (mkstemp's files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def output_paths(out: Path) -> dict[str, Path]:
@@ -246,37 +223,11 @@ def plot_report(report: Mapping[str, Any], path: Path) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as fh:
+            fig.savefig(fh, format="png")
     finally:
         plt.close(fig)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All records of a jsonl file; a torn last line (from an interrupted append) is dropped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def append_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write_jsonl(path, records)

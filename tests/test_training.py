@@ -17,7 +17,7 @@ from msolomon import Candidate, MSolomon, Query
 from msolomon.data import TrainRow
 from msolomon.prompts import AUGMENT, EMBED
 from training.collator import Collator, assign_labels
-from training.trainer import LoopSettings, average_gradients, compute_loss
+from training.trainer import LoopSettings, MSolomonForTraining, distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = "zero one two three four five six seven eight nine".split()
@@ -65,11 +65,13 @@ def test_labels_cover_segment_and_terminal_only():
 
 
 def _loss_and_grads(model, examples, loop):
+    """The trainer's path: the trainable module, wrapped in stock DDP when two processes run."""
     batch = Collator(model.encoder)(examples)
-    loss, _ = compute_loss(model, batch, examples, loop)
+    module = MSolomonForTraining(model, loop=loop)
+    wrapped = distributed(module)  # held until backward: DDP's reducer runs there
+    loss = wrapped(batch)["loss"]
     loss.backward()
-    params = [p for p in model.model.parameters() if p.requires_grad]
-    average_gradients(params)
+    params = [p for p in module.parameters() if p.requires_grad]
     return loss.detach(), [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
@@ -212,8 +214,8 @@ def test_settings_from_a_config_file_with_command_line_overrides(tmp_path):
     cfg.write_text(f"data: {data}\nout: {tmp_path / 'out'}\nlabeling: noaug\nbatch_size: 4\nlr: 0.0005\n"
                    "tiny: {hidden_size: 96}\nlora_targets: [q_proj, v_proj]\n")
     config = parse_args(["--config", str(cfg), "--lr", "0.002", "--datasets", "A,B"])
-    assert config.batch_size == 4 and config.lr == 0.002 and config.datasets == ["A", "B"]
-    assert config.tiny == {"hidden_size": 96} and config.lora_targets == ["q_proj", "v_proj"]
+    assert config.loop.batch_size == 4 and config.loop.optim.lr == 0.002 and config.datasets == ["A", "B"]
+    assert config.model.tiny == {"hidden_size": 96} and config.model.lora_targets == ["q_proj", "v_proj"]
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"data: {data}\nout: x\nnot_a_setting: 1\n")
     with pytest.raises(SystemExit) as err:
@@ -232,8 +234,8 @@ def test_training_without_hard_negatives(tmp_path):
     loop = LoopSettings(collator=CollatorSettings(use_negatives=False))
     batch = Collator(model.encoder, loop.collator)(examples)
     assert batch["target"]["input_ids"].shape[0] == 6
-    loss, metrics = compute_loss(model, batch, examples, loop)
-    assert torch.isfinite(loss) and metrics["gen_loss"] > 0
+    out = MSolomonForTraining(model, loop=loop)(batch)
+    assert torch.isfinite(out["loss"]) and out["gen_loss"] > 0
 
 
 def test_a_kill_between_checkpoint_renames_recovers_the_previous_one(tmp_path):

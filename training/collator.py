@@ -1,20 +1,24 @@
 """Training examples and batches: label assignment (noaug / alwaysaug / adaptive) and collation.
 
 A training query is `prompt + segment + terminal` with labels on the segment and the terminal token
-(prompt and padding are -100): one teacher-forced pass gives both losses (DESIGN.md section 2).
+(prompt and padding are -100): one teacher-forced pass gives both losses (docs/architecture.md, "Training").
 The segment is `/embed` for datasets in D^E and `/augment <teacher answer>` for datasets in D^A.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import torch
+
 from msolomon import prompts
 from msolomon.data import TrainRow
+from msolomon.files import read_json
+from msolomon.settings import option
 from msolomon.processing import Encoder
 
 logger = logging.getLogger(__name__)
@@ -33,7 +37,7 @@ class Example:
 
 def load_split(path: str | Path) -> dict[str, list[str]]:
     """The pilot's split file (see training.pilot): {"augment": [...], "embed": [...], ...}."""
-    data = json.loads(Path(path).read_text())
+    data = read_json(path)
     split = data.get("split", data) if isinstance(data, dict) else None  # also a whole reproduce report
     if not isinstance(split, dict) or "augment" not in split or "embed" not in split:
         raise ValueError(f"{path}: a split file needs {{'augment': [...], 'embed': [...]}}")
@@ -72,9 +76,24 @@ def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mappin
 
 @dataclass
 class CollatorSettings:
-    max_segment_tokens: int = 64
-    padding_side: str = "right"
-    use_negatives: bool = True
+    """How examples become batches."""
+
+    max_segment_tokens: int = option(48, "teacher-answer tokens kept in a training segment")
+    padding_side: str = option("right", "where batches are padded", choices=("right", "left"))
+    use_negatives: bool = option(True, "encode the rows' hard negatives as extra targets")
+
+
+def target_keys(examples: Sequence[Example], use_negatives: bool = True) -> torch.Tensor:
+    """A content key per target (positives, then negatives): equal keys mark the same candidate, so a
+    query is not pushed away from another copy of its own positive (e.g. a shared class label)."""
+    def key(c) -> int:  # stable across processes (Python's hash() is salted per process)
+        text = f"{c.text}\x00{c.image if c.image is not None else ''}".encode()
+        return int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "big")
+
+    keys = [key(ex.row.positive) for ex in examples]
+    if use_negatives:  # exactly the targets the collator encoded
+        keys += [key(ex.row.negative) for ex in examples if ex.row.negative is not None]
+    return torch.tensor(keys, dtype=torch.long)
 
 
 class Collator:
@@ -95,5 +114,6 @@ class Collator:
         return {
             "query": enc.collate(queries, s.padding_side),
             "target": enc.collate(targets + negatives, s.padding_side),
+            "target_keys": target_keys(examples, s.use_negatives),
             "n_augment": sum(ex.decision == prompts.AUGMENT for ex in examples),
         }

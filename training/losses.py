@@ -44,7 +44,7 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
 @dataclass
 class RepOutput:
     loss: torch.Tensor
-    accuracy: float
+    accuracy: torch.Tensor  # 0-d, detached: read on the host only when logged
 
 
 def gather_keys(keys: torch.Tensor) -> torch.Tensor:
@@ -88,15 +88,15 @@ def info_nce(queries: torch.Tensor, targets: torch.Tensor, n_positives: int, tem
         same[torch.arange(q.shape[0], device=q.device), labels] = False
         scores = scores.masked_fill(same, float("-inf"))
     loss = F.cross_entropy(scores, labels)
-    accuracy = (scores.argmax(-1) == labels).float().mean().item()
+    accuracy = (scores.detach().argmax(-1) == labels).float().mean()
     return RepOutput(loss, accuracy)
 
 
 @dataclass
 class GenOutput:
     loss: torch.Tensor  # scaled so that averaging over ranks gives the global token mean
-    n_tokens: int
-    decision_accuracy: float
+    n_tokens: torch.Tensor  # 0-d
+    decision_accuracy: torch.Tensor  # 0-d, detached (NaN when no row is labelled)
 
 
 def generation_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head, decision_ids: tuple[int, int]) -> GenOutput:
@@ -124,5 +124,5 @@ def generation_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head, decisio
     is_first = first[where]
     pair = logits[is_first][:, list(decision_ids)]
     chosen = torch.where(pair[:, 0] >= pair[:, 1], decision_ids[0], decision_ids[1])
-    acc = (chosen == target[is_first]).float().mean().item() if is_first.any() else float("nan")
-    return GenOutput(loss, int(n_local.item()), acc)
+    acc = (chosen == target[is_first]).float().mean().detach()  # NaN when no row is labelled (mean of nothing)
+    return GenOutput(loss, n_local[0], acc)

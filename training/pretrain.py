@@ -15,15 +15,17 @@ Every stage skips what is done, so a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from msolomon.files import read_json
+from msolomon.settings import flat_settings, option, parse_settings, process_environment
+from training.trainer import LoopSettings, OptimSettings
 
 logger = logging.getLogger("training.pretrain")
 
@@ -34,68 +36,40 @@ BASE_BACKBONE: dict[str, Any] = {"hidden_size": 256, "num_layers": 4, "num_heads
                                  "vocab_size": 4096}
 
 
+def pretrain_loop() -> LoopSettings:
+    """The pretraining loop: the training loop's settings with pretraining's defaults."""
+    return LoopSettings(epochs=2.0, save_every=250, log_every=25,
+                        optim=OptimSettings(lr=2e-3, warmup_steps=200, weight_decay=0.01))
+
+
 @dataclass
 class PretrainSettings:
-    """Every setting of a pretraining run."""
+    """Every setting of a pretraining run; the loop's are `training.trainer.LoopSettings` (other defaults)."""
 
-    out: str = ""
-    data: str | None = None  # an existing pretraining data folder (default: OUT/data, generated)
-    benchmark: str | None = None  # the MiniMMEB folder to exclude (default: OUT/benchmark, generated)
-    benchmark_seed: int = 0
-    benchmark_scale: str = "small"
-    n_per_dataset: int = 2000
-    n_heldout: int = 40
-    datasets: list[str] | None = None
-    backbone: dict[str, Any] = field(default_factory=lambda: dict(BASE_BACKBONE))
-    seed: int = 0
-    batch_size: int = 32
-    epochs: float = 2.0
-    max_steps: int | None = None
-    lr: float = 2e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.01
-    max_response_tokens: int = 48
-    save_every: int = 250
-    log_every: int = 25
-    max_new_tokens: int = 48
-    threads: int | None = None
-    ship: str | None = None
+    out: str = option("", "the run folder (required)", metavar="DIR")
+    data: str | None = option(None, "an existing pretraining data folder (default: OUT/data, generated)",
+                              metavar="DIR")
+    benchmark: str | None = option(None, "the MiniMMEB folder whose images are excluded (default: OUT/benchmark, "
+                                   "generated)", metavar="DIR")
+    benchmark_seed: int = option(0, "seed of the MiniMMEB to stay apart from")
+    benchmark_scale: str = option("small", "scale of the MiniMMEB to stay apart from", choices=("tiny", "small", "full"))
+    n_per_dataset: int = option(2000, "training items per world builder")
+    n_heldout: int = option(40, "held-out items per world builder")
+    datasets: list[str] | None = option(None, "world builders to draw from (default: all)")
+    backbone: dict[str, Any] = option(dict(BASE_BACKBONE), "TinyConfig fields (merged over the default backbone)")
+    max_response_tokens: int = option(48, "answer tokens trained on per example")
+    max_new_tokens: int = option(48, "generated tokens per held-out answer")
+    threads: int | None = option(None, "CPU threads for torch and faiss (default: msolomon.runtime's)", metavar="N")
+    ship: str | None = option(None, "copy the base here in half precision with its model card (e.g. assets/base)",
+                              metavar="DIR")
+    loop: LoopSettings = field(default_factory=pretrain_loop)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PretrainSettings:
-    parser = argparse.ArgumentParser(prog="python -m training.pretrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = PretrainSettings()
-    helps = {"out": "run folder (required)", "data": "existing pretraining data folder",
-             "benchmark": "MiniMMEB folder whose images are excluded", "n_per_dataset": "items per world builder",
-             "n_heldout": "held-out items per world builder", "datasets": "comma-separated world builders",
-             "backbone": "JSON object of TinyConfig fields", "epochs": "passes over the data",
-             "max_steps": "stop after this many steps (overrides --epochs)", "threads": "torch threads",
-             "ship": "copy the base here in half precision with its model card (e.g. assets/base)"}
-    for f in fields(PretrainSettings):
-        default = getattr(defaults, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        kind = {"max_steps": int, "threads": int, "data": str, "benchmark": str, "ship": str}.get(
-            f.name, str if isinstance(default, (list, dict)) or default is None else type(default))
-        parser.add_argument(flag, dest=f.name, type=kind, default=None,
-                            help=f"{helps.get(f.name, f.name.replace('_', ' '))} (default: {default})")
-    args = parser.parse_args(argv)
-    values: dict[str, Any] = {}
-    for f in fields(PretrainSettings):
-        v = getattr(args, f.name)
-        if v is None:
-            continue
-        if f.name == "datasets":
-            v = [x.strip() for x in v.split(",") if x.strip()]
-        elif f.name == "backbone":
-            try:
-                v = {**BASE_BACKBONE, **json.loads(v)}
-            except (json.JSONDecodeError, TypeError) as err:
-                parser.error(f"--backbone must be a JSON object: {err}")
-        values[f.name] = v
-    settings = PretrainSettings(**values)
+    settings, _ = parse_settings(PretrainSettings, argv, prog="python -m training.pretrain", description=__doc__)
     if not settings.out:
-        parser.error("--out is required")
+        raise SystemExit("python -m training.pretrain: error: --out is required")
+    settings.backbone = {**BASE_BACKBONE, **settings.backbone}
     return settings
 
 
@@ -123,8 +97,9 @@ class PretrainCollator:
         return self.encoder.collate([self.encode(r) for r in rows], self.padding_side)
 
 
-def pretrain_loss(model, batch: dict, rows: Sequence[dict], loop) -> tuple[Any, dict]:
-    """Next-token cross-entropy on the answers (logits only where labels are) and its token accuracy."""
+def pretrain_loss(model, batch: dict, loop) -> tuple[Any, dict]:
+    """Next-token cross-entropy on the answers (logits only where labels are) and its token accuracy (figures
+    stay on the device: `MSolomonForTraining`'s loss function)."""
     import torch
 
     from msolomon.backbone import unwrap
@@ -136,8 +111,8 @@ def pretrain_loss(model, batch: dict, rows: Sequence[dict], loop) -> tuple[Any, 
     logits = unwrap(model.model).lm_head(hidden[:, :-1][where]).float()
     target = shifted[where]
     loss = torch.nn.functional.cross_entropy(logits, target)
-    acc = (logits.argmax(-1) == target).float().mean().item()
-    return loss, {"loss": loss.item(), "gen_loss": loss.item(), "token_acc": acc}
+    acc = (logits.argmax(-1) == target).float().mean()
+    return loss, {"loss": loss.detach(), "gen_loss": loss.detach(), "token_acc": acc}
 
 
 # --- generative evaluation -------------------------------------------------------------------------------------
@@ -216,7 +191,7 @@ def stage_data(s: PretrainSettings, out: Path, benchmark: Path) -> Path:
     path = out / "data"
     if not is_pretrain_data(path):
         generate(path, PretrainDataSettings(
-            n_per_dataset=s.n_per_dataset, n_heldout_per_dataset=s.n_heldout, seed=s.seed,
+            n_per_dataset=s.n_per_dataset, n_heldout_per_dataset=s.n_heldout, seed=s.loop.seed,
             benchmark_seed=s.benchmark_seed, benchmark_scale=s.benchmark_scale,
             datasets=tuple(s.datasets) if s.datasets else None), benchmark, progress=sys.stderr.isatty())
     return path
@@ -232,7 +207,7 @@ def build_base(s: PretrainSettings, rows: Sequence[dict], resume: Path | None):
         return MSolomon.from_pretrained(resume, device="cpu" if not torch.cuda.is_available() else None,
                                         dtype=torch.float32)
     corpus = default_corpus() + sorted({t for r in rows for t in (r["prompt"], r["response"])})
-    model = MSolomon.tiny(seed=s.seed, corpus=corpus, **s.backbone)
+    model = MSolomon.tiny(seed=s.loop.seed, corpus=corpus, **s.backbone)
     if torch.cuda.is_available():
         model.model.to("cuda")
     return model
@@ -240,7 +215,7 @@ def build_base(s: PretrainSettings, rows: Sequence[dict], resume: Path | None):
 
 def stage_train(s: PretrainSettings, out: Path, data: Path):
     from training.pretrain_data import load_rows
-    from training.trainer import CHECKPOINT, FINAL, STATE, LoopSettings, OptimSettings, Trainer, recover_checkpoint
+    from training.trainer import CHECKPOINT, FINAL, STATE, Trainer, recover_checkpoint
 
     final = out / FINAL
     if (final / "config.json").is_file():
@@ -251,11 +226,9 @@ def stage_train(s: PretrainSettings, out: Path, data: Path):
     recover_checkpoint(out)
     resume = out / CHECKPOINT if (out / CHECKPOINT / STATE).is_file() else None
     model = build_base(s, rows, resume)
-    loop = LoopSettings(batch_size=s.batch_size, epochs=s.epochs, max_steps=s.max_steps, seed=s.seed,
-                        save_every=s.save_every, log_every=s.log_every,
-                        optim=OptimSettings(lr=s.lr, weight_decay=s.weight_decay, warmup_steps=s.warmup_steps))
+    loop = s.loop
     collator = PretrainCollator(model.encoder, s.max_response_tokens)
-    trainer = Trainer(model, rows, out, loop, extra_state={"pretrain": asdict(s)}, collator=collator,
+    trainer = Trainer(model, rows, out, loop, extra_state={"pretrain": flat_settings(s)}, collator=collator,
                       loss_fn=pretrain_loss)
     logger.info("pretraining on %d examples for %d steps", len(rows), trainer.steps)
     t0 = time.perf_counter()
@@ -357,12 +330,10 @@ def plot_curves(log: Path, dest: Path) -> None:
 
 
 def run(s: PretrainSettings) -> dict:
-    import torch
-
     from training.pretrain_data import load_rows
 
     if s.threads:
-        torch.set_num_threads(s.threads)
+        process_environment(s.threads)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -375,7 +346,7 @@ def run(s: PretrainSettings) -> dict:
     timings["train_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     heldout = load_rows(data, "heldout")
-    result: dict[str, Any] = {"settings": asdict(s), "data": json.loads((data / "pretrain.json").read_text()),
+    result: dict[str, Any] = {"settings": flat_settings(s), "data": read_json(data / "pretrain.json"),
                               "eval": evaluate_base(model, heldout, s.max_new_tokens)}
     if s.ship:
         from msolomon.model import MSolomon
@@ -419,10 +390,9 @@ def write_base_card(result: dict, dest: Path, out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_args(argv)
+    process_environment(settings.threads)
     try:
         result = run(settings)
     except (ValueError, FileNotFoundError) as err:

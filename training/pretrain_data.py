@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from msolomon import prompts
+from msolomon.files import atomic_write_jsonl, atomic_write_text, install_dir
 
 logger = logging.getLogger(__name__)
 
@@ -191,16 +192,12 @@ def generate(out: str | Path, settings: PretrainDataSettings, benchmark: str | P
             if str(path.relative_to(tmp)) not in used:
                 path.unlink()
         for part, rows in splits.items():
-            (tmp / f"{part}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                               encoding="utf-8")
+            atomic_write_jsonl(tmp / f"{part}.jsonl", rows)
         meta = {"name": "M-Solomon pretraining data", "settings": asdict(settings), "counts": counts,
                 "n_train": len(splits["train"]), "n_heldout": len(splits["heldout"]),
                 "benchmark": str(benchmark), "benchmark_images": len(banned)}
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        install_dir(tmp, out, mode=0o755)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

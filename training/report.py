@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from msolomon.data import META_TASKS
+from msolomon.files import atomic_file, atomic_write_text
 from msolomon.metrics import correct_by_dataset, paired_gain_ci
 
 MAIN_ROWS = (("NoAug", "noaug", "never"), ("AlwaysAug", "alwaysaug", "always"), ("M-Solomon", "msolomon", "auto"))
@@ -224,10 +225,9 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
                 [ref[n].get("floor_text_only") for n in names])
     ax3.set_title("per dataset: P@1, text-only floor, chance")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_reproduce_report(result: Mapping[str, Any], out: Path) -> None:
@@ -236,12 +236,8 @@ def write_reproduce_report(result: Mapping[str, Any], out: Path) -> None:
     data = dict(result)
     data["claims"] = claims(result)
     data["gains"] = gains(result)
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / "report.json")
-    tmp = out / "report.md.tmp"
-    tmp.write_text(markdown(result))
-    os.replace(tmp, out / "report.md")
+    atomic_write_text(out / "report.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "report.md", markdown(result))
     plot(result, out / "report.png")
 
 

@@ -18,15 +18,18 @@ so a killed run resumes. Deterministic for a seed. `--scale tiny --init tiny` is
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
+
+from msolomon.files import atomic_write_json, atomic_write_text, read_json
+from msolomon.settings import flat_settings, option, parse_settings, process_environment
+from training.train import ModelSettings
+from training.trainer import LoopSettings, OptimSettings
 
 logger = logging.getLogger("training.reproduce")
 
@@ -36,29 +39,30 @@ NATIVE_MODE = {"noaug": "never", "alwaysaug": "always", "msolomon": "auto"}
 ALL_MODES = ("auto", "never", "always")
 
 
+def reproduce_loop() -> LoopSettings:
+    """The loop of the three fine-tuning runs: the training loop's settings with reproduce's defaults."""
+    return LoopSettings(epochs=2.0, save_every=500, log_every=20, optim=OptimSettings(lr=5e-4))
+
+
 @dataclass
 class ReproduceSettings:
-    out: str
-    seed: int = 0
-    scale: str = "small"
-    data: str | None = None  # an existing MiniMMEB folder instead of generating one
-    error_rate: float = 0.1  # the oracle teacher's rate of wrong answers
-    init: str = "base"  # "base" (assets/base), "tiny" (from scratch) or a checkpoint path
-    epochs: float = 2.0
-    max_steps: int | None = None
-    batch_size: int = 32
-    lr: float = 5e-4
-    gen_weight: float = 1.0
-    temperature: float = 0.02
-    tiny: dict[str, Any] = field(default_factory=dict)
-    margin: float = 1.0
-    max_new_tokens: int = 32
-    eval_limit: int | None = None
-    threads: int | None = None
-    datasets: list[str] | None = None  # a subset of MiniMMEB's datasets (default: all 15)
-    pilot_split: str = "val"  # where the pilot measures: the validation split carved from train
-    all_modes: bool = False  # evaluate every model in every mode (default: baselines in their own mode)
-    ship: str | None = None  # the assets folder: model/ and baselines/{noaug,alwaysaug}/ in half precision
+    """Every setting of the pipeline; the model and loop settings are `training.train`'s (other defaults)."""
+
+    out: str = option("", "the run folder; every stage skips what is already there (required)", metavar="DIR")
+    scale: str = option("small", "MiniMMEB's size", choices=("tiny", "small", "full"))
+    data: str | None = option(None, "an existing MiniMMEB folder instead of generating one", metavar="DIR")
+    error_rate: float = option(0.1, "the oracle teacher's rate of wrong answers")
+    margin: float = option(1.0, "the pilot's margin: augment a dataset when AlwaysAug beats NoAug by more (points)")
+    max_new_tokens: int = option(32, "generated tokens per augmentation at evaluation")
+    eval_limit: int | None = option(None, "test queries per dataset (default: all)")
+    threads: int | None = option(None, "CPU threads for torch and faiss (default: msolomon.runtime's)", metavar="N")
+    datasets: list[str] | None = option(None, "a subset of MiniMMEB's datasets (default: all 15)")
+    pilot_split: str = option("val", "where the pilot measures (the validation split carved from train; never test)")
+    all_modes: bool = option(False, "evaluate every model in every mode (default: each in its own mode)")
+    ship: str | None = option(None, "assets folder to write model/ and baselines/{noaug,alwaysaug}/ into (half "
+                              "precision, with model cards)", metavar="DIR")
+    model: ModelSettings = field(default_factory=ModelSettings)
+    loop: LoopSettings = field(default_factory=reproduce_loop)
 
 
 def stage_data(s: ReproduceSettings, out: Path) -> Path:
@@ -68,8 +72,8 @@ def stage_data(s: ReproduceSettings, out: Path) -> Path:
         return Path(s.data)
     data = out / "minimmeb"
     if not is_minimmeb(data):
-        logger.info("generating MiniMMEB (%s, seed %d)", s.scale, s.seed)
-        generate(data, seed=s.seed, scale=s.scale, datasets=s.datasets)
+        logger.info("generating MiniMMEB (%s, seed %d)", s.scale, s.loop.seed)
+        generate(data, seed=s.loop.seed, scale=s.scale, datasets=s.datasets)
     return data
 
 
@@ -78,7 +82,7 @@ def stage_synthesis(s: ReproduceSettings, data: Path, out: Path) -> Path:
 
     path = out / "synthesis.jsonl"
     synthesize(SynthesisSettings(data=str(data), out=str(path), backend="oracle", error_rate=s.error_rate,
-                                 seed=s.seed, progress=False))
+                                 seed=s.loop.seed, progress=False))
     return path
 
 
@@ -89,14 +93,11 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
     if (final / "config.json").is_file():
         return final
     config = TrainConfig(data=str(data), out=str(out / name), labeling=LABELING[name],
-                         augmentations=str(synthesis), split=str(split) if split else None, init=s.init,
-                         tiny=dict(s.tiny), model_seed=s.seed, seed=s.seed, batch_size=s.batch_size,
-                         epochs=s.epochs, max_steps=s.max_steps, lr=s.lr, gen_weight=s.gen_weight,
-                         temperature=s.temperature, save_every=500, log_every=20)
+                         augmentations=str(synthesis), split=str(split) if split else None, model=s.model, loop=s.loop)
     logger.info("training %s", name)
     t0 = time.perf_counter()
     path = run(config)
-    (out / name / "train_time_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+    atomic_write_text(out / name / "train_time_s.txt", f"{time.perf_counter() - t0:.1f}\n")
     return path
 
 
@@ -135,10 +136,8 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
 
 
 def run(s: ReproduceSettings) -> dict:
-    import torch
-
     if s.threads:
-        torch.set_num_threads(s.threads)
+        process_environment(s.threads)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -167,11 +166,11 @@ def run(s: ReproduceSettings) -> dict:
         timings[f"eval_{name}_s"] = time.perf_counter() - t
     from training.report import write_reproduce_report
 
-    split_data = json.loads(split.read_text())
+    split_data = read_json(split)
     from msolomon.data.minimmeb import load_minimmeb
     from training.report import mirror_sets
 
-    result = {"split": split_data, "models": reports, "settings": asdict(s),
+    result = {"split": split_data, "models": reports, "settings": flat_settings(s),
               "mirrors": mirror_sets(load_minimmeb(data)["datasets"]),
               "timings_s": accumulate_timings(out / "timings.json", timings)}
     write_reproduce_report(result, out)
@@ -183,26 +182,30 @@ def run(s: ReproduceSettings) -> dict:
 def accumulate_timings(path: Path, timings: dict[str, float]) -> dict[str, float]:
     """Stage times summed over every invocation on this folder, so a resumed (or re-shipped) run still reports
     the time its stages really took."""
-    total = json.loads(path.read_text()) if path.is_file() else {}
+    total = read_json(path, {}) or {}
     for key, value in timings.items():
         total[key] = round(total.get(key, 0.0) + value, 1)
     total["total_s"] = round(sum(v for k, v in total.items() if k != "total_s"), 1)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(total, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, total, sort_keys=True)
     return {key: total[key] for key in [*timings, "total_s"]}
 
 
 def command_line(s: ReproduceSettings) -> str:
-    defaults = ReproduceSettings(out="")
+    """The command that reproduces `s` (the settings that differ from the defaults)."""
+    defaults = flat_settings(ReproduceSettings())
     parts = ["python -m training.reproduce", f"--out {s.out}"]
-    for key, value in asdict(s).items():
-        if key == "datasets" and value:
-            parts.append(f"--datasets {','.join(value)}")
-        elif key not in ("out", "ship", "tiny", "datasets") and value != getattr(defaults, key):
-            parts.append(f"--{key.replace('_', '-')} {value}")
-    if s.tiny:
-        parts.append(f"--tiny '{json.dumps(s.tiny)}'")
+    for key, value in flat_settings(s).items():
+        if key in ("out", "ship") or value == defaults.get(key):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            parts.append(f"{flag} {','.join(map(str, value))}")
+        elif isinstance(value, dict):
+            parts.append(f"{flag} '{json.dumps(value)}'")
+        else:
+            parts.append(f"{flag} {value}")
     if s.ship:
         parts.append(f"--ship {s.ship}")
     return " ".join(parts)
@@ -230,37 +233,13 @@ def ship_models(result: dict, finals: dict[str, Path], assets: Path, command: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m training.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    defaults = ReproduceSettings(out="")
-    helps = {"init": "base (assets/base), tiny (from scratch) or a checkpoint path",
-             "pilot_split": "where the pilot measures (val; never the test sets)",
-             "ship": "assets folder to write model/ and baselines/ into (half precision, with model cards)",
-             "threads": "torch threads (default: torch's)", "eval_limit": "test queries per dataset (default: all)"}
-    for name in ("seed", "scale", "data", "error_rate", "init", "epochs", "max_steps", "batch_size", "lr",
-                 "gen_weight", "temperature", "margin", "max_new_tokens", "eval_limit", "threads", "pilot_split",
-                 "ship"):
-        default = getattr(defaults, name)
-        kind = {"max_steps": int, "eval_limit": int, "threads": int, "data": str, "ship": str}.get(name, type(default))
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=default,
-                            help=f"{helps.get(name, name.replace('_', ' '))} (default: {default})")
-    parser.add_argument("--all-modes", action="store_true", help="evaluate every model in every mode")
-    parser.add_argument("--tiny", default="{}", help="JSON object of TinyConfig overrides")
-    parser.add_argument("--datasets", default=None, help="comma-separated subset of MiniMMEB's datasets")
-    args = parser.parse_args(argv)
-    try:
-        tiny = json.loads(args.tiny)
-    except json.JSONDecodeError as err:
-        parser.error(f"--tiny must be a JSON object: {err}")
-    values = {k: v for k, v in vars(args).items() if k not in ("tiny", "datasets")}
-    values["datasets"] = [d for d in args.datasets.split(",") if d] if args.datasets else None
-    settings = ReproduceSettings(**values, tiny=tiny)
+    settings, args = parse_settings(ReproduceSettings, argv, prog="python -m training.reproduce", description=__doc__)
+    if not settings.out:
+        raise SystemExit("python -m training.reproduce: error: --out is required")
     if settings.data and not Path(settings.data).is_dir():
-        parser.error(f"--data {settings.data}: no such folder")
+        raise SystemExit(f"python -m training.reproduce: error: --data {settings.data}: no such folder")
+    process_environment(settings.threads)
     try:
         run(settings)
     except ValueError as err:

@@ -37,6 +37,7 @@ from typing import Any  # noqa: E402
 
 from msolomon import prompts  # noqa: E402
 from msolomon.data import DataFormatError  # noqa: E402
+from msolomon.files import atomic_write_text  # noqa: E402
 from msolomon.runtime import add_threads_argument, set_threads  # noqa: E402
 from training.teachers import (  # noqa: E402
     BACKENDS,
@@ -446,9 +447,7 @@ def _report(summary: dict[str, Any], out: Path) -> None:
         logger.info("  %-24s total %6d  skipped %6d  done %6d  ok %6d  no_answer %5d  error %5d",
                     name, c["total"], c["skipped"], c["done"], c["ok"], c["no_answer"], c["error"])
     path = summary_path(out)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     logger.info("synthesis%s: %d done this run (ok %d, no_answer %d, error %d), %d skipped as already done, "
                 "%.1fs; %s, summary in %s", " interrupted" if summary["interrupted"] else "", t["done"], t["ok"],
                 t["no_answer"], t["error"], t["skipped"], summary["elapsed_s"], out, path)

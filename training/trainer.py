@@ -1,26 +1,28 @@
-"""The joint trainer: L = L_rep + λ·L_gen from one teacher-forced pass per query.
+"""The joint trainer: L = L_rep + λ·L_gen from one teacher-forced pass per query (pretraining: the next-token loss).
 
-Runs in one process or many (torchrun / `accelerate launch` set the usual env variables; gloo on CPU,
-nccl on GPU). Gradients are averaged over ranks after each backward, as DDP does, and the InfoNCE
-gathers embeddings across ranks, so N processes on a global batch equal one process on it.
-Checkpoints are written atomically (safetensors weights, optimizer state, trainer state); a killed run
-resumes from the last one with the same data order.
+The trained thing is `MSolomonForTraining`, an `nn.Module` whose forward returns the losses and figures; with more
+than one process (torchrun / `accelerate launch` set the usual env variables; gloo on CPU, nccl on GPU) it is
+wrapped in stock `DistributedDataParallel`, and the InfoNCE gathers embeddings across ranks, so N processes on a
+global batch equal one process on it. Batches come from a `DataLoader` (the collator as `collate_fn`, `StepSampler`
+keeping the seeded order and resume, `workers` collating in other processes). Checkpoints are folders replaced
+atomically (`msolomon.files.replace_dir`: safetensors weights, optimizer state, trainer state); a killed run resumes
+from the last one with the same data order.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from msolomon.backbone import unwrap
+from msolomon.files import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, recover_dir, replace_dir
+from msolomon.settings import option
 from training.collator import Collator, CollatorSettings, Example
 from training.losses import generation_loss, info_nce, world
 
@@ -30,49 +32,61 @@ CHECKPOINT = "checkpoint"
 FINAL = "final"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
+LOG = "train_log.jsonl"
 POSTFIX = (("loss", "loss"), ("rep_loss", "rep"), ("gen_loss", "gen"), ("decision_acc", "dec"), ("token_acc", "tok"))
 
 
 @dataclass
 class OptimSettings:
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    max_grad_norm: float = 1.0
+    """AdamW with linear warm-up and decay."""
+
+    lr: float = option(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.01, "AdamW weight decay (matrices only; biases and norms get none)")
+    warmup_steps: int = option(50, "linear warm-up steps (at most half the run)")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
 
 
 @dataclass
 class LoopSettings:
-    batch_size: int = 32  # per process and micro-batch
-    grad_accum: int = 1
-    max_steps: int | None = None
-    epochs: float = 1.0
-    seed: int = 0
-    temperature: float = 0.02
-    gen_weight: float = 1.0  # λ
-    save_every: int = 200
-    log_every: int = 10
-    bf16: bool | None = None  # default: on for CUDA
-    mask_false_negatives: bool = True
+    """The loop: batches, the loss's weights, logging and checkpoints."""
+
+    batch_size: int = option(32, "examples per process and micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    max_steps: int | None = option(None, "optimizer steps (default: from --epochs)")
+    epochs: float = option(1.0, "passes over the training examples (when --max-steps is not given)")
+    seed: int = option(0, "seed of the data order")
+    temperature: float = option(0.02, "InfoNCE temperature")
+    gen_weight: float = option(1.0, "λ, the weight of the generation loss")
+    save_every: int = option(200, "steps between checkpoints")
+    log_every: int = option(10, "steps between log lines (the only host syncs of the loop)")
+    bf16: bool | None = option(None, "bf16 autocast (default: on for CUDA)")
+    mask_false_negatives: bool = option(True, "do not use other copies of a query's positive as its negatives")
+    workers: int = option(0, "DataLoader worker processes collating batches (0: on the training thread)")
     collator: CollatorSettings = field(default_factory=CollatorSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
 
 
-def target_keys(examples: Sequence[Example], device, use_negatives: bool = True) -> torch.Tensor:
-    """A content key per target (positives, then negatives): equal keys mark the same candidate, so a
-    query is not pushed away from another copy of its own positive (e.g. a shared class label)."""
-    def key(c) -> int:  # stable across processes (Python's hash() is salted per process)
-        text = f"{c.text}\x00{c.image if c.image is not None else ''}".encode()
-        return int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "big")
+class MSolomonForTraining(torch.nn.Module):
+    """The thing being trained: an `nn.Module` whose `forward(batch)` returns `{"loss": tensor, **figures}` (the
+    figures detached 0-d tensors or numbers, read on the host only when logged). Wraps an `MSolomon` (its backbone
+    is this module's only child, so `parameters()`, `train()` and `DistributedDataParallel` see exactly it) and a
+    loss function `loss_fn(msolomon, batch, loop) -> (loss, figures)`: `embedder_loss` (L_rep + λ·L_gen) by
+    default, `training.pretrain.pretrain_loss` for pretraining."""
 
-    keys = [key(ex.row.positive) for ex in examples]
-    if use_negatives:  # exactly the targets the collator encoded
-        keys += [key(ex.row.negative) for ex in examples if ex.row.negative is not None]
-    return torch.tensor(keys, dtype=torch.long, device=device)
+    def __init__(self, model, loss_fn: Callable | None = None, loop: LoopSettings | None = None):
+        super().__init__()
+        self.backbone = model.model
+        object.__setattr__(self, "msolomon", model)  # not a module: keep it out of the module tree
+        self.loss_fn = loss_fn or embedder_loss
+        self.loop = loop or LoopSettings()
+
+    def forward(self, batch: dict) -> dict:
+        loss, figures = self.loss_fn(self.msolomon, batch, self.loop)
+        return {**figures, "loss": loss}  # the figures' "loss" is detached: this one carries the graph
 
 
-def compute_loss(model, batch: dict, examples: Sequence[Example], loop: LoopSettings):
-    """Loss and metrics of one micro-batch (this process's shard)."""
+def embedder_loss(model, batch: dict, loop: LoopSettings):
+    """L_rep + λ·L_gen of one micro-batch (this process's shard) and its figures, with no host sync."""
     q = batch["query"]
     t = batch["target"]
     device = model.device
@@ -83,30 +97,34 @@ def compute_loss(model, batch: dict, examples: Sequence[Example], loop: LoopSett
     q_emb = q_hidden[rows_q, q["last_index"].to(device)]
     t_emb = t_hidden[rows_t, t["last_index"].to(device)]
     n_pos = q_emb.shape[0]
-    keys = target_keys(examples, device, loop.collator.use_negatives) if loop.mask_false_negatives else None
+    keys = batch["target_keys"].to(device) if loop.mask_false_negatives else None
     rep = info_nce(q_emb, t_emb, n_pos, loop.temperature, keys)
     gen = generation_loss(q_hidden, q["labels"].to(device), unwrap(model.model).lm_head,
                           (model.augment_id, model.embed_id))
     loss = rep.loss + loop.gen_weight * gen.loss
-    metrics = {"loss": loss.item(), "rep_loss": rep.loss.item(), "gen_loss": gen.loss.item(),
+    figures = {"loss": loss.detach(), "rep_loss": rep.loss.detach(), "gen_loss": gen.loss.detach(),
                "in_batch_acc": rep.accuracy, "decision_acc": gen.decision_accuracy,
                "augment_share": batch["n_augment"] / max(n_pos, 1)}
-    return loss, metrics
+    return loss, figures
 
 
-def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
-    """All-reduce and average gradients over ranks (what DDP does, without its forward wrapper, so the
-    model's own forward helpers can be called directly)."""
-    rank, size = world()
+def distributed(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` wrapped in stock DistributedDataParallel when torch.distributed runs with more than one process
+    (bucketed gradient all-reduce, averaged over ranks); `module` itself otherwise. A rank's shard may hold no image,
+    leaving the vision tower unused there: `find_unused_parameters` covers that."""
+    _, size = world()
     if size == 1:
-        return
-    import torch.distributed as dist
+        return module
+    from torch.nn.parallel import DistributedDataParallel
 
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad /= size
+    device = next(module.parameters()).device
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True, broadcast_buffers=False)
+
+
+def host_figures(figures: dict) -> dict[str, float]:
+    """The figures as plain floats (the one host sync, at logging time)."""
+    return {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in figures.items()}
 
 
 def batch_indices(n_examples: int, step: int, micro: int, loop: LoopSettings) -> list[int]:
@@ -125,47 +143,46 @@ def batch_indices(n_examples: int, step: int, micro: int, loop: LoopSettings) ->
     return perm[start:start + loop.batch_size].tolist()
 
 
+class StepSampler(torch.utils.data.Sampler):
+    """The DataLoader's batch sampler: this rank's micro-batches of steps `start`..`stop` in the seeded order of
+    `batch_indices` (so a resumed run continues exactly where the killed one was)."""
+
+    def __init__(self, n_examples: int, loop: LoopSettings, start: int, stop: int):
+        self.n, self.loop, self.start, self.stop = n_examples, loop, start, stop
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            for micro in range(self.loop.grad_accum):
+                yield batch_indices(self.n, step, micro, self.loop)
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start) * self.loop.grad_accum
+
+
 def total_steps(n_examples: int, loop: LoopSettings) -> int:
     _, size = world()
     per_epoch = n_examples // (loop.batch_size * size * loop.grad_accum)
     return loop.max_steps if loop.max_steps is not None else max(1, math.ceil(per_epoch * loop.epochs))
 
 
-def _trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in model.model.named_parameters() if p.requires_grad]
-
-
 def save_checkpoint(model, optimizer, scheduler, step: int, out: Path, extra: dict) -> None:
-    """Model (MSolomon.save_pretrained: safetensors), optimizer and scheduler state, trainer state; written
-    into a temporary folder and renamed, so a kill never leaves a half checkpoint."""
+    """Model (MSolomon's files: safetensors), optimizer and scheduler state, trainer state, as one folder replaced
+    all or nothing (`msolomon.files.replace_dir`), so a kill never leaves a half checkpoint."""
     rank, _ = world()
     if rank != 0:
         return
-    final = out / CHECKPOINT
-    tmp = out / (CHECKPOINT + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER)
-    (tmp / STATE).write_text(json.dumps({"step": step, **extra}, indent=2, sort_keys=True))
-    old = out / (CHECKPOINT + ".old")
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+
+    def write(folder: Path) -> None:
+        model.write_files(folder)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, folder / OPTIMIZER)
+        atomic_write_json(folder / STATE, {"step": step, **extra}, sort_keys=True, default=str)
+
+    replace_dir(out / CHECKPOINT, write)
 
 
 def recover_checkpoint(out: Path) -> None:
     """If a kill fell between the two renames of `save_checkpoint`, put the previous complete checkpoint back."""
-    final, old = out / CHECKPOINT, out / (CHECKPOINT + ".old")
-    if not (final / STATE).is_file() and (old / STATE).is_file():
-        if final.exists():
-            shutil.rmtree(final)
-        old.rename(final)
-        logger.warning("recovered the previous checkpoint from %s", old)
+    recover_dir(Path(out) / CHECKPOINT, complete=lambda p: (p / STATE).is_file())
 
 
 def load_optimizer_state(path: Path, optimizer, scheduler) -> None:
@@ -175,23 +192,24 @@ def load_optimizer_state(path: Path, optimizer, scheduler) -> None:
 
 
 class Trainer:
-    """Owns the loop: batches, losses, optimisation, logging, checkpoints, resume."""
+    """Owns the loop: batches, optimisation, logging, checkpoints, resume; the losses are `MSolomonForTraining`'s."""
 
-    def __init__(self, model, examples: Sequence[Example], out_dir: str | Path, loop: LoopSettings | None = None,
+    def __init__(self, model, examples: Sequence, out_dir: str | Path, loop: LoopSettings | None = None,
                  extra_state: dict | None = None, collator: Callable[[Sequence], dict] | None = None,
                  loss_fn: Callable | None = None):
         """`collator` and `loss_fn` default to the embedder's (L_rep + λ·L_gen); pretraining passes its own
-        (next-token loss only), so both stages share batching, checkpoints and resume."""
+        (next-token loss only), so both stages share the module, batching, checkpoints and resume."""
         self.model = model
         self.examples = list(examples)
         self.out = Path(out_dir)
         self.loop = loop or LoopSettings()
         self.extra_state = extra_state or {}
         self.collator = collator or Collator(model.encoder, self.loop.collator)
-        self.loss_fn = loss_fn or compute_loss
-        self.params = [p for _, p in _trainable(model)]
+        self.module = MSolomonForTraining(model, loss_fn, self.loop)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
+        self.wrapped = distributed(self.module)
         o = self.loop.optim
         decay = [p for p in self.params if p.ndim >= 2]
         no_decay = [p for p in self.params if p.ndim < 2]
@@ -208,54 +226,56 @@ class Trainer:
         use = self.loop.bf16 if self.loop.bf16 is not None else device.type == "cuda"
         if use:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        import contextlib
-
         return contextlib.nullcontext()
 
-    def train_step(self, step: int) -> dict:
-        self.model.model.train()
-        metrics_sum: dict[str, float] = {}
-        for micro in range(self.loop.grad_accum):
-            idx = batch_indices(len(self.examples), step, micro, self.loop)
-            chunk = [self.examples[i] for i in idx]
-            batch = self.collator(chunk)
-            with self._autocast():
-                loss, metrics = self.loss_fn(self.model, batch, chunk, self.loop)
-            (loss / self.loop.grad_accum).backward()
-            for k, v in metrics.items():
-                metrics_sum[k] = metrics_sum.get(k, 0.0) + v / self.loop.grad_accum
-        average_gradients(self.params)
+    def batches(self, start: int, stop: int | None = None) -> torch.utils.data.DataLoader:
+        """The collated micro-batches of steps `start`..`stop` (default: the last), in order."""
+        sampler = StepSampler(len(self.examples), self.loop, start, self.steps if stop is None else stop)
+        return torch.utils.data.DataLoader(self.examples, batch_sampler=sampler, collate_fn=self.collator,
+                                           num_workers=self.loop.workers,
+                                           persistent_workers=False, multiprocessing_context=(
+                                               "spawn" if self.loop.workers else None))
+
+    def train_step(self, step: int, micro_batches: Sequence[dict] | None = None) -> dict:
+        """One optimizer step over `micro_batches` (default: this step's, collated here); returns the figures
+        (averaged over micro-batches, still on the device)."""
+        if micro_batches is None:
+            micro_batches = list(self.batches(step, step + 1))
+        self.module.train()
+        figures: dict = {}
+        n = len(micro_batches)
+        for i, batch in enumerate(micro_batches):
+            sync = i == n - 1 or self.wrapped is self.module  # DDP all-reduces on the last micro-batch only
+            with contextlib.nullcontext() if sync else self.wrapped.no_sync():
+                with self._autocast():
+                    out = self.wrapped(batch)
+                (out["loss"] / n).backward()
+            for k, v in out.items():
+                v = v.detach() if isinstance(v, torch.Tensor) else v
+                figures[k] = figures.get(k, 0.0) + v / n
         if self.loop.optim.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.loop.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics_sum["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics_sum
+        figures["lr"] = self.scheduler.get_last_lr()[0]
+        return figures
 
     def _log_path(self) -> Path:
-        return self.out / "train_log.jsonl"
+        return self.out / LOG
 
     def _trim_log(self, upto: int) -> None:
         """Drop log lines past the resumed step (they came from the killed run after its checkpoint)."""
         path = self._log_path()
-        if not path.is_file():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= upto:
-                    keep.append(line)
-            except (ValueError, KeyError):
-                continue
-        path.write_text("".join(k + "\n" for k in keep))
+        if path.is_file():
+            atomic_write_jsonl(path, [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", upto + 1) <= upto])
 
     def resume_step(self) -> int:
         ckpt = self.out / CHECKPOINT
         recover_checkpoint(self.out)
-        if not (ckpt / STATE).is_file():
+        state = read_json(ckpt / STATE)
+        if not isinstance(state, dict) or "step" not in state:
             return 0
-        state = json.loads((ckpt / STATE).read_text())
         load_optimizer_state(ckpt, self.optimizer, self.scheduler)
         logger.info("resuming from %s at step %d", ckpt, state["step"])
         return int(state["step"])
@@ -269,25 +289,24 @@ class Trainer:
         start = self.resume_step()
         if rank == 0:
             self._trim_log(start)
-        settings = {"loop": asdict(self.loop), "n_examples": len(self.examples), "world_size": size,
-                    "total_steps": self.steps, **self.extra_state}
-        if rank == 0:
-            (self.out / "train_settings.json").write_text(json.dumps(settings, indent=2, sort_keys=True, default=str))
+            settings = {"loop": asdict(self.loop), "n_examples": len(self.examples), "world_size": size,
+                        "total_steps": self.steps, **self.extra_state}
+            atomic_write_json(self.out / "train_settings.json", settings, sort_keys=True, default=str)
         bar = tqdm(range(start, self.steps), initial=start, total=self.steps, desc="training", disable=rank != 0)
         t0 = time.perf_counter()
+        loader = iter(self.batches(start))
         for step in bar:
-            metrics = self.train_step(step)
+            figures = self.train_step(step, [next(loader) for _ in range(self.loop.grad_accum)])
             done = step + 1
             if rank == 0 and (done % self.loop.log_every == 0 or done == self.steps):
-                row = {"step": done, "elapsed_s": round(time.perf_counter() - t0, 2),
-                       **{k: round(v, 5) for k, v in metrics.items()}}
-                with open(self._log_path(), "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                metrics = host_figures(figures)
+                append_jsonl(self._log_path(), [{"step": done, "elapsed_s": round(time.perf_counter() - t0, 2),
+                                                 **{k: round(v, 5) for k, v in metrics.items()}}])
                 bar.set_postfix({short: f"{metrics[key]:.3f}" for key, short in POSTFIX if key in metrics})
             if done % self.loop.save_every == 0 and done < self.steps:
-                self.model.model.eval()
+                self.module.eval()
                 save_checkpoint(self.model, self.optimizer, self.scheduler, done, self.out, self.extra_state)
-        self.model.model.eval()
+        self.module.eval()
         final = self.out / FINAL
         if rank == 0:
             self.model.save_pretrained(final)

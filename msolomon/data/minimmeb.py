@@ -40,6 +40,7 @@ from typing import Any
 
 from msolomon import prompts
 from msolomon.data import META_TASKS
+from msolomon.files import atomic_write_text, install_dir
 from msolomon.worlds.charts import build_chart_vqa
 from msolomon.worlds.common import Ctx, Item, Store, Target, rng_for, same_words
 from msolomon.worlds.digits import (build_digits_cls, build_digits_r, build_digits_vqa, digit_pools, digit_split,
@@ -180,11 +181,7 @@ def _dumps(obj: Any) -> str:
 
 def _write_text(path: Path, text: str) -> None:
     """Write to a temporary name, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
@@ -269,14 +266,7 @@ def generate(out: str | Path, seed: int = 0, scale: str = "small", n_candidates:
                              "n_candidates": settings.n_candidates},
                 "datasets": {k: entries[k] for k in sorted(entries)}}
         _write_text(tmp / META_FILE, json.dumps(meta, sort_keys=True, indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        install_dir(tmp, out, mode=0o755)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from msolomon.demo.settings import Limits
+from msolomon.files import atomic_write_text
 from msolomon.index import VectorIndex
 from msolomon.inputs import Candidate
 from msolomon.prompts import MMEB_IMAGE_PLACEHOLDER
@@ -150,11 +151,7 @@ class IndexCache:
                 progress(done / len(payloads), f"encoded {done} / {len(payloads)} candidates")
         index = VectorIndex.build(np.concatenate(vectors, 0), payloads)
         if where is not None:
-            tmp = where.with_name(where.name + ".tmp-save")
-            shutil.rmtree(tmp, ignore_errors=True)
-            index.save(tmp)
-            shutil.rmtree(where, ignore_errors=True)
-            tmp.rename(where)
+            index.save(where)
         return index, False
 
 
@@ -191,10 +188,7 @@ def minimmeb_payloads(bench: Any, cache_file: Path | None = None) -> list[dict]:
             logger.info("rebuilding the unreadable candidate list %s", cache_file)
     payloads = _read_payloads(bench)
     if cache_file is not None:
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
-        tmp.write_text(json.dumps({"stamp": stamp, "folder": str(bench.folder), "payloads": payloads}),
-                       encoding="utf-8")
-        tmp.replace(cache_file)
+        atomic_write_text(cache_file, json.dumps({"stamp": stamp, "folder": str(bench.folder), "payloads": payloads}))
     return payloads
 
 
