@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from msolomon.model import AUGMENT_MODES
 from msolomon.data import DataFormatError, DatasetInfo, EvalRow
 from msolomon.inputs import Candidate, Query
 from msolomon.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, FLOOR_CHANCE, FLOOR_MAJORITY, TIMING_KEYS,
@@ -45,7 +46,7 @@ from msolomon.runtime import add_threads_argument, set_threads
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "never", "always")
+MODES = AUGMENT_MODES  # msolomon.model's
 DEFAULT_THRESHOLDS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TIE_RULE = "a query counts only when the positive (candidate 0) is the unique top score; ties count as wrong"
 FLOOR_NOTES = {

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence, get_args, overload
 
 import numpy as np
 
@@ -44,7 +44,8 @@ from msolomon.processing import Encoder, ImageLimits, ItemEncoding
 
 logger = logging.getLogger(__name__)
 
-AUGMENT_MODES = ("auto", "never", "always")
+AugmentMode = Literal["auto", "never", "always"]  # the model decides; force `/embed` (NoAug); force `/augment`
+AUGMENT_MODES: tuple[str, ...] = get_args(AugmentMode)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "model"
 
 
@@ -127,6 +128,17 @@ def files_signature(*folders: str | Path | None) -> str | None:
                 h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
                 found = True
     return h.hexdigest()[:16] if found else None
+
+
+@dataclass
+class RowOutcome:
+    """What one query row of a batch ended with: its terminal state, its segment and its clock readings."""
+
+    embedding: Any  # (H,) float32 torch tensor on the CPU, not yet normalised
+    segment: list[int]  # decision token, augmentation tokens, terminal token
+    finished: float  # clock time the row's embedding was ready
+    generate_s: float  # time spent generating the augmentation (0 for `/embed`)
+    embed_s: float  # time from the end of generation (or the decision) to the embedding
 
 
 def select_cache_rows(cache, rows):
@@ -355,8 +367,18 @@ class MSolomon:
         vectors = np.concatenate(out, 0).astype(np.float32) if out else np.zeros((0, dim), np.float32)
         return vectors[0] if single else vectors
 
-    def encode_queries(self, queries, augment: str = "auto", threshold: float | None = None, batch_size: int = 8,
-                       max_new_tokens: int = 64, show_progress_bar: bool | None = None):
+    @overload
+    def encode_queries(self, queries: Query | str, augment: AugmentMode = ..., threshold: float | None = ...,
+                       batch_size: int = ..., max_new_tokens: int = ...,
+                       show_progress_bar: bool | None = ...) -> QueryResult: ...
+
+    @overload
+    def encode_queries(self, queries: Sequence[Query | str], augment: AugmentMode = ...,
+                       threshold: float | None = ..., batch_size: int = ..., max_new_tokens: int = ...,
+                       show_progress_bar: bool | None = ...) -> list[QueryResult]: ...
+
+    def encode_queries(self, queries, augment: AugmentMode = "auto", threshold: float | None = None,
+                       batch_size: int = 8, max_new_tokens: int = 64, show_progress_bar: bool | None = None):
         """Decide, augment when needed, embed. Returns one `QueryResult` per query (a single one for a
         single input). `augment`: "auto" (the model decides, p_augment ≥ threshold), "never" (force `/embed`,
         the NoAug path) or "always" (force `/augment`, the AlwaysAug path)."""
@@ -372,7 +394,7 @@ class MSolomon:
                                                         max_new_tokens))
         return results[0] if single else results
 
-    def stream_query(self, query, augment: str = "auto", threshold: float | None = None,
+    def stream_query(self, query: Query | str, augment: AugmentMode = "auto", threshold: float | None = None,
                      max_new_tokens: int = 64) -> Iterator["StreamedResult"]:
         """One query, step by step, for interactive use (the demo shows the augmentation while it is written).
 
@@ -496,46 +518,33 @@ class MSolomon:
         next_pos = positions.amax(dim=(0, 2)).to(device) + 1  # next text position per row
         t_decide = _now(device)
 
-        embeddings = torch.zeros(n, hidden.shape[-1])
-        segments: list[list[int]] = [[] for _ in range(n)]
-        finish_time = [0.0] * n
-        gen_time = [0.0] * n
-        embed_time = [0.0] * n
-
         embed_rows = (~wants).nonzero().flatten().tolist()
         aug_rows = wants.nonzero().flatten().tolist()
+        outcomes: dict[int, RowOutcome] = {}
         if embed_rows:  # `/embed` + terminal in one cached step: these rows never wait on generation
             sub = cache if not aug_rows else select_cache_rows(cache, embed_rows)
-            k = len(embed_rows)
-            ids = torch.tensor([[self.embed_id, self.terminal_id]] * k, device=device)
-            step_mask = torch.cat([mask[embed_rows], torch.ones(k, 2, dtype=mask.dtype, device=device)], 1)
-            pos = (next_pos[embed_rows][:, None] + torch.arange(2, device=device))[None].expand(3, -1, -1)
-            h = self._step(ids, step_mask, pos, sub)
-            embeddings[embed_rows] = h[:, -1].float().cpu()
-            t_done = _now(device)
-            for r in embed_rows:
-                segments[r] = [self.embed_id, self.terminal_id]
-                finish_time[r] = t_done
-                embed_time[r] = t_done - t_decide
+            outcomes.update(zip(embed_rows, self._embed_directly(sub, mask[embed_rows], next_pos[embed_rows],
+                                                                 t_decide)))
         if aug_rows:
             t_gen0 = _now(device)
             sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
-            self._generate(aug_rows, sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
-                           embeddings, segments, finish_time, gen_time, embed_time, t_gen0)
-
+            outcomes.update(zip(aug_rows, self._generate(sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
+                                                         t_gen0)))
+        embeddings = torch.stack([outcomes[i].embedding for i in range(n)])
         vectors = self.normalize(embeddings).numpy().astype(np.float32)
         results = []
         for i in range(n):
-            seg = segments[i]
+            out = outcomes[i]
+            seg = out.segment
             augmentation = None
             if seg and seg[0] == self.augment_id:
                 augmentation = self.tokenizer.decode(seg[1:-1], skip_special_tokens=True).strip() or None
             timings = {
                 "preprocess": (t_pre - t0) * 1e3,
                 "decide": (t_decide - t_pre) * 1e3,
-                "generate": gen_time[i] * 1e3,
-                "embed": embed_time[i] * 1e3,
-                "total": (finish_time[i] - t0) * 1e3,
+                "generate": out.generate_s * 1e3,
+                "embed": out.embed_s * 1e3,
+                "total": (out.finished - t0) * 1e3,
             }
             results.append(QueryResult(
                 decision=prompts.AUGMENT if seg and seg[0] == self.augment_id else prompts.EMBED,
@@ -548,17 +557,33 @@ class MSolomon:
         out = core(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
         return out.last_hidden_state
 
-    def _generate(self, rows: list[int], cache, mask, next_pos, max_new_tokens: int, embeddings, segments,
-                  finish_time, gen_time, embed_time, t_start: float) -> None:
-        """Greedy decoding of `/augment …` with the KV cache; each row feeds the terminal token once (when
-        the model picks it, or when the segment reaches `max_new_tokens`) and its state there is the embedding.
-        Finished rows leave the batch, so the cache only holds rows still decoding."""
+    def _embed_directly(self, cache, mask, next_pos, t_decide: float) -> list[RowOutcome]:
+        """`/embed` + terminal for every row of `cache` in one cached step; one outcome per row, in order."""
         import torch
 
         device = mask.device
-        active = list(range(len(rows)))  # positions into `rows`
-        current = torch.full((len(rows), 1), self.augment_id, device=device)
-        seg = [[self.augment_id] for _ in rows]
+        k = mask.shape[0]
+        ids = torch.tensor([[self.embed_id, self.terminal_id]] * k, device=device)
+        step_mask = torch.cat([mask, torch.ones(k, 2, dtype=mask.dtype, device=device)], 1)
+        pos = (next_pos[:, None] + torch.arange(2, device=device))[None].expand(3, -1, -1)
+        states = self._step(ids, step_mask, pos, cache)[:, -1].float().cpu()
+        t_done = _now(device)
+        return [RowOutcome(states[j], [self.embed_id, self.terminal_id], t_done, 0.0, t_done - t_decide)
+                for j in range(k)]
+
+    def _generate(self, cache, mask, next_pos, max_new_tokens: int, t_start: float) -> list[RowOutcome]:
+        """Greedy decoding of `/augment …` with the KV cache for every row of `cache`; each row feeds the terminal
+        token once (when the model picks it, or when the segment reaches `max_new_tokens`) and its state there is
+        the embedding. Finished rows leave the batch, so the cache only holds rows still decoding. Returns one
+        outcome per row, in order."""
+        import torch
+
+        device = mask.device
+        n = mask.shape[0]
+        outcomes: list[RowOutcome | None] = [None] * n
+        active = list(range(n))  # rows still decoding
+        current = torch.full((n, 1), self.augment_id, device=device)
+        seg = [[self.augment_id] for _ in range(n)]
         step = 0
         banned = torch.tensor(self._banned_in_augmentation, device=device, dtype=torch.long)
         while active:
@@ -570,13 +595,8 @@ class MSolomon:
             now = _now(device)
             keep = []
             for j, a in enumerate(active):
-                r = rows[a]
                 if fed_terminal[j]:
-                    embeddings[r] = hidden[j].float().cpu()
-                    segments[r] = seg[a]
-                    finish_time[r] = now
-                    embed_time[r] = now - t_step
-                    gen_time[r] = t_step - t_start
+                    outcomes[a] = RowOutcome(hidden[j].float().cpu(), seg[a], now, t_step - t_start, now - t_step)
                 else:
                     keep.append(j)
             if not keep:
@@ -599,3 +619,4 @@ class MSolomon:
                 active = [active[j] for j in keep]
             current = torch.tensor(nxt, device=device)[:, None]
             step += 1
+        return outcomes  # every row fed the terminal token (at the latest at max_new_tokens)

@@ -189,8 +189,8 @@ def test_fine_tuning_starts_from_the_saved_base(tmp_path, monkeypatch):
     base = MSolomon.tiny(seed=3, **SMALL)
     base.save_pretrained(tmp_path / "base")
     monkeypatch.setattr(T, "DEFAULT_BASE_DIR", tmp_path / "base")
-    config = T.TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), device="cpu")
-    assert config.init == "base"
+    config = T.TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), model=T.ModelSettings(device="cpu"))
+    assert config.model.init == "base"
     model = T.build_model(config, [], None)
     want = base.model.state_dict()
     got = model.model.state_dict()

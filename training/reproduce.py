@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from msolomon.model import AUGMENT_MODES
 from msolomon.files import atomic_write_json, atomic_write_text, read_json
 from msolomon.settings import flat_settings, option, parse_settings, process_environment
 from training.train import ModelSettings
@@ -36,7 +37,7 @@ logger = logging.getLogger("training.reproduce")
 MODELS = ("noaug", "alwaysaug", "msolomon")
 LABELING = {"noaug": "noaug", "alwaysaug": "alwaysaug", "msolomon": "adaptive"}
 NATIVE_MODE = {"noaug": "never", "alwaysaug": "always", "msolomon": "auto"}
-ALL_MODES = ("auto", "never", "always")
+ALL_MODES = AUGMENT_MODES
 
 
 def reproduce_loop() -> LoopSettings:

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from msolomon.model import AUGMENT_MODES
 from msolomon import prompts
 from msolomon.demo import corpus as C
 from msolomon.demo.batching import Batcher
@@ -29,7 +30,7 @@ from msolomon.inputs import Candidate, Query
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "never", "always")
+MODES = AUGMENT_MODES  # msolomon.model's
 TIMING_ORDER = ("preprocess", "decide", "generate", "embed", "search")
 BASELINES = {"noaug": ("NoAug model", "never"), "alwaysaug": ("AlwaysAug model", "always")}
 
