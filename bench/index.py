@@ -16,7 +16,6 @@ instead (no model needed; `--tiny` uses it). Queries are fresh draws from the sa
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 HNSW_EF = (16, 32, 64, 128, 256)
@@ -177,8 +175,9 @@ def main(argv=None) -> int:
             if args.tiny and args.model is None:
                 dim = 64
             else:
-                from msolomon.model import DEFAULT_MODEL_DIR
                 import json
+
+                from msolomon.model import DEFAULT_MODEL_DIR
 
                 cfg = json.loads((Path(args.model or DEFAULT_MODEL_DIR) / "config.json").read_text())
                 dim = (cfg.get("text_config") or cfg)["hidden_size"]

@@ -33,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 MODES = ("auto", "never", "always")

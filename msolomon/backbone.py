@@ -226,8 +226,9 @@ def tiny_model_config(tokenizer, cfg: TinyConfig):
     head_dim = cfg.hidden_size // cfg.num_heads
     half = head_dim // 2
     mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
-           (prompts.IM_END, prompts.PAD, prompts.IMAGE_PAD, prompts.VIDEO_PAD, prompts.VISION_START, prompts.VISION_END)}
+    special = (prompts.IM_END, prompts.PAD, prompts.IMAGE_PAD, prompts.VIDEO_PAD, prompts.VISION_START,
+               prompts.VISION_END)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
     text = dict(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,

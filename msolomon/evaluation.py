@@ -34,14 +34,32 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from msolomon.model import AUGMENT_MODES
 from msolomon.data import DataFormatError, DatasetInfo, EvalRow
-from msolomon.inputs import Candidate, Query
-from msolomon.metrics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, FLOOR_CHANCE, FLOOR_MAJORITY, TIMING_KEYS,
-                              DatasetModeResult, aggregate_mode, is_correct, text_only_floor, threshold_curve)
 from msolomon.files import atomic_file
-from msolomon.report import (append_jsonl, atomic_write_json, atomic_write_text, markdown_report, output_paths,
-                             plot_report, read_jsonl, write_jsonl)
+from msolomon.inputs import Candidate, Query
+from msolomon.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    FLOOR_CHANCE,
+    FLOOR_MAJORITY,
+    TIMING_KEYS,
+    DatasetModeResult,
+    aggregate_mode,
+    is_correct,
+    text_only_floor,
+    threshold_curve,
+)
+from msolomon.model import AUGMENT_MODES
+from msolomon.report import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    markdown_report,
+    output_paths,
+    plot_report,
+    read_jsonl,
+    write_jsonl,
+)
 from msolomon.runtime import add_threads_argument, set_threads
 
 logger = logging.getLogger(__name__)

@@ -14,10 +14,8 @@ import json
 import math
 import os
 import re
-import shutil
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import numbers
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -23,7 +22,6 @@ from typing import Any, Iterator, Literal, Sequence, get_args, overload
 import numpy as np
 
 from msolomon import prompts
-from msolomon.files import replace_dir
 from msolomon.backbone import (
     FormatSettings,
     TinyConfig,
@@ -39,6 +37,7 @@ from msolomon.backbone import (
     train_bpe_tokenizer,
     unwrap,
 )
+from msolomon.files import replace_dir
 from msolomon.inputs import Candidate, InputTypeError, Query, QueryResult, as_candidate, as_query, check_count
 from msolomon.processing import Encoder, ImageLimits, ItemEncoding
 
@@ -205,7 +204,8 @@ class MSolomon:
         model = AutoModelForImageTextToText.from_config(tiny_model_config(tokenizer, cfg), dtype=torch.float32)
         model.eval()
         processor = build_processor(tokenizer, cfg.min_pixels, cfg.max_pixels)
-        settings = FormatSettings(max_length=cfg.max_position_embeddings // 2, extra={"tiny": vars(cfg) | {"seed": seed}})
+        settings = FormatSettings(max_length=cfg.max_position_embeddings // 2,
+                                  extra={"tiny": vars(cfg) | {"seed": seed}})
         return cls(model, processor, settings)
 
     @classmethod

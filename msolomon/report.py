@@ -4,12 +4,18 @@ half-written report or sidecar part behind.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from msolomon.files import (append_jsonl, atomic_file, atomic_write_json, atomic_write_jsonl, atomic_write_text,  # noqa: F401 (re-exported)
-                            default_file_mode, read_jsonl)
+from msolomon.files import (  # noqa: F401 (re-exported)
+    append_jsonl,
+    atomic_file,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    default_file_mode,
+    read_jsonl,
+)
 
 MODE_ORDER = ("never", "auto", "always")
 MODE_LABELS = {"never": "never (NoAug path)", "auto": "auto (model decides)", "always": "always (AlwaysAug path)"}

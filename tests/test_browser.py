@@ -13,9 +13,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from test_app_e2e import start_server
 
 from msolomon.demo.process import ROOT
-from test_app_e2e import start_server
 
 CHROMIUM = os.environ.get("MSOLOMON_CHROMIUM", "/usr/bin/chromium")
 SHOTS = ROOT / "outputs" / "screenshots"

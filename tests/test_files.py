@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msolomon.files import (atomic_write_json, atomic_write_text, default_file_mode, read_json, read_jsonl,
-                            recover_dir, replace_dir)
+from msolomon.files import (
+    atomic_write_json,
+    atomic_write_text,
+    default_file_mode,
+    read_json,
+    read_jsonl,
+    recover_dir,
+    replace_dir,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

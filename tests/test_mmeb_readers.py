@@ -9,8 +9,14 @@ import pytest
 from PIL import Image
 
 from msolomon.data import META_TASKS, DataFormatError, EvalRow, TrainRow
-from msolomon.data.mmeb import (MMEB_DATASETS, dataset_info, list_eval_datasets, list_train_datasets,
-                                read_eval_dataset, read_train_dataset)
+from msolomon.data.mmeb import (
+    MMEB_DATASETS,
+    dataset_info,
+    list_eval_datasets,
+    list_train_datasets,
+    read_eval_dataset,
+    read_train_dataset,
+)
 from msolomon.inputs import Candidate, Query
 
 CLS = "<|image_1|> Represent the given image for classification"

@@ -158,7 +158,8 @@ def test_pretrain_command_trains_evaluates_and_resumes(tmp_path, bench, pdata):
 
     out = tmp_path / "run"
     args = ["--out", str(out), "--data", str(pdata), "--benchmark", str(bench), "--max-steps", "4",
-            "--batch-size", "8", "--save-every", "2", "--log-every", "1", "--warmup-steps", "1", "--max-new-tokens", "6",
+            "--batch-size", "8", "--save-every", "2", "--log-every", "1", "--warmup-steps", "1",
+            "--max-new-tokens", "6",
             "--backbone", json.dumps(SMALL), "--threads", "1", "--ship", str(tmp_path / "base")]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())

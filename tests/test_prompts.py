@@ -37,7 +37,8 @@ def test_extract_answer():
     assert prompts.extract_answer("<answer>a</answer> then <answer>b</answer>") == "b"
     assert prompts.extract_answer("no tags here") is None
     assert prompts.extract_answer("<answer>  </answer>") is None
-    assert "{question}" not in prompts.teacher_prompt("q") and prompts.teacher_prompt("q").endswith("User: q Assistant:")
+    assert "{question}" not in prompts.teacher_prompt("q")
+    assert prompts.teacher_prompt("q").endswith("User: q Assistant:")
 
 
 def test_user_text_cannot_inject_control_tokens(tiny_model):

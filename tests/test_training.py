@@ -31,8 +31,8 @@ def _rows(n: int = 8) -> list[TrainRow]:
     for i in range(n):
         img = Image.new("RGB", (56, 56), ((37 * i) % 255, (91 * i) % 255, 120))
         if i % 2:
-            rows.append(TrainRow("cls", f"cls:{i}", Query(text="<|image_1|> Represent the given image for classification",
-                                                            image=img), Candidate(text=NAMES[i % 10])))
+            query = Query(text="<|image_1|> Represent the given image for classification", image=img)
+            rows.append(TrainRow("cls", f"cls:{i}", query, Candidate(text=NAMES[i % 10])))
         else:
             rows.append(TrainRow("after", f"after:{i}", Query(text=f"the number after {NAMES[i % 10]}"),
                                  Candidate(image=img), negative=Candidate(text=f"not {NAMES[i % 10]}")))

@@ -18,8 +18,8 @@ import torch
 from msolomon import prompts
 from msolomon.data import TrainRow
 from msolomon.files import read_json
-from msolomon.settings import option
 from msolomon.processing import Encoder
+from msolomon.settings import option
 
 logger = logging.getLogger(__name__)
 

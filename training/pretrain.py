@@ -52,7 +52,8 @@ class PretrainSettings:
     benchmark: str | None = option(None, "the MiniMMEB folder whose images are excluded (default: OUT/benchmark, "
                                    "generated)", metavar="DIR")
     benchmark_seed: int = option(0, "seed of the MiniMMEB to stay apart from")
-    benchmark_scale: str = option("small", "scale of the MiniMMEB to stay apart from", choices=("tiny", "small", "full"))
+    benchmark_scale: str = option("small", "scale of the MiniMMEB to stay apart from",
+                                  choices=("tiny", "small", "full"))
     n_per_dataset: int = option(2000, "training items per world builder")
     n_heldout: int = option(40, "held-out items per world builder")
     datasets: list[str] | None = option(None, "world builders to draw from (default: all)")

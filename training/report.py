@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -175,7 +174,8 @@ def markdown(result: Mapping[str, Any]) -> str:
                      f"{rule} | " + " | ".join(cells) +
                      f" | {_fmt(ds[name]['augment_rate'], 2)} |")
     if "timings_s" in result:
-        lines += ["", "Stage times (s, summed over every invocation on the run folder): " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings_s"].items())]
+        times = ", ".join(f"{k} {v:.0f}" for k, v in result["timings_s"].items())
+        lines += ["", "Stage times (s, summed over every invocation on the run folder): " + times]
     return "\n".join(lines) + "\n"
 
 
@@ -246,7 +246,8 @@ CARD_TITLES = {
                  "decides per query whether to augment (`/augment`) or embed at once (`/embed`), trained with "
                  "`L_rep + λ·L_gen` with the D^A / D^E split found by the pilot study"),
     "noaug": ("NoAug tiny (MiniMMEB): the paper's no-augmentation baseline", "assets/baselines/noaug",
-              "always embeds at once (`/embed` on every query), trained with the same recipe with every dataset in D^E"),
+              "always embeds at once (`/embed` on every query), trained with the same recipe with every dataset in "
+              "D^E"),
     "alwaysaug": ("AlwaysAug tiny (MiniMMEB): the paper's always-augment baseline", "assets/baselines/alwaysaug",
                   "always writes an augmentation first (`/augment` on every query), trained with the same recipe "
                   "with every dataset in D^A"),

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from msolomon.model import AUGMENT_MODES
 from msolomon.files import atomic_write_json, atomic_write_text, read_json
+from msolomon.model import AUGMENT_MODES
 from msolomon.settings import flat_settings, option, parse_settings, process_environment
 from training.train import ModelSettings
 from training.trainer import LoopSettings, OptimSettings

@@ -7,9 +7,10 @@
 `--data` is a MiniMMEB folder or an MMEB-train folder (`--image-root` for its images). `--init base` (the
 default) fine-tunes the shipped pretrained tiny base MLLM (assets/base, made by `training.pretrain`), as the paper
 fine-tunes Qwen2-VL; `--init tiny` trains the small Qwen2-VL from scratch for comparison; a checkpoint path (e.g.
-Qwen2-VL-2B-Instruct) trains it in full, with `--lora`, or with `--qlora` (4-bit base). Multi-process: `torchrun --nproc_per_node N -m training.train ...` or
-`accelerate launch -m training.train ...`. Settings come from the command line or one YAML/JSON file
-(command-line values win). A rerun with the same --out resumes from the last checkpoint.
+Qwen2-VL-2B-Instruct) trains it in full, with `--lora`, or with `--qlora` (4-bit base). Multi-process:
+`torchrun --nproc_per_node N -m training.train ...` or `accelerate launch -m training.train ...` (stock
+DistributedDataParallel). Settings come from the command line or one YAML/JSON file (command-line values win;
+`--help` lists each with its default). A rerun with the same --out resumes from the last checkpoint.
 """
 from __future__ import annotations
 

@@ -21,9 +21,17 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from msolomon.backbone import unwrap
-from msolomon.files import append_jsonl, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl, recover_dir, replace_dir
+from msolomon.files import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_json,
+    read_jsonl,
+    recover_dir,
+    replace_dir,
+)
 from msolomon.settings import option
-from training.collator import Collator, CollatorSettings, Example
+from training.collator import Collator, CollatorSettings
 from training.losses import generation_loss, info_nce, world
 
 logger = logging.getLogger(__name__)
@@ -268,7 +276,8 @@ class Trainer:
         """Drop log lines past the resumed step (they came from the killed run after its checkpoint)."""
         path = self._log_path()
         if path.is_file():
-            atomic_write_jsonl(path, [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", upto + 1) <= upto])
+            kept = [r for r in read_jsonl(path) if isinstance(r, dict) and r.get("step", upto + 1) <= upto]
+            atomic_write_jsonl(path, kept)
 
     def resume_step(self) -> int:
         ckpt = self.out / CHECKPOINT

@@ -4,8 +4,8 @@
 
 It mirrors MMEB's structure at a scale a CPU can train on: the four meta-tasks (classification, VQA, retrieval,
 grounding), in-distribution datasets with train, validation and test splits and out-of-distribution datasets with a
-test split only. Images are scikit-learn's real handwritten digits, crops of the sample photos that ship inside pip packages,
-and drawn scenes, charts, documents, signs and garments; their renderers and dataset builders live in
+test split only. Images are scikit-learn's real handwritten digits, crops of the sample photos that ship inside pip
+packages, and drawn scenes, charts, documents, signs and garments; their renderers and dataset builders live in
 `msolomon.worlds`, one module per family, and this module registers them as datasets and writes them. Every dataset
 also writes the ground truth an oracle teacher needs (`oracle.py`), so teacher synthesis runs end to end without a
 72B model.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -43,13 +42,26 @@ from msolomon.data import META_TASKS
 from msolomon.files import atomic_write_text, install_dir
 from msolomon.worlds.charts import build_chart_vqa
 from msolomon.worlds.common import Ctx, Item, Store, Target, rng_for, same_words
-from msolomon.worlds.digits import (build_digits_cls, build_digits_r, build_digits_vqa, digit_pools, digit_split,
-                                    load_digits)
+from msolomon.worlds.digits import (
+    build_digits_cls,
+    build_digits_r,
+    build_digits_vqa,
+    digit_pools,
+    digit_split,
+    load_digits,
+)
 from msolomon.worlds.documents import build_doc_vqa, build_sign_vqa
 from msolomon.worlds.garments import build_fashion_cir
 from msolomon.worlds.photos import PHOTO_PHRASES, build_photo_cls
-from msolomon.worlds.scenes import (build_ref_scenes, build_scenes_ground, build_scenes_i2t, build_scenes_t2i,
-                                    build_scenes_vqa, build_shapes_cir, build_shapes_cls)
+from msolomon.worlds.scenes import (
+    build_ref_scenes,
+    build_scenes_ground,
+    build_scenes_i2t,
+    build_scenes_t2i,
+    build_scenes_vqa,
+    build_shapes_cir,
+    build_shapes_cls,
+)
 
 # What other code imports from here, the world builders' names included (they live in msolomon.worlds).
 __all__ = ["BENCHMARK_NAME", "DATASETS", "META_FILE", "SCALES", "VERSION", "Ctx", "DatasetSpec", "Item",
@@ -331,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds = meta["datasets"]
     sys.stdout.write(f"MiniMMEB seed={meta['seed']} scale={meta['scale']}: {len(ds)} datasets "
           f"({sum(not d['ood'] for d in ds.values())} IND, {sum(d['ood'] for d in ds.values())} OOD), "
-          f"{sum(d.get('n_train', 0) for d in ds.values())} train / {sum(d.get('n_val', 0) for d in ds.values())} val / "
+          f"{sum(d.get('n_train', 0) for d in ds.values())} train / "
+          f"{sum(d.get('n_val', 0) for d in ds.values())} val / "
           f"{sum(d['n_test'] for d in ds.values())} test rows "
           f"-> {args.out} in {time.perf_counter() - t0:.1f}s\n")
     return 0

@@ -20,13 +20,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from msolomon.model import AUGMENT_MODES
 from msolomon import prompts
 from msolomon.demo import corpus as C
 from msolomon.demo.batching import Batcher
 from msolomon.demo.examples import Example, by_id, pick_examples
 from msolomon.demo.settings import DemoSettings
 from msolomon.inputs import Candidate, Query
+from msolomon.model import AUGMENT_MODES
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,23 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from msolomon.worlds.canvas import BACKGROUNDS, COLOURS, SHAPES, SIZES, SS, finish
-from msolomon.worlds.common import (INSTR, TARGET_CROP, TARGET_IMAGE, Ctx, Item, Target, article, cap, join_words,
-                                    label_candidates, pick_wrong, plural, random_background, same_words,
-                                    shuffled_candidates)
+from msolomon.worlds.common import (
+    INSTR,
+    TARGET_CROP,
+    TARGET_IMAGE,
+    Ctx,
+    Item,
+    Target,
+    article,
+    cap,
+    join_words,
+    label_candidates,
+    pick_wrong,
+    plural,
+    random_background,
+    same_words,
+    shuffled_candidates,
+)
 
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 
