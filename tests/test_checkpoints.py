@@ -79,8 +79,12 @@ def test_quantized_load_runs_on_cpu(saved, bits):
     model = MSolomon.from_pretrained(path, quantization=bits, device="cpu")
     results = model.encode_queries(QUERIES, augment="auto", max_new_tokens=4)
     reference = MSolomon.from_pretrained(path).encode_queries(QUERIES, augment="never")
-    for r, ref in zip(results, reference):
+    full_auto = MSolomon.from_pretrained(path).encode_queries(QUERIES, augment="auto", max_new_tokens=4)
+    for r, ref, full in zip(results, reference, full_auto):
         assert r.embedding.shape == ref.embedding.shape and np.isfinite(r.embedding).all()
+        assert abs(r.p_augment - full.p_augment) < 0.1  # the quantised decision is the full model's
+        if abs(full.p_augment - 0.5) > 0.1:
+            assert r.decision == full.decision
     never = model.encode_queries(QUERIES, augment="never")
     cos = [float(x.embedding @ y.embedding) for x, y in zip(never, reference)]
     assert min(cos) > 0.9  # quantised, yet close to the full-precision model

@@ -111,10 +111,14 @@ def test_forced_paths_override_a_confident_model(sample_images):
 
 def test_single_input_returns_single_result(tiny_model):
     r = tiny_model.encode_queries("a red square", augment="never")
+    batch = tiny_model.encode_queries(["a red square", "two blue circles"], augment="never")
     assert r.decision == EMBED and r.embedding.shape == (128,)
+    np.testing.assert_allclose(r.embedding, batch[0].embedding, atol=1e-5)  # the same query, alone or in a batch
     assert abs(np.linalg.norm(r.embedding) - 1) < 1e-5
     v = tiny_model.encode_candidates("a red square")
     assert v.shape == (128,) and v.dtype == np.float32
+    np.testing.assert_allclose(v, tiny_model.encode_candidates(["a red square", "x"])[0], atol=1e-5)
+    assert float(v @ tiny_model.encode_candidates("two blue circles")) < 0.9999  # not a constant vector
     assert set(r.timings) == {"preprocess", "decide", "generate", "embed", "total"}
 
 
@@ -123,18 +127,29 @@ def test_decoding_stops_at_max_new_tokens(tiny_model):
     assert len(r.token_ids) <= 6 and r.token_ids[-1] == tiny_model.terminal_id
 
 
-def test_fallback_to_larger_decision_logit(tiny_model):
-    """An untrained model's argmax is rarely a decision token; the decision still follows the two logits."""
-    queries = ["alpha", "beta gamma", "delta epsilon zeta"]
-    results = tiny_model.encode_queries(queries, augment="auto", max_new_tokens=3)
-    for q, r in zip(queries, results):
-        enc = tiny_model.encoder.encode_prompt(Query(text=q))
-        with torch.inference_mode():
-            batch = tiny_model.encoder.collate([enc])
-            hidden = tiny_model.forward_hidden(batch)[0, -1]
-            logits = tiny_model.logits(hidden)
-        larger = AUGMENT if logits[tiny_model.augment_id] >= logits[tiny_model.embed_id] else EMBED
-        assert r.decision == larger
+def test_fallback_to_larger_decision_logit():
+    """When another token is the argmax of the full vocabulary, the decision still follows the two decision logits,
+    and p_augment is the softmax over those two logits of the stock head's full output."""
+    model = MSolomon.tiny(seed=4)
+    queries = ["alpha", "beta gamma", "delta epsilon zeta", "eta"]
+    with torch.no_grad():
+        states = torch.stack([model.forward_hidden(model.encoder.collate([model.encoder.encode_prompt(Query(text=q))]))
+                              [0, -1] for q in queries])
+        centred = states - states.mean(0)
+        head = model.model.lm_head.weight
+        head[model.augment_id] = 20 * centred[0] / centred[0].norm()  # query 0 leans to /augment
+        head[model.embed_id] = 20 * centred[1] / centred[1].norm()  # query 1 leans to /embed
+        other = 7
+        head[other] = 200 * states.mean(0) / states.mean(0).norm()  # a third token wins the full argmax everywhere
+        logits = model.logits(states).float()
+    assert all(int(i) == other for i in logits.argmax(-1))
+    pair = logits[:, [model.augment_id, model.embed_id]].double()
+    want_p = torch.softmax(pair, -1)[:, 0]
+    want = [AUGMENT if a >= e else EMBED for a, e in pair.tolist()]
+    assert want[0] == AUGMENT and want[1] == EMBED  # both decisions occur
+    results = model.encode_queries(queries, augment="auto", max_new_tokens=3)
+    assert [r.decision for r in results] == want
+    assert np.allclose([r.p_augment for r in results], want_p.numpy(), atol=1e-5)
 
 
 def test_real_qwen_tokenizer_runs_the_same_path(sample_images):

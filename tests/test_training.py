@@ -231,11 +231,33 @@ def test_training_without_hard_negatives(tmp_path):
     model = MSolomon.tiny(seed=0, **SMALL)
     rows = _rows(6)
     examples = assign_labels(rows, "noaug")
-    loop = LoopSettings(collator=CollatorSettings(use_negatives=False))
+    loop = LoopSettings(collator=CollatorSettings(use_negatives=False), gen_weight=0.5)
     batch = Collator(model.encoder, loop.collator)(examples)
-    assert batch["target"]["input_ids"].shape[0] == 6
-    out = MSolomonForTraining(model, loop=loop)(batch)
-    assert torch.isfinite(out["loss"]) and out["gen_loss"] > 0
+    assert batch["target"]["input_ids"].shape[0] == 6 and batch["target_keys"].shape == (6,)
+    module = MSolomonForTraining(model, loop=loop)
+    out = module(batch)
+    # the loss is L_rep + λ·L_gen of the figures it reports, and each part is what the loss functions give on the
+    # terminal states of the same pass (an untrained model: L_gen near log(vocab), far from 0)
+    assert abs(float(out["loss"]) - (float(out["rep_loss"]) + 0.5 * float(out["gen_loss"]))) < 1e-5
+    with torch.no_grad():
+        q_hidden = model.forward_hidden(batch["query"])
+        t_hidden = model.forward_hidden(batch["target"])
+    q_emb = q_hidden[torch.arange(6), batch["query"]["last_index"]]
+    t_emb = t_hidden[torch.arange(6), batch["target"]["last_index"]]
+    from training.losses import generation_loss, info_nce
+
+    rep = info_nce(q_emb, t_emb, 6, loop.temperature, batch["target_keys"])
+    gen = generation_loss(q_hidden, batch["query"]["labels"], model.model.lm_head, (model.augment_id, model.embed_id))
+    assert abs(float(out["rep_loss"]) - float(rep.loss)) < 1e-5 and abs(float(out["gen_loss"]) - float(gen.loss)) < 1e-5
+    assert float(out["gen_loss"]) > 1.0
+    # and gradient steps on this batch lower the loss (the module trains)
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    first = float(out["loss"])
+    for _ in range(5):
+        opt.zero_grad()
+        module(batch)["loss"].backward()
+        opt.step()
+    assert float(module(batch)["loss"]) < first - 0.1
 
 
 def test_a_kill_between_checkpoint_renames_recovers_the_previous_one(tmp_path):
