@@ -8,10 +8,9 @@ otherwise; offline: no model hub, no analytics, no font or script from outside t
 """
 from __future__ import annotations
 
-import os
+from msolomon.settings import process_environment
 
-for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}.items():
-    os.environ.setdefault(_key, _value)
+process_environment(set_threads=False)  # before gradio and transformers are imported: they read these at import
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -26,7 +25,7 @@ from msolomon.demo.handlers import Handlers  # noqa: E402
 from msolomon.demo.panel import CARD_HEADERS, TEACHING  # noqa: E402
 from msolomon.demo.service import MODES, SearchService  # noqa: E402
 from msolomon.demo.settings import DemoSettings  # noqa: E402
-from msolomon.runtime import add_threads_argument, set_threads  # noqa: E402
+from msolomon.runtime import add_threads_argument  # noqa: E402
 
 logger = logging.getLogger("app")
 
@@ -227,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threads = set_threads(args.threads)
+    threads = process_environment(args.threads)
     from msolomon.model import DEFAULT_MODEL_DIR, MSolomon
 
     settings = DemoSettings(model=args.model, adapter=args.adapter, quantization=args.quantization, host=args.host,

@@ -19,10 +19,11 @@ from typing import Any, Callable, Iterable, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from msolomon.settings import process_environment  # noqa: E402
 
-from msolomon.runtime import add_threads_argument, available_cores, set_threads  # noqa: E402
+process_environment(set_threads=False)
+
+from msolomon.runtime import add_threads_argument, available_cores  # noqa: E402
 
 TINY_DATASETS = ("ScenesVQA", "DigitsCLS", "ScenesT2I")  # an augmenting VQA set, an image and a text query set
 
@@ -46,7 +47,7 @@ def parser(description: str, model: bool = True, data: bool = True) -> argparse.
 
 def start(args: argparse.Namespace) -> int:
     """Set the threads once; returns the count."""
-    return set_threads(args.threads)
+    return process_environment(args.threads)
 
 
 def machine(threads: int) -> dict[str, Any]:

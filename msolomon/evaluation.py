@@ -60,7 +60,8 @@ from msolomon.report import (
     read_jsonl,
     write_jsonl,
 )
-from msolomon.runtime import add_threads_argument, set_threads
+from msolomon.runtime import add_threads_argument
+from msolomon.settings import process_environment, split_list
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         if isinstance(self.modes, str):
-            self.modes = tuple(m.strip() for m in self.modes.split(",") if m.strip())
+            self.modes = tuple(split_list(self.modes))
         self.modes = tuple(dict.fromkeys(self.modes))
         if not self.modes:
             raise EvaluationError("no mode given: choose from auto, never, always")
@@ -751,8 +752,7 @@ def write_outputs(report: Mapping[str, Any], out: str | Path) -> dict[str, Path]
 # --- command line ------------------------------------------------------------------------------------------------
 
 
-def _csv(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
+_csv = split_list  # msolomon.settings' one comma-separated splitter
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -801,15 +801,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; bad arguments print a one-line error and return 2."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    process_environment(set_threads=False)
     parser = _parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = report_path(args.out)
     try:
-        set_threads(args.threads)
+        process_environment(args.threads)
         try:
             thresholds = [float(t) for t in _csv(args.thresholds)] if args.thresholds is not None else None
         except ValueError:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from msolomon.files import atomic_write_json
+from msolomon.settings import split_list
 
 logger = logging.getLogger("training.pilot")
 
@@ -58,10 +60,7 @@ def pilot_split(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = N
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, sort_keys=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except json.JSONDecodeError as err:
             parser.error(f"--{flag} {path}: not JSON ({err})")
     settings = PilotSettings(margin=args.margin,
-                             datasets=[d for d in args.datasets.split(",") if d] if args.datasets else None)
+                             datasets=split_list(args.datasets) or None)
     try:
         result = pilot_split(reports[0], reports[1], settings)
     except ValueError as err:

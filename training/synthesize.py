@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from msolomon.settings import process_environment, split_list
+
+process_environment(set_threads=False)  # before transformers is imported (the teachers import it)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -38,7 +39,7 @@ from typing import Any  # noqa: E402
 from msolomon import prompts  # noqa: E402
 from msolomon.data import DataFormatError  # noqa: E402
 from msolomon.files import atomic_write_text  # noqa: E402
-from msolomon.runtime import add_threads_argument, set_threads  # noqa: E402
+from msolomon.runtime import add_threads_argument  # noqa: E402
 from training.teachers import (  # noqa: E402
     BACKENDS,
     OpenAIBackend,
@@ -503,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> SynthesisSettings:
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets is not None else None
+    datasets = split_list(args.datasets)
     return SynthesisSettings(
         data=args.data, out=args.out, backend=args.backend, image_root=args.image_root, datasets=datasets,
         limit=args.limit, model=args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
@@ -521,8 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("httpx", "urllib3", "transformers"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.backend == "transformers":
-        set_threads(args.threads)
+    process_environment(args.threads, set_threads=args.backend == "transformers")
     try:
         summary = synthesize(settings_from_args(args))
     except (UsageError, DataFormatError, TeacherError) as err:

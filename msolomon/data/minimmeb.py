@@ -39,7 +39,9 @@ from typing import Any
 
 from msolomon import prompts
 from msolomon.data import META_TASKS
+from msolomon.data.mmeb import MINIMMEB_META
 from msolomon.files import atomic_write_text, install_dir
+from msolomon.settings import split_list
 from msolomon.worlds.charts import build_chart_vqa
 from msolomon.worlds.common import Ctx, Item, Store, Target, rng_for, same_words
 from msolomon.worlds.digits import (
@@ -72,7 +74,7 @@ logger = logging.getLogger(__name__)
 
 BENCHMARK_NAME = "MiniMMEB"
 VERSION = 2  # 2: a validation split; ShapesCLS test never repeats a training query; RefScenes' own crops
-META_FILE = "minimmeb.json"
+META_FILE = MINIMMEB_META  # one name for the marker file: the readers (msolomon.data.mmeb) own it
 
 
 # --- settings --------------------------------------------------------------------------------------------------
@@ -334,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  ("n_test", args.n_test)) if v is not None}
     try:
         meta = generate(args.out, seed=args.seed, scale=args.scale, n_candidates=args.n_candidates,
-                        datasets=args.datasets.split(",") if args.datasets else None,
+                        datasets=split_list(args.datasets) or None,
                         progress=False if args.quiet else None, **overrides)
     except FileExistsError as err:  # an existing folder that is not MiniMMEB: never overwritten
         parser.exit(2, f"{parser.prog}: error: --out {err}; choose a new or empty folder\n")

@@ -25,7 +25,7 @@ DATA_SUFFIXES = (".parquet", ".jsonl")
 EVAL_COLUMNS = ("qry_text", "qry_img_path", "tgt_text", "tgt_img_path")
 TRAIN_COLUMNS = ("qry", "qry_image_path", "pos_text", "pos_image_path")
 TRAIN_OPTIONAL = ("neg_text", "neg_image_path", "id")
-MINIMMEB_META = "minimmeb.json"
+MINIMMEB_META = "minimmeb.json"  # the file that marks a MiniMMEB folder (msolomon.data.minimmeb.META_FILE)
 OUTSIDE_ROOT_FLAG = "--allow-images-outside-root"
 
 # --- MMEB's 36 image datasets (VLM2Vec; research/paper-notes.md sections 2, 4 and 5) -----------------------------

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from msolomon.settings import OFFLINE as _OFFLINE
+
 ROOT = Path(__file__).resolve().parents[2]
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+OFFLINE = dict(_OFFLINE)  # the environment msolomon.settings.process_environment sets
 
 
 def free_port() -> int:
