@@ -75,6 +75,16 @@ def _kill_at_every_step(body: str, check, prepare) -> int:
     return n
 
 
+def _reset(old: Path, target: Path) -> None:
+    """`target` holds a copy of `old` again, and nothing else named after it is left."""
+    import shutil
+
+    for p in target.parent.iterdir():
+        if p.name.startswith(target.name):
+            shutil.rmtree(p)
+    shutil.copytree(old, target)
+
+
 def test_atomic_write_text_keeps_normal_permissions_and_replaces(tmp_path):
     path = tmp_path / "a" / "r.json"
     atomic_write_json(path, {"x": 1})
@@ -113,8 +123,6 @@ def test_replace_dir_recovers_the_old_folder_after_a_kill_between_renames(tmp_pa
 
 
 def test_a_kill_at_any_step_of_save_pretrained_leaves_the_old_or_the_new_model(tmp_path):
-    import shutil
-
     import torch
 
     from msolomon import MSolomon
@@ -138,10 +146,7 @@ def test_a_kill_at_any_step_of_save_pretrained_leaves_the_old_or_the_new_model(t
     """)
 
     def prepare(k):
-        for p in tmp_path.iterdir():
-            if p.name.startswith("target"):
-                shutil.rmtree(p)
-        shutil.copytree(tmp_path / "old", target)
+        _reset(tmp_path / "old", target)
 
     seen = set()
 
@@ -156,8 +161,6 @@ def test_a_kill_at_any_step_of_save_pretrained_leaves_the_old_or_the_new_model(t
 
 
 def test_a_kill_at_any_step_of_an_index_save_leaves_the_old_or_the_new_index(tmp_path):
-    import shutil
-
     from msolomon.index import VectorIndex
 
     rng = np.random.default_rng(0)
@@ -177,10 +180,7 @@ def test_a_kill_at_any_step_of_an_index_save_leaves_the_old_or_the_new_index(tmp
     """)
 
     def prepare(k):
-        for p in tmp_path.iterdir():
-            if p.name.startswith("target"):
-                shutil.rmtree(p)
-        shutil.copytree(tmp_path / "old", target)
+        _reset(tmp_path / "old", target)
 
     seen = set()
 

@@ -49,8 +49,19 @@ def test_reproduce_smoke(tmp_path):
         with safe_open(str(folder / "model.safetensors"), "pt") as fh:
             assert {str(fh.get_tensor(k).dtype) for k in fh.keys()} == {"torch.float16"}
     always = report["models"]["alwaysaug"]["modes"]["always"]
-    assert always["augment_rate"] == 1.0
+    assert always["augment_rate"] == 1.0  # forced modes: true by construction, kept as a check of the report
     assert report["models"]["noaug"]["modes"]["never"]["augment_rate"] == 0.0
+    # M-Solomon decides by itself (mode auto) and its decisions follow the split it was trained on: on the
+    # in-distribution test sets it augments the D^A sets' queries and embeds the D^E sets' queries at once
+    auto = report["models"]["msolomon"]["modes"]["auto"]["datasets"]
+    for name in split["augment"]:
+        assert auto[name]["augment_rate"] > 0.5, (name, auto[name]["augment_rate"], split)
+    for name in split["embed"]:
+        assert auto[name]["augment_rate"] < 0.5, (name, auto[name]["augment_rate"], split)
+    # and training did something: every model beats a random pick of a candidate overall
+    for key, mode in (("noaug", "never"), ("alwaysaug", "always"), ("msolomon", "auto")):
+        m = report["models"][key]["modes"][mode]
+        assert m["overall"] > m["chance"], (key, m["overall"], m["chance"])
     # a rerun skips every finished stage: no model is trained again, no file rewritten
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/final/model.safetensors")}
     assert len(stamps) == 3

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from msolomon.files import read_json
+from msolomon.files import atomic_file, read_json
 from msolomon.settings import flat_settings, option, parse_settings, process_environment
 from training.trainer import LoopSettings, OptimSettings
 
@@ -326,7 +326,8 @@ def plot_curves(log: Path, dest: Path) -> None:
     ax[1].plot(steps, [r.get("token_acc", float("nan")) for r in rows])
     ax[1].set(xlabel="step", ylabel="token accuracy", title="answer token accuracy (train batch)")
     fig.tight_layout()
-    fig.savefig(dest, dpi=110)
+    with atomic_file(dest, "wb") as fh:
+        fig.savefig(fh, dpi=110, format="png")
     plt.close(fig)
 
 
