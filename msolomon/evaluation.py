@@ -595,7 +595,7 @@ def evaluate(model: Any, data_dir: str | Path | Benchmark, image_root: str | Pat
              split: str = "test", meta_tasks: Mapping[str, str] | None = None,
              allow_outside_root: bool = False, keep_parts: bool = True) -> dict[str, Any]:
     """Evaluate `model` (an MSolomon, anything with its `encode_queries`/`encode_candidates`, or a path) on a
-    MiniMMEB or MMEB-eval folder and return the DESIGN.md section 4 report.
+    MiniMMEB or MMEB-eval folder and return the evaluation report (docs/architecture.md, "The evaluation report").
 
     With `out` (a file, or a folder: then `out/report.json`), also writes FILE.json, FILE.md, FILE.png,
     FILE.predictions.jsonl and the resume sidecar FILE.parts/, which a finished run removes unless `keep_parts`
@@ -701,7 +701,8 @@ def run_evaluation(model: Any, bench: Benchmark, settings: EvalSettings, out: Pa
 def build_report(results: Mapping[str, Mapping[str, DatasetModeResult]], settings: EvalSettings, model_name: str,
                  bench: Benchmark, names: Sequence[str],
                  floors: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """The DESIGN.md section 4 report, plus additions (settings, tie rule, floors, intervals, threshold curve)."""
+    """The evaluation report (docs/architecture.md, "The evaluation report"), plus additions (settings, tie rule,
+    floors, intervals, threshold curve)."""
     if floors is None:
         floors = dataset_floors(bench, names, settings.limit)
     modes_out = {}

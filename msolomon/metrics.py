@@ -3,7 +3,7 @@
 Pure numpy and plain data, no model and no files, so the numbers can be checked on their own
 (tests compare them against a brute-force computation) and reused by training's pilot study.
 
-Conventions (the report repeats them under its "metric" key; DESIGN.md section 4 fixes the keys):
+Conventions (the report repeats them under its "metric" key; the report's fixed keys come first):
 - **Precision@1** is a percentage. A query counts as correct only when candidate 0 (the positive) is the
   *unique* highest score. A tie for the top counts as wrong. VLM2Vec uses `argmax(scores) == 0`, which breaks
   ties in favour of candidate 0 and so gives a degenerate model (every embedding equal) 100%; the strict rule
@@ -266,7 +266,7 @@ class DatasetModeResult:
         return cls(**d)
 
     def summary(self, floor: Mapping[str, Any] | None = None, ci95: Sequence[float] | None = None) -> dict[str, Any]:
-        """The per-dataset entry of the report (DESIGN.md section 4 keys first, then additions).
+        """The per-dataset entry of the report (the fixed keys of docs/architecture.md first, then additions).
 
         `floor` is the dataset's {"floor_text_only", "floor_rule"} (None: not computed); `ci95` its Precision@1
         interval (computed here when not given).

@@ -1,6 +1,6 @@
 """`MSolomon`: one Qwen2-VL model that decides, augments and embeds (adaptive query augmentation).
 
-Inference for a batch of queries (DESIGN.md section 2):
+Inference for a batch of queries (docs/architecture.md, "One query, step by step"):
 1. one prefill of the prompts gives the decision logits at the last prompt position;
    p_augment = softmax over the logits of `/augment` and `/embed`;
 2. the batch splits by decision: `/embed` rows feed `/embed` + terminal in one cached step and are done

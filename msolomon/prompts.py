@@ -2,7 +2,7 @@
 
 It owns the chat layout, the MMEB-style instructions, the two decision tokens, the terminal token,
 the teacher prompt used for synthesis and the extraction of the teacher's answer. The sequence layout
-(DESIGN.md section 2) is:
+(docs/architecture.md) is:
 
     query     = prompt(query) + segment + TERMINAL     segment = "/embed" | "/augment <augmentation>"
     candidate = prompt(candidate) + TERMINAL

@@ -33,7 +33,7 @@ class PilotSettings:
 
 
 def pilot_split(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = None) -> dict:
-    """The split and its evidence, from two evaluation reports (DESIGN.md section 4 format)."""
+    """The split and its evidence, from two evaluation reports (docs/architecture.md, "The evaluation report")."""
     s = settings or PilotSettings()
     try:
         a = noaug["modes"][s.noaug_mode]["datasets"]
