@@ -413,7 +413,8 @@ def _write_train(data: Path, name: str, pairs: list[tuple[str, str]]) -> None:
 
 def test_report_carries_floors_and_intervals(tmp_path):
     """Every dataset of every mode has p_at_1, ci95, chance and floor_text_only (docs/architecture.md, "The
-    evaluation report"), the floor follows its rule, and the macro aggregates have intervals; markdown and plot show them."""
+    evaluation report"), the floor follows its rule, and the macro aggregates have intervals; markdown and plot
+    show them."""
     from PIL import Image
 
     data, model, rows = _build(tmp_path)
