@@ -36,9 +36,13 @@ _MISSING = object()
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: Sequence[str] | None = None,  # noqa: A002
-           flag: str | None = None, metavar: str | None = None) -> Any:
-    """A dataclass field with its help text (and optional choices, flag name, metavar)."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "flag": flag, "metavar": metavar}
+           flag: str | None = None, metavar: str | None = None, hidden: bool = False, cli: bool = True) -> Any:
+    """A dataclass field with its help text (and optional choices, flag name, metavar). No default: required.
+    `hidden`: a flag left out of `--help` (for tests); `cli=False`: a setting for code only, not a flag."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "flag": flag, "metavar": metavar,
+            "hidden": hidden, "cli": cli}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(metadata=meta)
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -59,6 +63,7 @@ def process_environment(threads: int | None = None, *, set_threads: bool = True)
 @dataclasses.dataclass
 class _Leaf:
     name: str  # the field name (= the flag and the config key)
+    hidden: bool
     path: tuple[str, ...]  # nested field names leading to it
     kind: str  # "bool", "list", "dict", "scalar"
     scalar: Callable[[str], Any]
@@ -80,8 +85,17 @@ def _leaves(cls, default_instance, path: tuple[str, ...] = ()) -> list[_Leaf]:
     hints = typing.get_type_hints(cls)
     out: list[_Leaf] = []
     for f in dataclasses.fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
         tp = _unwrap_optional(hints[f.name])
-        default = getattr(default_instance, f.name) if default_instance is not None else _MISSING
+        if default_instance is not None:
+            default = getattr(default_instance, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = _MISSING
         if dataclasses.is_dataclass(tp):
             out += _leaves(tp, default if default is not _MISSING else tp(), path + (f.name,))
             continue
@@ -94,9 +108,9 @@ def _leaves(cls, default_instance, path: tuple[str, ...] = ()) -> list[_Leaf]:
             kind, scalar = "dict", str
         else:
             kind, scalar = "scalar", tp if tp in (int, float, str) else str
-        out.append(_Leaf(f.name, path + (f.name,), kind, scalar, default, f.metadata.get("help", ""),
-                         f.metadata.get("choices"), f.metadata.get("flag") or "--" + f.name.replace("_", "-"),
-                         f.metadata.get("metavar")))
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        out.append(_Leaf(f.name, bool(f.metadata.get("hidden")), path + (f.name,), kind, scalar, default,
+                         f.metadata.get("help", ""), f.metadata.get("choices"), flag, f.metadata.get("metavar")))
     return out
 
 
@@ -120,17 +134,20 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls, defaults=None) 
             raise TypeError(f"{cls.__name__}: setting {leaf.name!r} is declared twice ({seen[leaf.name]} and "
                             f"{leaf.path}); a setting is declared once")
         seen[leaf.name] = leaf.path
-        text = f"{leaf.help} (default: {_show(leaf.default)})" if leaf.help else f"(default: {_show(leaf.default)})"
-        text = text.replace("%", "%%")
+        if "(default" in leaf.help:  # the help says what the default means
+            text = leaf.help
+        else:
+            text = f"{leaf.help} (default: {_show(leaf.default)})".strip()
+        text = argparse.SUPPRESS if leaf.hidden else text.replace("%", "%%")
         if leaf.kind == "bool":
             parser.add_argument(leaf.flag, dest=leaf.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=text)
         elif leaf.kind == "list":
             parser.add_argument(leaf.flag, dest=leaf.name, default=None, metavar=leaf.metavar or "A,B",
-                                help=text + "; comma-separated")
+                                help=text if leaf.hidden else text + "; comma-separated")
         elif leaf.kind == "dict":
             parser.add_argument(leaf.flag, dest=leaf.name, default=None, metavar=leaf.metavar or "JSON",
-                                help=text + "; a JSON object")
+                                help=text if leaf.hidden else text + "; a JSON object")
         else:
             parser.add_argument(leaf.flag, dest=leaf.name, type=leaf.scalar, default=None, choices=leaf.choices,
                                 metavar=leaf.metavar, help=text)
@@ -198,6 +215,10 @@ def build(cls, values: dict, defaults=None):
             kwargs[f.name] = values[f.name]
         elif current is not _MISSING:
             kwargs[f.name] = current
+        elif f.default is not dataclasses.MISSING:
+            kwargs[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs[f.name] = f.default_factory()
     return cls(**kwargs)
 
 

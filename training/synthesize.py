@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from msolomon.settings import process_environment, split_list
+from msolomon.settings import option, parse_settings, process_environment
 
 process_environment(set_threads=False)  # before transformers is imported (the teachers import it)
 
@@ -32,7 +32,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -69,34 +69,36 @@ class UsageError(ValueError):
 class SynthesisSettings:
     """Everything one synthesis run needs (the command line fills it; tests and `reproduce` build it directly)."""
 
-    data: str
-    out: str
-    backend: str = "oracle"
-    image_root: str | None = None
-    datasets: list[str] | None = None  # None: every training dataset in `data`
-    limit: int | None = None  # per dataset: the first N rows
-    # transformers
-    model: str | None = None
-    batch_size: int = 4
-    max_new_tokens: int = 512
-    device: str | None = None  # None: all GPUs (device_map="auto") when CUDA is available, else the CPU
-    # openai
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_model: str | None = None  # None: the one model GET {base_url}/models lists
-    api_key_env: str | None = None  # None: OPENAI_API_KEY if it is set, else no Authorization header
-    concurrency: int = 8
-    timeout: float = 120.0
-    retries: int = 4
-    backoff: float = 1.0
-    # oracle
-    error_rate: float = 0.1
-    no_answer_rate: float = 0.0
-    seed: int = 0
-    delay: float = 0.0  # seconds per item (oracle): lets tests kill a run part-way
-    max_consecutive_errors: int = 50  # stop the run after this many failures in a row (0: never stop)
-    progress: bool | None = None  # None: a progress bar when stderr is a terminal
-    allow_images_outside_root: bool = False  # image paths may resolve outside the image root (trusted data only)
-    extra: dict[str, Any] = field(default_factory=dict)
+    data: str = option(help="a MiniMMEB folder or an MMEB-train folder (one sub-folder per set)", metavar="DIR")
+    out: str = option(help="output JSONL file (appended to; a rerun resumes)", metavar="FILE")
+    backend: str = option("oracle", "the teacher", choices=BACKENDS)
+    image_root: str | None = option(None, "folder the image paths resolve against (default: MiniMMEB's own, or "
+                                    "--data)", metavar="DIR")
+    datasets: list[str] | None = option(None, "dataset names (default: every training dataset in --data)")
+    limit: int | None = option(None, "at most N queries per dataset (the first N)", metavar="N")
+    model: str | None = option(None, "transformers: local Qwen2-VL / Qwen2.5-VL instruct checkpoint folder",
+                               metavar="DIR")
+    batch_size: int = option(4, "transformers: queries per generate call")
+    max_new_tokens: int = option(512, "reply length cap (transformers and openai)")
+    device: str | None = option(None, "transformers: e.g. cpu, cuda:0 (default: all GPUs if any, else cpu)")
+    base_url: str = option("http://127.0.0.1:8000/v1", "openai: the OpenAI-compatible server (e.g. vLLM)")
+    api_model: str | None = option(None, "openai: served model name (default: the one model GET /models lists)")
+    api_key_env: str | None = option(None, f"openai: environment variable holding the API key (default: "
+                                     f"{DEFAULT_API_KEY_ENV} if set, else none)")
+    concurrency: int = option(8, "openai: requests in flight")
+    timeout: float = option(120.0, "openai: seconds per request")
+    retries: int = option(4, "openai: retries on timeouts, connection errors, 429 and 5xx")
+    backoff: float = option(1.0, "openai: first retry delay in seconds (doubles, with jitter)")
+    error_rate: float = option(0.1, "oracle: share of deliberately wrong answers")
+    no_answer_rate: float = option(0.0, "oracle: share of replies without an answer tag")
+    seed: int = option(0, "oracle: seed of its errors")
+    delay: float = option(0.0, "oracle: seconds per item (lets tests kill a run part-way)", hidden=True)
+    max_consecutive_errors: int = option(50, "stop after this many failed queries in a row, e.g. a server that is "
+                                         "down (0: never)")
+    progress: bool | None = option(None, "show a progress bar (default: when stderr is a terminal)")
+    allow_images_outside_root: bool = option(False, "let image paths resolve outside the image root, and the openai "
+                                             "teacher send them; only for data you trust")
+    extra: dict[str, Any] = option({}, "backend-specific extras", cli=False)
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -462,69 +464,27 @@ def _report(summary: dict[str, Any], out: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------- the command
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training.synthesize",
-        description="Synthesise answer-style query augmentations with a teacher MLLM (resumable JSONL output).")
-    p.add_argument("--data", required=True, help="a MiniMMEB folder or an MMEB-train folder (one sub-folder per set)")
-    p.add_argument("--image-root", help="folder the image paths resolve against (default: MiniMMEB's own, or --data)")
-    p.add_argument("--allow-images-outside-root", action="store_true",
-                   help="let image paths resolve outside the image root, and the openai teacher send them; only for "
-                        "data you trust (default: refused)")
-    p.add_argument("--out", required=True, help="output JSONL file (appended to; a rerun resumes)")
-    p.add_argument("--backend", required=True, choices=BACKENDS)
-    p.add_argument("--datasets", help="comma-separated dataset names (default: all training datasets)")
-    p.add_argument("--limit", type=int, help="at most N queries per dataset (the first N)")
-    g = p.add_argument_group("transformers backend")
-    g.add_argument("--model", help="local Qwen2-VL / Qwen2.5-VL instruct checkpoint folder")
-    g.add_argument("--batch-size", type=int, default=4)
-    g.add_argument("--max-new-tokens", type=int, default=512, help="reply length cap (also for openai)")
-    g.add_argument("--device", help="e.g. cpu, cuda:0 (default: all GPUs if any, else cpu)")
-    add_threads_argument(g, what="the teacher model (torch)")
-    g = p.add_argument_group("openai backend (an OpenAI-compatible server such as vLLM)")
-    g.add_argument("--base-url", default="http://127.0.0.1:8000/v1")
-    g.add_argument("--api-model", help="served model name (default: the one model GET /models lists)")
-    g.add_argument("--api-key-env", help=f"environment variable holding the API key (default: {DEFAULT_API_KEY_ENV} "
-                                         "if set, else none)")
-    g.add_argument("--concurrency", type=int, default=8, help="requests in flight")
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    g.add_argument("--retries", type=int, default=4, help="retries on timeouts, connection errors, 429 and 5xx")
-    g.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles, with jitter)")
-    g = p.add_argument_group("oracle backend (MiniMMEB)")
-    g.add_argument("--error-rate", type=float, default=0.1, help="share of deliberately wrong oracle answers")
-    g.add_argument("--no-answer-rate", type=float, default=0.0, help="share of oracle replies without an answer tag")
-    g.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-consecutive-errors", type=int, default=50,
-                   help="stop after this many failed queries in a row, e.g. a server that is down (0: never)")
-    p.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)  # seconds per item, for tests
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: when stderr is a terminal)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (every error and retry)")
-    return p
+def _process_arguments(parser: argparse.ArgumentParser) -> None:
+    add_threads_argument(parser, what="the teacher model (transformers backend)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (every error and retry)")
 
 
-def settings_from_args(args: argparse.Namespace) -> SynthesisSettings:
-    datasets = split_list(args.datasets)
-    return SynthesisSettings(
-        data=args.data, out=args.out, backend=args.backend, image_root=args.image_root, datasets=datasets,
-        limit=args.limit, model=args.model, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-        device=args.device, base_url=args.base_url, api_model=args.api_model, api_key_env=args.api_key_env,
-        concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, backoff=args.backoff,
-        error_rate=args.error_rate, no_answer_rate=args.no_answer_rate, seed=args.seed, delay=args.delay,
-        max_consecutive_errors=args.max_consecutive_errors, progress=args.progress,
-        allow_images_outside_root=args.allow_images_outside_root)
+def parse_command_line(argv: list[str] | None = None) -> tuple[SynthesisSettings, argparse.Namespace]:
+    return parse_settings(SynthesisSettings, argv, prog="python -m training.synthesize", config_file=True,
+                          description="Synthesise answer-style query augmentations with a teacher MLLM (resumable "
+                                      "JSONL output).", extra=_process_arguments)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    settings, args = parse_command_line(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         for noisy in ("httpx", "urllib3", "transformers"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    process_environment(args.threads, set_threads=args.backend == "transformers")
+    process_environment(args.threads, set_threads=settings.backend == "transformers")
     try:
-        summary = synthesize(settings_from_args(args))
+        summary = synthesize(settings)
     except (UsageError, DataFormatError, TeacherError) as err:
         logger.error("%s", err)
         return 2
