@@ -3,9 +3,10 @@
 Inference for a batch of queries (DESIGN.md section 2):
 1. one prefill of the prompts gives the decision logits at the last prompt position;
    p_augment = softmax over the logits of `/augment` and `/embed`;
-2. the batch splits by decision: `/embed` rows feed `/embed` + terminal in one cached step and are done
-   (they never wait on generation); `/augment` rows feed `/augment`, decode greedily with the KV cache
-   and feed the terminal token once;
+2. the batch splits by decision: `/embed` rows are done, since the prefill already ran over `/embed` + terminal
+   after the prompt (unless every row must augment; with right padding in a batch, they feed `/embed` + terminal
+   in one cached step instead); `/augment` rows drop those two positions from the cache, feed `/augment`,
+   decode greedily with the KV cache and feed the terminal token once;
 3. the embedding is the last-layer state of the terminal token, L2-normalised.
 The query is never re-encoded: the cached path equals one full pass over the same tokens (tested).
 """
@@ -128,11 +129,15 @@ def files_signature(*folders: str | Path | None) -> str | None:
     return h.hexdigest()[:16] if found else None
 
 
-def select_cache_rows(cache, rows):
-    """A new DynamicCache holding only the given batch rows (the original is left as it is)."""
+def select_cache_rows(cache, rows, length: int | None = None):
+    """A new DynamicCache holding only the given batch rows, and only the first `length` positions when given
+    (the original is left as it is)."""
     from transformers import DynamicCache
 
-    return DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+    if length is None:
+        return DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+    return DynamicCache(ddp_cache_data=[(layer.keys[rows, :, :length], layer.values[rows, :, :length])
+                                        for layer in cache.layers])
 
 
 class MSolomon:
@@ -484,7 +489,15 @@ class MSolomon:
         device = self.device
         t0 = _now(device)
         encs = [self.encoder.encode_prompt(q, reserve=max_new_tokens + 1) for q in queries]
-        batch = self.encoder.collate(encs, self.padding_side)
+        # The `/embed` path fused into the prefill: unless every row must augment, the prefill runs over
+        # prompt + `/embed` + terminal. Causal attention keeps the decision logits at the prompt's last token what
+        # they are without the two tokens, and a row that embeds has its embedding from this one pass (the cached
+        # step it saves costs about as much as a short prefill at batch size 1). Rows that augment drop the two
+        # positions from the cache and decode from the prompt. Needs the tokens at the end of every row: left
+        # padding, or a batch of one.
+        fused = augment != "always" and (self.padding_side == "left" or len(encs) == 1)
+        tail = [self.embed_id, self.terminal_id] if fused else []
+        batch = self.encoder.collate([e.extended(tail) for e in encs] if fused else encs, self.padding_side)
         positions = self.rope_positions(batch)
         t_pre = _now(device)
 
@@ -492,7 +505,8 @@ class MSolomon:
         hidden = self.forward_hidden(batch, cache=cache, position_ids=positions)
         n = hidden.shape[0]
         rows = torch.arange(n, device=hidden.device)
-        last = hidden[rows, batch["last_index"].to(hidden.device)]
+        last_index = batch["last_index"].to(hidden.device)
+        last = hidden[rows, last_index - len(tail)]  # the prompt's last token
         p_aug = self.decision_probability(last).cpu()
         if augment == "always":
             wants = torch.ones(n, dtype=torch.bool)
@@ -500,8 +514,9 @@ class MSolomon:
             wants = torch.zeros(n, dtype=torch.bool)
         else:
             wants = p_aug >= threshold
-        mask = batch["attention_mask"].to(device)
-        next_pos = positions.amax(dim=(0, 2)).to(device) + 1  # next text position per row
+        prompt_len = batch["input_ids"].shape[1] - len(tail)
+        mask = batch["attention_mask"][:, :prompt_len].to(device)
+        next_pos = positions[:, :, :prompt_len].amax(dim=(0, 2)).to(device) + 1  # next text position per row
         t_decide = _now(device)
 
         embeddings = torch.zeros(n, hidden.shape[-1])
@@ -512,7 +527,12 @@ class MSolomon:
 
         embed_rows = (~wants).nonzero().flatten().tolist()
         aug_rows = wants.nonzero().flatten().tolist()
-        if embed_rows:  # `/embed` + terminal in one cached step: these rows never wait on generation
+        if embed_rows and fused:  # embedded by the prefill itself
+            embeddings[embed_rows] = hidden[embed_rows, last_index[embed_rows]].float().cpu()
+            for r in embed_rows:
+                segments[r] = [self.embed_id, self.terminal_id]
+                finish_time[r] = t_decide
+        elif embed_rows:  # `/embed` + terminal in one cached step: these rows never wait on generation
             sub = cache if not aug_rows else select_cache_rows(cache, embed_rows)
             k = len(embed_rows)
             ids = torch.tensor([[self.embed_id, self.terminal_id]] * k, device=device)
@@ -527,7 +547,10 @@ class MSolomon:
                 embed_time[r] = t_done - t_decide
         if aug_rows:
             t_gen0 = _now(device)
-            sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
+            if fused:  # without the speculative `/embed` + terminal positions
+                sub = select_cache_rows(cache, aug_rows, prompt_len)
+            else:
+                sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
             self._generate(aug_rows, sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
                            embeddings, segments, finish_time, gen_time, embed_time, t_gen0)
 
