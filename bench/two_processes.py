@@ -105,6 +105,12 @@ def main(argv=None) -> int:
     settings = {"default": None} if args.tiny else {"default": None, "torch_default": cores}
     times = {s: {"alone": [], "pair": []} for s in settings}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:  # make the tiny model and data once, not in every worker
+            if args.model is None:
+                C.load_model(args)[0].save_pretrained(Path(tmp) / "model")
+                args.model = str(Path(tmp) / "model")
+            if args.data is None:
+                args.data = str(C.minimmeb(args)[2])
         for r in range(rounds):
             for s in C.rotations(list(settings), r):
                 times[s]["alone"] += run_group(1, settings[s], args, Path(tmp))

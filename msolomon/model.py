@@ -3,9 +3,10 @@
 Inference for a batch of queries (docs/architecture.md, "One query, step by step"):
 1. one prefill of the prompts gives the decision logits at the last prompt position;
    p_augment = softmax over the logits of `/augment` and `/embed`;
-2. the batch splits by decision: `/embed` rows feed `/embed` + terminal in one cached step and are done
-   (they never wait on generation); `/augment` rows feed `/augment`, decode greedily with the KV cache
-   and feed the terminal token once;
+2. the batch splits by decision: `/embed` rows are done, since the prefill already ran over `/embed` + terminal
+   after the prompt (unless every row must augment; with right padding in a batch, they feed `/embed` + terminal
+   in one cached step instead); `/augment` rows drop those two positions from the cache, feed `/augment`,
+   decode greedily with the KV cache and feed the terminal token once;
 3. the embedding is the last-layer state of the terminal token, L2-normalised.
 The query is never re-encoded: the cached path equals one full pass over the same tokens (tested).
 """
@@ -140,11 +141,15 @@ class RowOutcome:
     embed_s: float  # time from the end of generation (or the decision) to the embedding
 
 
-def select_cache_rows(cache, rows):
-    """A new DynamicCache holding only the given batch rows (the original is left as it is)."""
+def select_cache_rows(cache, rows, length: int | None = None):
+    """A new DynamicCache holding only the given batch rows, and only the first `length` positions when given
+    (the original is left as it is)."""
     from transformers import DynamicCache
 
-    return DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+    if length is None:
+        return DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+    return DynamicCache(ddp_cache_data=[(layer.keys[rows, :, :length], layer.values[rows, :, :length])
+                                        for layer in cache.layers])
 
 
 class MSolomon:
@@ -498,7 +503,15 @@ class MSolomon:
         device = self.device
         t0 = _now(device)
         encs = [self.encoder.encode_prompt(q, reserve=max_new_tokens + 1) for q in queries]
-        batch = self.encoder.collate(encs, self.padding_side)
+        # The `/embed` path fused into the prefill: unless every row must augment, the prefill runs over
+        # prompt + `/embed` + terminal. Causal attention keeps the decision logits at the prompt's last token what
+        # they are without the two tokens, and a row that embeds has its embedding from this one pass (the cached
+        # step it saves costs about as much as a short prefill at batch size 1). Rows that augment drop the two
+        # positions from the cache and decode from the prompt. Needs the tokens at the end of every row: left
+        # padding, or a batch of one.
+        fused = augment != "always" and (self.padding_side == "left" or len(encs) == 1)
+        tail = [self.embed_id, self.terminal_id] if fused else []
+        batch = self.encoder.collate([e.extended(tail) for e in encs] if fused else encs, self.padding_side)
         positions = self.rope_positions(batch)
         t_pre = _now(device)
 
@@ -506,7 +519,8 @@ class MSolomon:
         hidden = self.forward_hidden(batch, cache=cache, position_ids=positions)
         n = hidden.shape[0]
         rows = torch.arange(n, device=hidden.device)
-        last = hidden[rows, batch["last_index"].to(hidden.device)]
+        last_index = batch["last_index"].to(hidden.device)
+        last = hidden[rows, last_index - len(tail)]  # the prompt's last token
         p_aug = self.decision_probability(last).cpu()
         if augment == "always":
             wants = torch.ones(n, dtype=torch.bool)
@@ -514,20 +528,28 @@ class MSolomon:
             wants = torch.zeros(n, dtype=torch.bool)
         else:
             wants = p_aug >= threshold
-        mask = batch["attention_mask"].to(device)
-        next_pos = positions.amax(dim=(0, 2)).to(device) + 1  # next text position per row
+        prompt_len = batch["input_ids"].shape[1] - len(tail)
+        mask = batch["attention_mask"][:, :prompt_len].to(device)
+        next_pos = positions[:, :, :prompt_len].amax(dim=(0, 2)).to(device) + 1  # next text position per row
         t_decide = _now(device)
 
         embed_rows = (~wants).nonzero().flatten().tolist()
         aug_rows = wants.nonzero().flatten().tolist()
         outcomes: dict[int, RowOutcome] = {}
-        if embed_rows:  # `/embed` + terminal in one cached step: these rows never wait on generation
+        if embed_rows and fused:  # embedded by the prefill itself
+            states = hidden[embed_rows, last_index[embed_rows]].float().cpu()
+            outcomes.update((r, RowOutcome(states[j], [self.embed_id, self.terminal_id], t_decide, 0.0, 0.0))
+                            for j, r in enumerate(embed_rows))
+        elif embed_rows:  # `/embed` + terminal in one cached step: these rows never wait on generation
             sub = cache if not aug_rows else select_cache_rows(cache, embed_rows)
             outcomes.update(zip(embed_rows, self._embed_directly(sub, mask[embed_rows], next_pos[embed_rows],
                                                                  t_decide)))
         if aug_rows:
             t_gen0 = _now(device)
-            sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
+            if fused:  # without the speculative `/embed` + terminal positions
+                sub = select_cache_rows(cache, aug_rows, prompt_len)
+            else:
+                sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
             outcomes.update(zip(aug_rows, self._generate(sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
                                                          t_gen0)))
         embeddings = torch.stack([outcomes[i].embedding for i in range(n)])
