@@ -10,16 +10,19 @@ from msolomon.settings import add_settings_arguments, flat_settings, option, par
 
 
 def _commands():
+    from training.pilot import PilotCommand
     from training.pretrain import PretrainSettings
     from training.reproduce import ReproduceSettings
     from training.synthesize import SynthesisSettings
     from training.train import TrainConfig
 
     return {"training.train": TrainConfig, "training.reproduce": ReproduceSettings,
-            "training.pretrain": PretrainSettings, "training.synthesize": SynthesisSettings}
+            "training.pretrain": PretrainSettings, "training.synthesize": SynthesisSettings,
+            "training.pilot": PilotCommand}
 
 
-@pytest.mark.parametrize("name", ["training.train", "training.reproduce", "training.pretrain", "training.synthesize"])
+@pytest.mark.parametrize("name", ["training.train", "training.reproduce", "training.pretrain", "training.synthesize",
+                                  "training.pilot"])
 def test_every_option_has_help_and_its_default(name, capsys):
     import argparse
 

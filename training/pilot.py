@@ -14,22 +14,36 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from msolomon.files import atomic_write_json
-from msolomon.settings import split_list
+from msolomon.model import AUGMENT_MODES
+from msolomon.settings import option, parse_settings
 
 logger = logging.getLogger("training.pilot")
 
 
 @dataclass
 class PilotSettings:
-    margin: float = 1.0  # P@1 points AlwaysAug must win by to put a dataset in D^A
-    noaug_mode: str = "never"
-    alwaysaug_mode: str = "always"
-    datasets: Sequence[str] | None = None  # default: the in-distribution datasets of both reports
+    """How the split is made from the two reports."""
+
+    margin: float = option(1.0, "P@1 points AlwaysAug must win by to put a dataset in D^A")
+    noaug_mode: str = option("never", "the NoAug report's mode to read", choices=AUGMENT_MODES)
+    alwaysaug_mode: str = option("always", "the AlwaysAug report's mode to read", choices=AUGMENT_MODES)
+    datasets: list[str] | None = option(None, "datasets to split (default: the in-distribution datasets of both "
+                                        "reports)")
+
+
+@dataclass
+class PilotCommand:
+    """`python -m training.pilot`: the two reports in, the split file out."""
+
+    noaug: str = option(help="evaluation report of the NoAug model (JSON)", metavar="FILE")
+    alwaysaug: str = option(help="evaluation report of the AlwaysAug model (JSON)", metavar="FILE")
+    out: str = option(help="split file to write (JSON)", metavar="FILE")
+    pilot: PilotSettings = field(default_factory=PilotSettings)
 
 
 def pilot_split(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = None) -> dict:
@@ -67,12 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m training.pilot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--noaug", required=True, help="evaluation report of the NoAug model (JSON)")
-    parser.add_argument("--alwaysaug", required=True, help="evaluation report of the AlwaysAug model (JSON)")
-    parser.add_argument("--out", required=True, help="split file to write (JSON)")
-    parser.add_argument("--margin", type=float, default=PilotSettings.margin)
-    parser.add_argument("--datasets", default=None, help="comma-separated (default: in-distribution ones)")
-    args = parser.parse_args(argv)
+    args, _ = parse_settings(PilotCommand, argv, prog=parser.prog, parser=parser)
     reports = []
     for flag in ("noaug", "alwaysaug"):
         path = Path(getattr(args, flag))
@@ -82,10 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             reports.append(json.loads(path.read_text()))
         except json.JSONDecodeError as err:
             parser.error(f"--{flag} {path}: not JSON ({err})")
-    settings = PilotSettings(margin=args.margin,
-                             datasets=split_list(args.datasets) or None)
     try:
-        result = pilot_split(reports[0], reports[1], settings)
+        result = pilot_split(reports[0], reports[1], args.pilot)
     except ValueError as err:
         parser.error(str(err))
     result["sources"] = {"noaug": str(args.noaug), "alwaysaug": str(args.alwaysaug)}
