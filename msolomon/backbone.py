@@ -282,16 +282,8 @@ def is_adapter_dir(path: str | Path) -> bool:
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own cap on the JSON header
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-HUB_HINT = ("to load a hub model, pass its id (e.g. Qwen/Qwen2-VL-2B-Instruct) on a machine with network access, or "
-            "download it first (huggingface-cli download ID) and set HF_HUB_OFFLINE=1")
-
-
-def hub_offline() -> bool:
-    """Whether the hub must not be contacted (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set to a true value)."""
-    import os
-
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+HUB_HINT = ("nothing is downloaded at run time: to use a hub model, download it on a machine with network access "
+            "(huggingface-cli download ID) and pass its folder, or its id once it is in the local hub cache")
 
 
 def looks_like_path(text: str) -> bool:
@@ -302,8 +294,8 @@ def looks_like_path(text: str) -> bool:
 
 
 def resolve_model_source(path_or_id: Any) -> Path:
-    """The local folder to load a model from: `path_or_id` itself when it exists, else the hub cache's copy of a
-    hub id (downloaded when the hub may be contacted). A folder that does not exist fails at once, naming it."""
+    """The local folder to load a model from: `path_or_id` itself when it exists, else the local hub cache's copy of
+    a hub id. Nothing is ever downloaded; a folder that does not exist fails at once, naming it."""
     from msolomon.inputs import InputTypeError
 
     if not isinstance(path_or_id, (str, Path)):
@@ -321,19 +313,11 @@ def resolve_model_source(path_or_id: Any) -> Path:
         raise ValueError(f"model folder {text} does not exist (looked in {local.absolute()}); {HUB_HINT}")
     from huggingface_hub import snapshot_download
 
-    try:
+    try:  # the local cache only: local_files_only never contacts the hub
         return Path(snapshot_download(text, local_files_only=True, allow_patterns=WEIGHT_PATTERNS))
-    except Exception:  # noqa: BLE001 - not in the cache: try the hub below, or explain
-        pass
-    if hub_offline():
-        raise ValueError(f"model {text}: no such folder here (looked in {local.absolute()}) and not in the local hub "
-                         f"cache; HF_HUB_OFFLINE is set, so the hub is not contacted; {HUB_HINT}")
-    try:
-        return Path(snapshot_download(text, allow_patterns=WEIGHT_PATTERNS))
-    except Exception as err:  # noqa: BLE001 - any hub failure becomes one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"model {text}: no such folder here (looked in {local.absolute()}) and the hub could not "
-                         f"provide it ({first}); {HUB_HINT}") from None
+    except Exception:  # noqa: BLE001 - not cached: one clear line below
+        raise ValueError(f"model {text}: no such folder here (looked in {local.absolute()}) and not in the local "
+                         f"hub cache; {HUB_HINT}") from None
 
 
 def check_model_folder(folder: Path) -> None:

@@ -376,16 +376,29 @@ def test_a_damaged_checkpoint_fails_at_load_naming_the_file(case, checkpoint, tm
     assert fragment in str(info.value) and str(folder) in str(info.value)
 
 
-def test_a_hub_id_fails_fast_offline_and_says_how_to_load_one(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.mark.parametrize("offline", [True, False])
+def test_a_hub_id_is_never_downloaded_and_the_message_says_how_to_load_one(tmp_path, monkeypatch, offline):
+    """Nothing is downloaded at run time, whether or not the offline variables are set: only the local cache is read."""
+    import huggingface_hub
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if offline:
+            monkeypatch.setenv(var, "1")
+        else:
+            monkeypatch.delenv(var, raising=False)
+    calls = []
+    real = huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda *a, **kw: (calls.append(kw), real(*a, **{**kw, "local_files_only": True}))[1])
     monkeypatch.chdir(tmp_path)
     t0 = time.perf_counter()
     with pytest.raises(ValueError) as info:
         MSolomon.from_pretrained("nobody-here/no-such-model")
     assert time.perf_counter() - t0 < 5
+    assert calls and all(kw.get("local_files_only") is True for kw in calls)
     message = str(info.value)
     assert "no such folder here" in message and "not in the local hub cache" in message
-    assert "to load a hub model" in message
+    assert "huggingface-cli download" in message and "nothing is downloaded" in message
 
 
 def test_defaults_paths_exif_and_quiet_loading(tmp_path, monkeypatch, capfd, tiny_model):
