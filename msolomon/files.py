@@ -221,3 +221,14 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def accumulate_timings(path: Path, timings: dict[str, float]) -> dict[str, float]:
+    """Stage times summed over every invocation of a resumable pipeline on one folder (`path` holds the sums), so
+    a resumed or re-shipped run still reports the time its stages really took; returns this run's keys and the total."""
+    total = read_json(path, {}) or {}
+    for key, value in timings.items():
+        total[key] = round(total.get(key, 0.0) + value, 1)
+    total["total_s"] = round(sum(v for k, v in total.items() if k != "total_s"), 1)
+    atomic_write_json(path, total, sort_keys=True)
+    return dict(sorted(total.items()))

@@ -29,7 +29,7 @@ import json
 import os
 import typing
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
 _MISSING = object()
@@ -124,8 +124,10 @@ def _show(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, cls, defaults=None) -> list[_Leaf]:
-    """Add a flag per field of `cls` (nested dataclasses flattened) to `parser`; returns the leaves."""
+def add_settings_arguments(parser: argparse.ArgumentParser, cls, defaults=None,
+                           unused: Collection[str] = ()) -> list[_Leaf]:
+    """Add a flag per field of `cls` (nested dataclasses flattened) to `parser`; returns the leaves. Fields named in
+    `unused` (nested settings a command does not read) get no flag and keep their defaults."""
     instance = defaults if defaults is not None else _default_instance(cls)
     leaves = _leaves(cls, instance)
     seen: dict[str, tuple[str, ...]] = {}
@@ -134,6 +136,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls, defaults=None) 
             raise TypeError(f"{cls.__name__}: setting {leaf.name!r} is declared twice ({seen[leaf.name]} and "
                             f"{leaf.path}); a setting is declared once")
         seen[leaf.name] = leaf.path
+    leaves = [leaf for leaf in leaves if leaf.name not in set(unused)]
+    for leaf in leaves:
         if "(default" in leaf.help:  # the help says what the default means
             text = leaf.help
         else:
@@ -224,7 +228,8 @@ def build(cls, values: dict, defaults=None):
 
 def parse_settings(cls, argv: Sequence[str] | None = None, *, prog: str, description: str | None = None,
                    defaults=None, extra: Callable[[argparse.ArgumentParser], None] | None = None,
-                   config_file: bool = True, parser: argparse.ArgumentParser | None = None):
+                   config_file: bool = True, parser: argparse.ArgumentParser | None = None,
+                   unused: Collection[str] = ()):
     """Parse `cls` from the command line (and `--config FILE`); returns (settings, the argparse namespace, which
     also holds what `extra(parser)` added). Errors exit with status 2 and the parser's usage."""
     parser = parser or argparse.ArgumentParser(prog=prog, description=description,
@@ -234,7 +239,7 @@ def parse_settings(cls, argv: Sequence[str] | None = None, *, prog: str, descrip
                                                              "(command-line values win) (default: none)")
     if extra is not None:
         extra(parser)
-    leaves = add_settings_arguments(parser, cls, defaults)
+    leaves = add_settings_arguments(parser, cls, defaults, unused)
     args = parser.parse_args(argv)
     by_name = {leaf.name: leaf for leaf in leaves}
     nested = {p for leaf in leaves for p in leaf.path[:-1]}

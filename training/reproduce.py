@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from msolomon.files import atomic_write_json, atomic_write_text, read_json
+from msolomon.files import accumulate_timings, atomic_write_text, read_json
 from msolomon.model import AUGMENT_MODES
 from msolomon.settings import flat_settings, option, parse_settings, process_environment
 from training.train import ModelSettings
@@ -178,17 +178,6 @@ def run(s: ReproduceSettings) -> dict:
     if s.ship:
         ship_models(result, finals, Path(s.ship), command_line(s))
     return result
-
-
-def accumulate_timings(path: Path, timings: dict[str, float]) -> dict[str, float]:
-    """Stage times summed over every invocation on this folder, so a resumed (or re-shipped) run still reports
-    the time its stages really took."""
-    total = read_json(path, {}) or {}
-    for key, value in timings.items():
-        total[key] = round(total.get(key, 0.0) + value, 1)
-    total["total_s"] = round(sum(v for k, v in total.items() if k != "total_s"), 1)
-    atomic_write_json(path, total, sort_keys=True)
-    return {key: total[key] for key in [*timings, "total_s"]}
 
 
 def command_line(s: ReproduceSettings) -> str:
