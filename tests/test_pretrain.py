@@ -180,7 +180,7 @@ def test_pretrain_command_trains_evaluates_and_resumes(tmp_path, bench, pdata):
     # stage times add up over both invocations instead of reporting the rerun's few seconds as the training time
     stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
     first = report["timings_s"]
-    assert first["train_s"] > 1 and first["eval_s"] > 0
+    assert first["train_s"] + 0.1 >= log[-1]["elapsed_s"] and first["eval_s"] > 0  # holds the loop
     assert main(args) == 0
     assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp
     again = json.loads((out / "report.json").read_text())
