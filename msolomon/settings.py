@@ -290,3 +290,25 @@ def flat_settings(settings) -> dict:
         else:
             out[f.name] = value
     return out
+
+
+def command_line(prog: str, settings, first: Sequence[str] = ("out",), last: Sequence[str] = ("ship",)) -> str:
+    """The command that reproduces `settings` (a dataclass instance): `prog`, the `first` settings, every other
+    setting that differs from the class's defaults, then the `last` ones when set. Model cards print it."""
+    defaults = flat_settings(type(settings)())
+    values = flat_settings(settings)
+
+    def arg(key: str, value: Any) -> str:
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            return flag if value else "--no-" + key.replace("_", "-")
+        if isinstance(value, (list, tuple)):
+            return f"{flag} {','.join(map(str, value))}"
+        if isinstance(value, dict):
+            return f"{flag} '{json.dumps(value)}'"
+        return f"{flag} {value}"
+
+    parts = [prog] + [arg(k, values[k]) for k in first]
+    parts += [arg(k, v) for k, v in values.items() if k not in (*first, *last) and v != defaults.get(k)]
+    parts += [arg(k, values[k]) for k in last if values.get(k) not in (None, False, "")]
+    return " ".join(parts)

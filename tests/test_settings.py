@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 
 import pytest
 
-from msolomon.settings import add_settings_arguments, flat_settings, option, parse_settings
+from msolomon.settings import add_settings_arguments, command_line, flat_settings, option, parse_settings
 
 
 def _commands():
@@ -52,7 +53,8 @@ def test_the_loop_settings_are_declared_once_and_shared_with_other_defaults():
         own = {f.name for f in dataclasses.fields(cls)}
         assert not (own & loop_fields), (cls.__name__, own & loop_fields)  # not copied: nested
     assert ReproduceSettings().loop.epochs == 2.0 and ReproduceSettings().loop.optim.lr == 5e-4
-    assert TrainConfig().loop.epochs == 1.0 and PretrainSettings().loop.optim.lr == 2e-3
+    assert TrainConfig().loop.epochs == 1.0 and TrainConfig().loop.max_steps is None
+    assert PretrainSettings().loop.max_steps == 6000 and PretrainSettings().loop.optim.warmup_steps == 200
     assert TrainConfig().loop.collator.max_segment_tokens == 48  # one default, where the collator declares it
 
 
@@ -87,11 +89,21 @@ def test_config_file_flat_or_nested_and_the_command_line_wins(tmp_path):
     assert flat["batch_size"] == 8 and flat["lr"] == 0.02 and "loop" not in flat
     # the recorded command line parses back to the same settings
     cmd = command_line(s).split(" ", 3)[3]
-    import shlex
-
     again, _ = parse_settings(ReproduceSettings, ["--out", "o"] + shlex.split(cmd), prog="x")
     assert flat_settings(again) == flat
     with pytest.raises(SystemExit):
         parse_settings(ReproduceSettings, ["--tiny", "[1]"], prog="x")
     with pytest.raises(SystemExit):
         parse_settings(ReproduceSettings, ["--scale", "huge"], prog="x")
+
+
+def test_the_recorded_command_names_what_differs_from_the_defaults():
+    from training.pretrain import PretrainSettings, parse_args
+
+    s = parse_args(["--out", "runs/p", "--seed", "1", "--lr", "0.001", "--ship", "assets/base", "--threads", "2"])
+    cmd = command_line("python -m training.pretrain", s)
+    assert cmd.startswith("python -m training.pretrain --out runs/p ") and cmd.endswith(" --ship assets/base")
+    assert "--seed 1" in cmd and "--lr 0.001" in cmd and "--threads 2" in cmd
+    assert "--epochs" not in cmd and "--backbone" not in cmd  # defaults are left out
+    assert parse_args(shlex.split(cmd)[3:]) == s
+    assert command_line("p", PretrainSettings(out="o")) == "p --out o"

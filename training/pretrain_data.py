@@ -43,8 +43,8 @@ PRETRAIN_SEED_OFFSET = 1_000_003  # pretraining streams are keyed by (seed + off
 class PretrainDataSettings:
     """How much pretraining data to make and which benchmark it must stay apart from."""
 
-    n_per_dataset: int = 2000  # items asked of each world builder for training
-    n_heldout_per_dataset: int = 40  # fresh items per builder for the generative evaluation
+    n_per_dataset: int = 3000  # items asked of each world builder for training
+    n_heldout_per_dataset: int = 60  # fresh items per builder for the generative evaluation
     seed: int = 0  # pretraining's own streams (offset so they never equal a benchmark stream)
     benchmark_seed: int = 0  # the MiniMMEB seed whose digit split is respected and whose images are excluded
     benchmark_scale: str = "small"

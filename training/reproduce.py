@@ -18,7 +18,6 @@ so a killed run resumes. Deterministic for a seed. `--scale tiny --init tiny` is
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Sequence
 
 from msolomon.files import accumulate_timings, atomic_write_text, read_json
 from msolomon.model import AUGMENT_MODES
+from msolomon.settings import command_line as settings_command_line
 from msolomon.settings import flat_settings, option, parse_settings, process_environment
 from training.train import ModelSettings
 from training.trainer import LoopSettings, OptimSettings
@@ -182,23 +182,7 @@ def run(s: ReproduceSettings) -> dict:
 
 def command_line(s: ReproduceSettings) -> str:
     """The command that reproduces `s` (the settings that differ from the defaults)."""
-    defaults = flat_settings(ReproduceSettings())
-    parts = ["python -m training.reproduce", f"--out {s.out}"]
-    for key, value in flat_settings(s).items():
-        if key in ("out", "ship") or value == defaults.get(key):
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, list):
-            parts.append(f"{flag} {','.join(map(str, value))}")
-        elif isinstance(value, dict):
-            parts.append(f"{flag} '{json.dumps(value)}'")
-        else:
-            parts.append(f"{flag} {value}")
-    if s.ship:
-        parts.append(f"--ship {s.ship}")
-    return " ".join(parts)
+    return settings_command_line("python -m training.reproduce", s)
 
 
 SHIPPED = {"msolomon": "model", "noaug": "baselines/noaug", "alwaysaug": "baselines/alwaysaug"}
