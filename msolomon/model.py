@@ -208,7 +208,7 @@ class MSolomon:
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(tiny_model_config(tokenizer, cfg), dtype=torch.float32)
         model.eval()
-        processor = build_processor(tokenizer, cfg.min_pixels, cfg.max_pixels)
+        processor = build_processor(tokenizer, cfg.min_pixels, cfg.max_pixels, cfg.patch_size)
         settings = FormatSettings(max_length=cfg.max_position_embeddings // 2,
                                   extra={"tiny": vars(cfg) | {"seed": seed}})
         return cls(model, processor, settings)

@@ -75,6 +75,7 @@ def test_set_threads_sets_torch_once_and_returns_the_count(restore_threads):
 @pytest.mark.parametrize("command", [
     ["-m", "msolomon.evaluation"], ["-m", "training.train"], ["-m", "training.synthesize"],
     ["examples/quickstart.py"], ["bench/latency.py"], ["bench/throughput.py"], ["bench/index.py"], ["bench/train.py"],
+    ["bench/pretrain_ablation.py"],
 ])
 def test_every_command_that_runs_a_model_takes_threads(command):
     bad = subprocess.run([sys.executable, *command, "--threads", "0"], cwd=ROOT, capture_output=True, text=True,
@@ -193,3 +194,30 @@ def test_threshold_choice_rules():
     assert mod.best_accuracy(curve)["threshold"] == 0.7  # a tie in accuracy goes to the lower latency
     assert mod.cheapest_at(curve, 50.0)["threshold"] == 0.9
     assert mod.cheapest_at(curve, 60.0) is None
+
+
+def test_bench_pretrain_ablation_tiny(tmp_path, restore_threads):
+    """Every combination runs; a patch of 7 gives the vision tower four times the patches of 14."""
+    out = tmp_path / "ablation.json"
+    assert _bench("pretrain_ablation").main(["--tiny", "--threads", "1", "--patch", "14,7", "--lr", "1e-3",
+                                             "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [(v["patch"], v["steps"]) for v in data["variants"]] == [(14, 2), (7, 2)]
+    assert set(data["variants"][0]["exact_match"]) == {"DigitsCLS", "ShapesCLS"} and data["n_heldout"] > 0
+    import torch
+    from PIL import Image
+
+    from msolomon.inputs import Query
+    from msolomon.model import MSolomon
+
+    grids, tokens = {}, {}
+    for patch in (14, 7):
+        model = MSolomon.tiny(hidden_size=32, num_layers=1, vision_dim=32, vision_depth=1, vocab_size=300,
+                              patch_size=patch)
+        enc = model.encoder.encode_prompt(Query(text="x", image=Image.new("RGB", (56, 56))))
+        grids[patch] = [int(x) for x in enc.image_grid_thw[0]]
+        tokens[patch] = sum(enc.mm_token_type_ids)
+        with torch.inference_mode():  # the tower takes the patches it is given
+            model.encode_queries([Query(text="x", image=Image.new("RGB", (56, 56)))], augment="never")
+    assert tokens[7] == 4 * tokens[14]
+    assert grids[14] == [1, 4, 4] and grids[7] == [1, 8, 8], grids
