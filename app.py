@@ -217,6 +217,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baselines", default=None, help="folder with noaug/ and alwaysaug/ (default assets/baselines)")
     p.add_argument("--max-batch", type=int, default=16, help="concurrent searches served by one model call "
                    "(1: one at a time)")
+    p.add_argument("--batch-wait-ms", type=float, default=4.0, help="how long the first of concurrent searches "
+                   "waits for others to join its model call (default 4)")
     p.add_argument("--corpus-scale", default="small", choices=["tiny", "small", "full"],
                    help="MiniMMEB scale of the default corpus")
     return p.parse_args(argv)
@@ -231,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     settings = DemoSettings(model=args.model, adapter=args.adapter, quantization=args.quantization, host=args.host,
                             port=args.port, threads=threads, reports_dir=args.reports,
-                            corpus_scale=args.corpus_scale, max_batch=args.max_batch,
+                            corpus_scale=args.corpus_scale, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                             **{k: v for k, v in (("cache_dir", args.cache_dir), ("baselines_dir", args.baselines))
                                if v is not None})
     model = MSolomon.from_pretrained(args.model or DEFAULT_MODEL_DIR, adapter=args.adapter,

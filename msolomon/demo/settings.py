@@ -61,3 +61,5 @@ class DemoSettings:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.max_batch < 1 or self.queue_size < 1:
             raise ValueError("max_batch and queue_size must be at least 1")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ValueError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
