@@ -107,3 +107,7 @@ def test_the_recorded_command_names_what_differs_from_the_defaults():
     assert "--epochs" not in cmd and "--backbone" not in cmd  # defaults are left out
     assert parse_args(shlex.split(cmd)[3:]) == s
     assert command_line("p", PretrainSettings(out="o")) == "p --out o"
+    # pretraining's default is a step budget (6000); --epochs alone trains by epochs instead of being ignored
+    assert parse_args(["--out", "o"]).loop.max_steps == 6000
+    assert parse_args(["--out", "o", "--epochs", "2"]).loop.max_steps is None
+    assert parse_args(["--out", "o", "--epochs=2", "--max-steps", "5"]).loop.max_steps == 5

@@ -83,6 +83,9 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainSettings:
     if not settings.out:
         raise SystemExit("python -m training.pretrain: error: --out is required")
     settings.backbone = {**BASE_BACKBONE, **settings.backbone}
+    given = [a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv)]
+    if "--epochs" in given and "--max-steps" not in given:  # the default step budget must not silently win
+        settings.loop.max_steps = None
     return settings
 
 
