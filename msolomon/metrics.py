@@ -61,9 +61,17 @@ def macro(values: Iterable[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def latency_stats(ms: Sequence[float]) -> dict[str, float | None]:
-    """Mean, median and 95th percentile (numpy's linear interpolation) of per-query latencies in ms."""
-    if not len(ms):
+def timed(ms: Iterable[float | None]) -> list[float]:
+    """The latencies that were measured: an evaluation at batch size > 1 times only a sample of queries one at
+    a time and stores None for the others."""
+    return [float(x) for x in ms if x is not None]
+
+
+def latency_stats(ms: Sequence[float | None]) -> dict[str, float | None]:
+    """Mean, median and 95th percentile (numpy's linear interpolation) of per-query latencies in ms; untimed
+    queries (None) are left out."""
+    ms = timed(ms)
+    if not ms:
         return {"mean": None, "p50": None, "p95": None}
     arr = np.asarray(ms, dtype=np.float64)
     return {"mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95))}
@@ -235,7 +243,7 @@ class DatasetModeResult:
     correct: list[bool]
     augmented: list[bool]
     p_augment: list[float]
-    latency_ms: list[float]
+    latency_ms: list[float | None]  # None: not timed (accuracy came from a batch)
     n_candidates: list[int]
     timings_ms: dict[str, float] = field(default_factory=dict)  # mean per timing component
     predictions: list[dict[str, Any]] = field(default_factory=list)
@@ -397,10 +405,10 @@ def threshold_curve(
         for n in names:
             aug = np.asarray(p_augment[n], dtype=np.float64) >= t
             corr = np.where(aug, always[n].correct, never[n].correct)
-            lat = np.where(aug, always[n].latency_ms, never[n].latency_ms)
+            lat = [a if use else e for use, a, e in zip(aug, always[n].latency_ms, never[n].latency_ms)]
             scores[n] = precision_at_1(corr.tolist())
             aug_all.extend(aug.tolist())
-            lat_all.extend(lat.tolist())
+            lat_all.extend(lat)
         entry = {"threshold": float(t)}
         entry.update(_grouped(scores, never))
         entry.update({

@@ -44,6 +44,7 @@ class StandIn:
         self.candidate_counts: Counter = Counter()
         self.candidate_calls = 0
         self.query_calls: Counter = Counter()  # (qid, mode) -> n
+        self.batch_sizes: list[int] = []  # one entry per encode_queries call
 
     def vec(self, target) -> np.ndarray:
         """target: a key, a list of keys (blend: a tie between them) or None (orthogonal to all candidates)."""
@@ -74,10 +75,17 @@ class StandIn:
 
     def encode_queries(self, queries, augment="auto", threshold=0.5, batch_size=8, max_new_tokens=64,
                        show_progress_bar=None):
-        assert batch_size == 1 and len(queries) == 1, "latency must be measured one query at a time"
-        qid = re.search(r"qid:(\S+)", queries[0].text).group(1)
-        self.query_calls[(qid, augment)] += 1
-        return [self.result(qid, augment, threshold)]
+        assert batch_size == len(queries), "the harness sizes each call's batch itself"
+        self.batch_sizes.append(len(queries))
+        out = []
+        for q in queries:
+            qid = re.search(r"qid:(\S+)", q.text).group(1)
+            self.query_calls[(qid, augment)] += 1
+            out.append(self.result(qid, augment, threshold))
+        if len(queries) > 1:  # a batch shares one clock: its rows' totals are not per-query latencies
+            for r in out:
+                r.timings = {"total": 999.0}
+        return out
 
 
 def _build(tmp: Path, seed: int = 0, layout: str = "minimmeb") -> tuple[Path, StandIn, dict]:
@@ -346,6 +354,9 @@ def test_output_files_exist_and_parse(bench, tmp_path, monkeypatch, capsys):
     (["--limit", "-3"], "--limit must be a positive integer"),
     (["--thresholds", "0,abc"], "--thresholds must be comma-separated numbers"),
     (["--threshold", "1.5"], "--threshold must be in [0, 1]"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--latency-queries", "5"], "--latency-queries needs --batch-size > 1"),
+    (["--batch-size", "4", "--latency-queries", "-1"], "--latency-queries must be an integer >= 0"),
     (["--datasets", "CatCls,Nope"], "unknown dataset 'Nope'"),
     (["--model", "/no/such/model"], "model folder /no/such/model does not exist"),
 ])
@@ -505,3 +516,51 @@ def test_floors_on_a_generated_minimmeb(tmp_path):
     for name in ("ScenesT2I", "DigitsR"):
         assert ds[name]["floor_text_only"] == ds[name]["chance"]
     assert all(d["ci95"][0] <= d["p_at_1"] <= d["ci95"][1] for d in ds.values())
+
+
+def test_timed_rows_are_evenly_spaced():
+    assert ev.timed_rows(5, None) == {0, 1, 2, 3, 4}
+    assert ev.timed_rows(5, 9) == {0, 1, 2, 3, 4}
+    assert ev.timed_rows(5, 0) == set()
+    assert ev.timed_rows(101, 3) == {0, 50, 100}
+    assert len(ev.timed_rows(500, 100)) == 100 and max(ev.timed_rows(500, 100)) == 499
+
+
+def test_batched_accuracy_with_a_timed_sample(bench, tmp_path):
+    """--batch-size: the same correctness and decisions as one-at-a-time, but latency only from the timed queries
+    (encoded alone), and the sweep and the report still work."""
+    data, model, rows = bench
+    one = ev.evaluate(model, data, modes="auto,never,always", thresholds=[0, 0.5, 1.01], show_progress_bar=False)
+    model.batch_sizes.clear()
+    rep = ev.evaluate(model, data, modes="auto,never,always", thresholds=[0, 0.5, 1.01], show_progress_bar=False,
+                      batch_size=4, latency_queries=2, out=tmp_path / "b.json")
+    assert max(model.batch_sizes) == 4
+    assert model.batch_sizes.count(1) == 3 * 2 * len(DATASETS)  # two timed queries per dataset and mode
+    for mode in ("auto", "never", "always"):
+        a, b = one["modes"][mode], rep["modes"][mode]
+        assert (a["overall"], a["augment_rate"]) == (b["overall"], b["augment_rate"])
+        for name, d in b["datasets"].items():
+            assert d["correct_bits"] == a["datasets"][name]["correct_bits"]
+            n = len(rows[name])
+            timed = sorted(ev.timed_rows(n, 2))
+            brute = _brute(model, {name: rows[name]}, mode)[name]["lat"]
+            assert d["latency_ms_mean"] == pytest.approx(np.mean([brute[i] for i in timed]), abs=1e-3)
+    for e1, e2 in zip(one["thresholds"], rep["thresholds"]):
+        assert e1["overall"] == e2["overall"] and e2["latency_ms_mean"] is not None
+    assert rep["settings"]["batch_size"] == 4 and rep["settings"]["timed_per_dataset"] == 2
+    assert "evenly spaced" in rep["metric"]["latency_ms"] and "evenly spaced" in (tmp_path / "b.md").read_text()
+    preds = [json.loads(x) for x in (tmp_path / "b.predictions.jsonl").read_text().splitlines()]
+    assert sum(p["latency_ms"] is not None for p in preds) == 3 * 2 * len(DATASETS)
+
+
+def test_batched_evaluation_of_the_tiny_model_matches_one_at_a_time(bench, tiny_model):
+    """The real MSolomon in batches (padding, decoding rows leaving the batch) decides and ranks as it does alone."""
+    data, _, _ = bench
+    kw = dict(modes="auto,always", limit=4, max_new_tokens=4, show_progress_bar=False, model_name="tiny")
+    one = ev.evaluate(tiny_model, data, **kw)
+    batched = ev.evaluate(tiny_model, data, batch_size=4, latency_queries=1, **kw)
+    for mode in ("auto", "always"):
+        for name, d in one["modes"][mode]["datasets"].items():
+            b = batched["modes"][mode]["datasets"][name]
+            assert (b["correct_bits"], b["augment_rate"]) == (d["correct_bits"], d["augment_rate"]), (mode, name)
+            assert b["latency_ms_mean"] > 0

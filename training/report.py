@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from msolomon.data import META_TASKS
 from msolomon.files import atomic_file, atomic_write_text
 from msolomon.metrics import correct_by_dataset, paired_gain_ci
+from msolomon.report import timing_sample_note
 
 MAIN_ROWS = (("NoAug", "noaug", "never"), ("AlwaysAug", "alwaysaug", "always"), ("M-Solomon", "msolomon", "auto"))
 PAPER_HEADLINE_SETS = ("FashionIQ", "ImageNet-R")  # the MMEB sets of the paper's headline results (seed review)
@@ -108,7 +109,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         "IND", "OOD", "Overall [95% CI]", "/augment rate", "latency ms (mean)"]
     lines = ["# M-Solomon on MiniMMEB: the paper's comparison", "",
              "Precision@1 (%) on MiniMMEB test; latency per query at batch size 1 on this machine's CPU. "
-             "[lo, hi]: 95% bootstrap interval over queries (resampled within each dataset, then macro-averaged).",
+             "[lo, hi]: 95% bootstrap interval over queries (resampled within each dataset, then macro-averaged)."
+             + timing_sample_note(m["msolomon"]),
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(label: str, key: str, mode: str) -> str:

@@ -56,6 +56,9 @@ class ReproduceSettings:
     margin: float = option(1.0, "the pilot's margin: augment a dataset when AlwaysAug beats NoAug by more (points)")
     max_new_tokens: int = option(32, "generated tokens per augmentation at evaluation")
     eval_limit: int | None = option(None, "test queries per dataset (default: all)")
+    eval_batch_size: int = option(32, "queries per batch at evaluation, for accuracy (1: every query alone and timed)")
+    latency_queries: int = option(100, "test queries per dataset timed one at a time, batch size 1 (with "
+                                  "--eval-batch-size > 1); the pilot times none")
     threads: int | None = option(None, "CPU threads for torch and faiss (default: msolomon.runtime's)", metavar="N")
     datasets: list[str] | None = option(None, "a subset of MiniMMEB's datasets (default: all 15)")
     pilot_split: str = option("val", "where the pilot measures (the validation split carved from train; never test)")
@@ -103,12 +106,16 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
 
 
 def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out: Path, modes: Sequence[str],
-               datasets: Sequence[str] | None = None, tag: str = "", split: str = "test") -> dict:
+               datasets: Sequence[str] | None = None, tag: str = "", split: str = "test", timed: bool = True) -> dict:
+    """Evaluate one model; `timed=False` (the pilot) measures accuracy only, in batches."""
     from msolomon.evaluation import StaleResultsError, evaluate
 
     report_path = out / "eval" / f"{name}{tag}.json"
+    batched = s.eval_batch_size > 1
     kwargs = dict(modes=tuple(modes), limit=s.eval_limit, out=report_path, datasets=datasets,
-                  max_new_tokens=s.max_new_tokens, show_progress_bar=False, model_name=name, split=split)
+                  max_new_tokens=s.max_new_tokens, show_progress_bar=False, model_name=name, split=split,
+                  batch_size=s.eval_batch_size,
+                  latency_queries=(s.latency_queries if timed else 0) if batched else None)
     try:
         return evaluate(str(model_dir), data, **kwargs)
     except StaleResultsError as err:  # the model or settings changed since: evaluate again from scratch
@@ -125,9 +132,10 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
         return path
     meta = load_minimmeb(data)["datasets"]
     ind = sorted(n for n, m in meta.items() if not m["ood"])
-    noaug = stage_eval(s, "noaug", finals["noaug"], data, out, ["never"], ind, tag=".pilot", split=s.pilot_split)
+    noaug = stage_eval(s, "noaug", finals["noaug"], data, out, ["never"], ind, tag=".pilot", split=s.pilot_split,
+                       timed=False)
     always = stage_eval(s, "alwaysaug", finals["alwaysaug"], data, out, ["always"], ind, tag=".pilot",
-                        split=s.pilot_split)
+                        split=s.pilot_split, timed=False)
     result = pilot_split(noaug, always, PilotSettings(margin=s.margin, datasets=ind))
     result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}
     result["pilot_on"] = s.pilot_split

@@ -142,9 +142,11 @@ def detail_html(r: dict) -> str:
         f" <small>({float(c.get('score', float('nan'))):.3f})</small>{' ✓ answer</b>' if c.get('correct') else ''}"
         "</li>" for c in r.get("top") or [])
     p = r.get("p_augment")
+    lat = r.get("latency_ms")
+    latency = "not timed (batched)" if lat is None else f"{float(lat):.1f} ms"
     return (f"<div id='explorer-detail'><p>{escape(r['dataset'])} #{r.get('index')} · mode {escape(r['mode'])} · "
             f"{escape(str(r.get('decision')))} (p(/augment) {'–' if p is None else f'{float(p):.3f}'}) · {verdict} · "
-            f"{float(r.get('latency_ms') or 0):.1f} ms</p>"
+            f"{latency}</p>"
             f"<p><b>query</b>: {escape(str(r.get('query') or ''))}</p>"
             f"<p><b>augmentation</b>: {escape(r.get('augmentation') or '(none)')}</p>"
             f"<p><b>top candidates</b> (positive score {float(r.get('positive_score', float('nan'))):.3f}):</p>"
