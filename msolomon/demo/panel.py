@@ -22,8 +22,10 @@ both) and generates a single token:
 
 Always augmenting (*AlwaysAug*) pays the writing cost on every query, even where it does not help retrieval,
 and can hurt it; never augmenting misses the queries where it helps. Deciding per query pays the cost only
-where it buys accuracy, which is the paper's point: about NoAug's cost on most queries, AlwaysAug's benefit on
-the rest. The threshold sets how sure the model must be (p(`/augment`) ≥ threshold) before it augments.
+where it buys accuracy, which is the paper's point: NoAug's cost on the queries that do not gain, AlwaysAug's
+benefit on those that do. How many augment depends on how many kinds of query gain: in the paper about half did,
+hence half AlwaysAug's latency; the figures below show this model's own rate. The threshold sets how sure the
+model must be (p(`/augment`) ≥ threshold) before it augments.
 """
 
 
