@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 MODES = AUGMENT_MODES  # msolomon.model's
 DEFAULT_THRESHOLDS = (0.0, 0.25, 0.5, 0.75, 1.0)
-DEFAULT_LATENCY_QUERIES = 100  # timed per dataset when queries are batched: the mean's error is a few per cent
+DEFAULT_LATENCY_QUERIES = 100  # timed per dataset when queries are batched (1,500 on all 15 MiniMMEB sets)
 TIE_RULE = "a query counts only when the positive (candidate 0) is the unique top score; ties count as wrong"
 FLOOR_NOTES = {
     "chance": "expected Precision@1 of a random pick of a candidate: mean over queries of 100 / number of candidates",

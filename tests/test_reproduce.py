@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from msolomon.settings import build
 from training.reproduce import ReproduceSettings, run
 
@@ -72,3 +74,13 @@ def test_reproduce_smoke(tmp_path):
     assert again["split"] == result["split"]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/final/model.safetensors")} == stamps
     assert again["timings_s"]["train_noaug_s"] - result["timings_s"]["train_noaug_s"] < 1.0
+
+
+@pytest.mark.parametrize("flags", [["--eval-batch-size", "0"], ["--latency-queries", "-1"]])
+def test_bad_evaluation_settings_fail_before_any_training(tmp_path, flags, capsys):
+    from training.reproduce import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "run")] + flags)
+    assert "--eval-batch-size must be >= 1" in str(e.value)
+    assert not (tmp_path / "run").exists()  # nothing generated or trained

@@ -219,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, args = parse_settings(ReproduceSettings, argv, prog="python -m training.reproduce", description=__doc__)
     if not settings.out:
         raise SystemExit("python -m training.reproduce: error: --out is required")
+    if settings.eval_batch_size < 1 or settings.latency_queries < 0:  # fail now, not after the fine-tuning
+        raise SystemExit("python -m training.reproduce: error: --eval-batch-size must be >= 1 and "
+                         "--latency-queries >= 0")
     if settings.data and not Path(settings.data).is_dir():
         raise SystemExit(f"python -m training.reproduce: error: --data {settings.data}: no such folder")
     process_environment(settings.threads)
