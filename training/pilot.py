@@ -1,12 +1,17 @@
 """`python -m training.pilot`: the per-dataset split D^A / D^E from the NoAug and AlwaysAug reports.
 
     python -m training.pilot --noaug NOAUG.json --alwaysaug ALWAYSAUG.json --out SPLIT.json [--margin 1.0]
+                             [--no-require-significant]
 
-A dataset goes to D^A ("augment") when AlwaysAug's Precision@1 beats NoAug's by more than `--margin` points,
-else to D^E ("embed"): NoAug better or comparable, as in the paper. Each model is read in its own mode
-(NoAug: `never`, AlwaysAug: `always`). Only in-distribution datasets (the ones with training data) are split.
-The output, `{"augment": [...], "embed": [...], "margin": ..., "datasets": {NAME: figures}}`, keeps the
-per-dataset figures behind each assignment.
+A dataset goes to D^A ("augment") when AlwaysAug's Precision@1 beats NoAug's by more than `--margin` points and
+the paired 95% bootstrap interval of that gain (the same queries, resampled together) lies above 0; else to D^E
+("embed"): NoAug better or comparable, as in the paper. "Comparable" is read statistically because a pilot set is
+small: on 300 validation queries a gain of 3 points is within noise (its interval spans about ±7), and augmenting
+a dataset on noise costs the generation's latency on every one of its queries for nothing.
+`--no-require-significant` keeps the margin alone. Each model is read in its own mode (NoAug: `never`, AlwaysAug:
+`always`). Only in-distribution datasets (the ones with training data) are split. The output, `{"augment": [...],
+"embed": [...], "margin": ..., "require_significant": ..., "datasets": {NAME: figures}}`, keeps the per-dataset
+figures behind each assignment, the gain's interval among them.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from msolomon.files import atomic_write_json
+from msolomon.metrics import correct_by_dataset, paired_gain_ci
 from msolomon.model import AUGMENT_MODES
 from msolomon.settings import option, parse_settings
 
@@ -30,6 +36,8 @@ class PilotSettings:
     """How the split is made from the two reports."""
 
     margin: float = option(1.0, "P@1 points AlwaysAug must win by to put a dataset in D^A")
+    require_significant: bool = option(True, "also require the gain's paired 95% bootstrap interval to lie above 0 "
+                                       "(a gain within noise counts as comparable: D^E)")
     noaug_mode: str = option("never", "the NoAug report's mode to read", choices=AUGMENT_MODES)
     alwaysaug_mode: str = option("always", "the AlwaysAug report's mode to read", choices=AUGMENT_MODES)
     datasets: list[str] | None = option(None, "datasets to split (default: the in-distribution datasets of both "
@@ -61,16 +69,34 @@ def pilot_split(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = N
         raise ValueError(f"datasets missing from a report: {missing}")
     if not names:
         raise ValueError("no in-distribution dataset is in both reports")
+    intervals = gain_intervals(a, b, names, required=s.require_significant)
     evidence, augment, embed = {}, [], []
     for name in names:
         delta = b[name]["p_at_1"] - a[name]["p_at_1"]
-        side = "augment" if delta > s.margin else "embed"
+        ci = intervals.get(name)
+        significant = ci is not None and ci[0] > 0
+        side = "augment" if delta > s.margin and (significant or not s.require_significant) else "embed"
         (augment if side == "augment" else embed).append(name)
         evidence[name] = {"meta_task": a[name].get("meta_task"), "noaug_p_at_1": a[name]["p_at_1"],
-                          "alwaysaug_p_at_1": b[name]["p_at_1"], "delta": round(delta, 3), "n": a[name].get("n"),
-                          "assignment": side}
-    return {"augment": augment, "embed": embed, "margin": s.margin,
+                          "alwaysaug_p_at_1": b[name]["p_at_1"], "delta": round(delta, 3),
+                          "delta_ci95": ci, "n": a[name].get("n"), "assignment": side}
+    return {"augment": augment, "embed": embed, "margin": s.margin, "require_significant": s.require_significant,
             "modes": {"noaug": s.noaug_mode, "alwaysaug": s.alwaysaug_mode}, "datasets": evidence}
+
+
+def gain_intervals(noaug: dict, alwaysaug: dict, names: Sequence[str], required: bool) -> dict[str, list[float]]:
+    """Per dataset, the paired 95% bootstrap interval of AlwaysAug's gain over NoAug (P@1 points), from the two
+    reports' per-query correctness. Datasets without it are left out, or refused when the rule needs them."""
+    a, b = correct_by_dataset({"datasets": noaug}), correct_by_dataset({"datasets": alwaysaug})
+    out = {}
+    for name in names:
+        if name in a and name in b and len(a[name]) == len(b[name]) and len(a[name]):
+            out[name] = [round(x, 3) for x in paired_gain_ci({name: b[name]}, {name: a[name]})["ci95"]]
+        elif required:
+            raise ValueError(f"dataset {name!r}: the two reports lack matching per-query correctness "
+                             "(correct_bits over the same queries), which the significance rule needs; evaluate "
+                             "both models on the same split and limit, or pass --no-require-significant")
+    return out
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

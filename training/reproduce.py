@@ -54,6 +54,8 @@ class ReproduceSettings:
     data: str | None = option(None, "an existing MiniMMEB folder instead of generating one", metavar="DIR")
     error_rate: float = option(0.1, "the oracle teacher's rate of wrong answers")
     margin: float = option(1.0, "the pilot's margin: augment a dataset when AlwaysAug beats NoAug by more (points)")
+    require_significant: bool = option(True, "the pilot also requires AlwaysAug's gain to be significant (paired "
+                                       "95% bootstrap interval above 0) to augment a dataset")
     max_new_tokens: int = option(32, "generated tokens per augmentation at evaluation")
     eval_limit: int | None = option(None, "test queries per dataset (default: all)")
     eval_batch_size: int = option(32, "queries per batch at evaluation, for accuracy (1: every query alone and timed)")
@@ -129,6 +131,13 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
 
     path = out / "split.json"
     if path.is_file():
+        made = read_json(path)
+        rule = (made.get("margin"), made.get("require_significant", False))
+        if rule != (s.margin, s.require_significant):
+            raise SystemExit(f"{path} was made with margin {rule[0]} and require_significant {rule[1]}, these "
+                             f"settings ask for {s.margin} and {s.require_significant}: M-Solomon would be trained on "
+                             "another split than the one asked for; use a new --out, or delete split.json and "
+                             "msolomon/ to redo the pilot's split (its evaluations are kept)")
         return path
     meta = load_minimmeb(data)["datasets"]
     ind = sorted(n for n, m in meta.items() if not m["ood"])
@@ -136,7 +145,8 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
                        timed=False)
     always = stage_eval(s, "alwaysaug", finals["alwaysaug"], data, out, ["always"], ind, tag=".pilot",
                         split=s.pilot_split, timed=False)
-    result = pilot_split(noaug, always, PilotSettings(margin=s.margin, datasets=ind))
+    result = pilot_split(noaug, always, PilotSettings(margin=s.margin, datasets=ind,
+                                                      require_significant=s.require_significant))
     result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}
     result["pilot_on"] = s.pilot_split
     write_json_atomic(path, result)

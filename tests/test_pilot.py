@@ -1,0 +1,78 @@
+"""The pilot's split rule (training.pilot): a dataset is augmented only when AlwaysAug's gain over NoAug exceeds the
+margin and, by default, its paired bootstrap interval lies above 0."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from training.pilot import PilotSettings, main, pilot_split
+
+
+def _report(mode: str, bits_by_dataset: dict[str, str], ood: tuple[str, ...] = ()) -> dict:
+    datasets = {}
+    for name, bits in bits_by_dataset.items():
+        datasets[name] = {"meta_task": "vqa", "ood": name in ood, "n": len(bits),
+                          "p_at_1": 100.0 * bits.count("1") / len(bits), "correct_bits": bits}
+    return {"modes": {mode: {"datasets": datasets}}}
+
+
+# 300 queries each. Big: AlwaysAug right on 60 more queries (+20 points). Noisy: AlwaysAug right on 15 queries
+# NoAug misses and wrong on 6 it gets (+3 points, over the margin, but an interval that spans 0). Worse: it loses.
+BIG_A, BIG_B = "0" * 150 + "1" * 150, "0" * 90 + "1" * 210
+NOISY_A = ("10" * 150)
+NOISY_B = "".join("1" if (i % 2 == 0 and i % 50 != 0) or (i % 2 == 1 and i % 20 == 1) else "0" for i in range(300))
+WORSE_A, WORSE_B = "1" * 200 + "0" * 100, "1" * 190 + "0" * 110
+
+
+def _pair():
+    noaug = _report("never", {"Big": BIG_A, "Noisy": NOISY_A, "Worse": WORSE_A, "Mirror": "0" * 300},
+                    ood=("Mirror",))
+    always = _report("always", {"Big": BIG_B, "Noisy": NOISY_B, "Worse": WORSE_B, "Mirror": "1" * 300},
+                     ood=("Mirror",))
+    return noaug, always
+
+
+def test_fixture_gains_are_what_the_tests_assume():
+    noaug, always = _pair()
+    a, b = noaug["modes"]["never"]["datasets"], always["modes"]["always"]["datasets"]
+    assert b["Big"]["p_at_1"] - a["Big"]["p_at_1"] == pytest.approx(20.0)
+    assert 1.0 < b["Noisy"]["p_at_1"] - a["Noisy"]["p_at_1"] < 5.0
+
+
+def test_a_gain_within_noise_counts_as_comparable():
+    noaug, always = _pair()
+    split = pilot_split(noaug, always)
+    assert split["augment"] == ["Big"] and split["embed"] == ["Noisy", "Worse"]  # the OOD set is not split
+    assert split["require_significant"] is True
+    big, noisy = split["datasets"]["Big"], split["datasets"]["Noisy"]
+    assert big["delta_ci95"][0] > 0 and noisy["delta_ci95"][0] <= 0 < noisy["delta_ci95"][1]
+    assert noisy["delta"] > split["margin"]  # over the margin, yet D^E: the interval decided
+
+
+def test_margin_alone_when_significance_is_not_required():
+    noaug, always = _pair()
+    split = pilot_split(noaug, always, PilotSettings(require_significant=False))
+    assert split["augment"] == ["Big", "Noisy"] and split["embed"] == ["Worse"]
+    # the figures are kept either way
+    assert split["datasets"]["Noisy"]["delta_ci95"] is not None
+
+
+def test_reports_without_per_query_correctness_are_refused_by_the_significance_rule(tmp_path, capsys):
+    noaug, always = _pair()
+    for entry in always["modes"]["always"]["datasets"].values():
+        del entry["correct_bits"]
+    with pytest.raises(ValueError, match="per-query correctness"):
+        pilot_split(noaug, always)
+    assert pilot_split(noaug, always, PilotSettings(require_significant=False))["augment"] == ["Big", "Noisy"]
+    # the command line says so in one line, without a traceback
+    (tmp_path / "n.json").write_text(json.dumps(noaug))
+    (tmp_path / "a.json").write_text(json.dumps(always))
+    with pytest.raises(SystemExit):
+        main(["--noaug", str(tmp_path / "n.json"), "--alwaysaug", str(tmp_path / "a.json"),
+              "--out", str(tmp_path / "split.json")])
+    err = capsys.readouterr().err
+    assert "--no-require-significant" in err and "Traceback" not in err
+    assert main(["--noaug", str(tmp_path / "n.json"), "--alwaysaug", str(tmp_path / "a.json"),
+                 "--out", str(tmp_path / "split.json"), "--no-require-significant"]) == 0
+    assert json.loads((tmp_path / "split.json").read_text())["embed"] == ["Worse"]
