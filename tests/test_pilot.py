@@ -1,5 +1,5 @@
-"""The pilot's split rule (training.pilot): a dataset is augmented only when AlwaysAug's gain over NoAug exceeds the
-margin and, by default, its paired bootstrap interval lies above 0."""
+"""The pilot's split rule (training.pilot): a dataset is augmented when AlwaysAug's gain over NoAug exceeds the
+margin, and with --require-significant only when its paired bootstrap interval also lies above 0."""
 from __future__ import annotations
 
 import json
@@ -40,9 +40,9 @@ def test_fixture_gains_are_what_the_tests_assume():
     assert 1.0 < b["Noisy"]["p_at_1"] - a["Noisy"]["p_at_1"] < 5.0
 
 
-def test_a_gain_within_noise_counts_as_comparable():
+def test_a_gain_within_noise_counts_as_comparable_when_significance_is_required():
     noaug, always = _pair()
-    split = pilot_split(noaug, always)
+    split = pilot_split(noaug, always, PilotSettings(require_significant=True))
     assert split["augment"] == ["Big"] and split["embed"] == ["Noisy", "Worse"]  # the OOD set is not split
     assert split["require_significant"] is True
     big, noisy = split["datasets"]["Big"], split["datasets"]["Noisy"]
@@ -50,9 +50,10 @@ def test_a_gain_within_noise_counts_as_comparable():
     assert noisy["delta"] > split["margin"]  # over the margin, yet D^E: the interval decided
 
 
-def test_margin_alone_when_significance_is_not_required():
+def test_margin_alone_by_default():
     noaug, always = _pair()
-    split = pilot_split(noaug, always, PilotSettings(require_significant=False))
+    split = pilot_split(noaug, always)
+    assert split["require_significant"] is False
     assert split["augment"] == ["Big", "Noisy"] and split["embed"] == ["Worse"]
     # the figures are kept either way
     assert split["datasets"]["Noisy"]["delta_ci95"] is not None
@@ -63,16 +64,16 @@ def test_reports_without_per_query_correctness_are_refused_by_the_significance_r
     for entry in always["modes"]["always"]["datasets"].values():
         del entry["correct_bits"]
     with pytest.raises(ValueError, match="per-query correctness"):
-        pilot_split(noaug, always)
-    assert pilot_split(noaug, always, PilotSettings(require_significant=False))["augment"] == ["Big", "Noisy"]
+        pilot_split(noaug, always, PilotSettings(require_significant=True))
+    assert pilot_split(noaug, always)["augment"] == ["Big", "Noisy"]  # the margin alone needs no per-query bits
     # the command line says so in one line, without a traceback
     (tmp_path / "n.json").write_text(json.dumps(noaug))
     (tmp_path / "a.json").write_text(json.dumps(always))
     with pytest.raises(SystemExit):
         main(["--noaug", str(tmp_path / "n.json"), "--alwaysaug", str(tmp_path / "a.json"),
-              "--out", str(tmp_path / "split.json")])
+              "--out", str(tmp_path / "split.json"), "--require-significant"])
     err = capsys.readouterr().err
-    assert "--no-require-significant" in err and "Traceback" not in err
+    assert "per-query correctness" in err and "Traceback" not in err
     assert main(["--noaug", str(tmp_path / "n.json"), "--alwaysaug", str(tmp_path / "a.json"),
-                 "--out", str(tmp_path / "split.json"), "--no-require-significant"]) == 0
+                 "--out", str(tmp_path / "split.json")]) == 0
     assert json.loads((tmp_path / "split.json").read_text())["embed"] == ["Worse"]

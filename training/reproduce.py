@@ -54,7 +54,7 @@ class ReproduceSettings:
     data: str | None = option(None, "an existing MiniMMEB folder instead of generating one", metavar="DIR")
     error_rate: float = option(0.1, "the oracle teacher's rate of wrong answers")
     margin: float = option(1.0, "the pilot's margin: augment a dataset when AlwaysAug beats NoAug by more (points)")
-    require_significant: bool = option(True, "the pilot also requires AlwaysAug's gain to be significant (paired "
+    require_significant: bool = option(False, "the pilot also requires AlwaysAug's gain to be significant (paired "
                                        "95% bootstrap interval above 0) to augment a dataset")
     max_new_tokens: int = option(32, "generated tokens per augmentation at evaluation")
     eval_limit: int | None = option(None, "test queries per dataset (default: all)")
