@@ -131,7 +131,7 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
 
     path = out / "split.json"
     if path.is_file():
-        made = read_json(path)
+        made = read_json(path, {})  # unreadable: treated as made by no rule, so refused below
         rule = (made.get("margin"), made.get("require_significant", False))
         if rule != (s.margin, s.require_significant):
             raise SystemExit(f"{path} was made with margin {rule[0]} and require_significant {rule[1]}, these "
