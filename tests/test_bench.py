@@ -75,7 +75,7 @@ def test_set_threads_sets_torch_once_and_returns_the_count(restore_threads):
 @pytest.mark.parametrize("command", [
     ["-m", "msolomon.evaluation"], ["-m", "training.train"], ["-m", "training.synthesize"],
     ["examples/quickstart.py"], ["bench/latency.py"], ["bench/throughput.py"], ["bench/index.py"], ["bench/train.py"],
-    ["bench/pretrain_ablation.py"],
+    ["bench/pretrain_ablation.py"], ["bench/forgetting.py"],
 ])
 def test_every_command_that_runs_a_model_takes_threads(command):
     bad = subprocess.run([sys.executable, *command, "--threads", "0"], cwd=ROOT, capture_output=True, text=True,
@@ -221,3 +221,14 @@ def test_bench_pretrain_ablation_tiny(tmp_path, restore_threads):
             model.encode_queries([Query(text="x", image=Image.new("RGB", (56, 56)))], augment="never")
     assert tokens[7] == 4 * tokens[14]
     assert grids[14] == [1, 4, 4] and grids[7] == [1, 8, 8], grids
+
+
+def test_bench_forgetting_tiny(tmp_path, restore_threads):
+    out = tmp_path / "forgetting.json"
+    assert _bench("forgetting").main(["--tiny", "--threads", "1", "--limit", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["worlds"] == ["DigitsR", "ShapesCLS"] and data["n_heldout"] == 4
+    (model,) = data["models"]
+    assert set(model["exact_match"]) == {"DigitsR", "ShapesCLS"} and 0 <= model["overall"] <= 100
+    with pytest.raises(SystemExit, match="not a pretraining data folder"):
+        _bench("forgetting").main(["--threads", "1", "--pretrain-data", str(tmp_path)])

@@ -210,3 +210,48 @@ def test_fine_tuning_starts_from_the_saved_base(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "DEFAULT_BASE_DIR", tmp_path / "missing")
     with pytest.raises(ValueError, match="training.pretrain"):
         T.build_model(config, [], None)
+
+
+def _rehearsal_run(out: Path, bench: Path, pdata: Path | None, weight: float = 1.0) -> dict:
+    from safetensors.numpy import load_file
+
+    from training import train as T
+
+    args = ["--data", str(bench), "--out", str(out), "--labeling", "noaug", "--init", "tiny", "--tiny",
+            json.dumps(SMALL), "--limit", "8", "--batch-size", "4", "--max-steps", "3", "--log-every", "1",
+            "--warmup-steps", "1", "--device", "cpu"]
+    if pdata is not None:
+        args += ["--replay", str(pdata), "--replay-batch", "3", "--replay-weight", str(weight)]
+    T.run(T.parse_args(args))
+    return load_file(str(out / "final" / "model.safetensors"))
+
+
+def test_rehearsal_replays_pretraining_rows_without_changing_the_fine_tuning_batches(tmp_path, bench, pdata):
+    """`--replay` adds μ·(next-token loss on pretraining rows) to each step: at μ = 0 the run equals one without
+    replay (the embedder's batches and order are untouched), at μ = 1 it moves the weights and logs the replay loss;
+    the replayed rows of a step are fixed by its examples (a resumed run replays the same ones)."""
+    from training.rehearsal import replay_indices
+
+    plain = _rehearsal_run(tmp_path / "plain", bench, None)
+    zero = _rehearsal_run(tmp_path / "zero", bench, pdata, weight=0.0)
+    replayed = _rehearsal_run(tmp_path / "replay", bench, pdata, weight=1.0)
+    assert plain.keys() == zero.keys() == replayed.keys()
+    assert max(float(abs(plain[k] - zero[k]).max()) for k in plain) < 1e-6
+    assert max(float(abs(plain[k] - replayed[k]).max()) for k in plain) > 1e-4
+    log = [json.loads(line) for line in (tmp_path / "replay" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(r["replay_loss"] > 0 for r in log)
+    assert "replay_loss" not in json.loads((tmp_path / "plain" / "train_log.jsonl").read_text().splitlines()[0])
+    ids = ["a:1", "b:2", "c:3"]
+    picks = replay_indices(ids, 100, 8, seed=0)
+    assert picks == replay_indices(ids, 100, 8, seed=0) and len(set(picks)) == 8
+    assert picks != replay_indices(["a:1", "b:2", "c:4"], 100, 8, seed=0)
+    assert sorted(replay_indices(ids, 5, 8, seed=0)) == [0, 1, 2, 3, 4]  # never more rows than there are
+
+
+def test_rehearsal_refuses_a_folder_that_is_not_pretraining_data(tmp_path, bench, caplog):
+    from training import train as T
+
+    args = ["--data", str(bench), "--out", str(tmp_path / "run"), "--labeling", "noaug", "--init", "tiny",
+            "--replay", str(bench)]
+    assert T.main(args) == 2
+    assert "not a pretraining data folder" in caplog.text

@@ -29,6 +29,7 @@ from msolomon.files import accumulate_timings, atomic_write_text, read_json
 from msolomon.model import AUGMENT_MODES
 from msolomon.settings import command_line as settings_command_line
 from msolomon.settings import flat_settings, option, parse_settings, process_environment
+from training.rehearsal import RehearsalSettings
 from training.train import ModelSettings
 from training.trainer import LoopSettings, OptimSettings
 
@@ -68,6 +69,7 @@ class ReproduceSettings:
     ship: str | None = option(None, "assets folder to write model/ and baselines/{noaug,alwaysaug}/ into (half "
                               "precision, with model cards)", metavar="DIR")
     model: ModelSettings = field(default_factory=ModelSettings)
+    rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     loop: LoopSettings = field(default_factory=reproduce_loop)
 
 
@@ -99,7 +101,8 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
     if (final / "config.json").is_file():
         return final
     config = TrainConfig(data=str(data), out=str(out / name), labeling=LABELING[name],
-                         augmentations=str(synthesis), split=str(split) if split else None, model=s.model, loop=s.loop)
+                         augmentations=str(synthesis), split=str(split) if split else None, model=s.model,
+                         rehearsal=s.rehearsal, loop=s.loop)
     logger.info("training %s", name)
     t0 = time.perf_counter()
     path = run(config)
@@ -234,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "--latency-queries >= 0")
     if settings.data and not Path(settings.data).is_dir():
         raise SystemExit(f"python -m training.reproduce: error: --data {settings.data}: no such folder")
+    if settings.rehearsal.replay and not Path(settings.rehearsal.replay).is_dir():
+        raise SystemExit(f"python -m training.reproduce: error: --replay {settings.rehearsal.replay}: no such folder")
     process_environment(settings.threads)
     try:
         run(settings)

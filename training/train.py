@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from msolomon.settings import option, parse_settings, process_environment
 from training.collator import LABELINGS
+from training.rehearsal import RehearsalSettings
 from training.trainer import LoopSettings
 
 logger = logging.getLogger("training.train")
@@ -63,6 +64,7 @@ class TrainConfig:
     datasets: list[str] | None = option(None, "datasets to train on (default: all)")
     limit: int | None = option(None, "rows per dataset (default: all)")
     model: ModelSettings = field(default_factory=ModelSettings)
+    rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     loop: LoopSettings = field(default_factory=LoopSettings)
 
 
@@ -85,6 +87,8 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainConfig, 
         parser.error(f"--labeling {config.labeling} needs --augmentations (the output of training.synthesize)")
     if config.labeling == "adaptive" and not config.split:
         parser.error("--labeling adaptive needs --split (the output of training.pilot)")
+    if config.rehearsal.replay and not Path(config.rehearsal.replay).is_dir():
+        parser.error(f"--replay {config.rehearsal.replay}: no such folder")
     return config, args.threads
 
 
@@ -190,14 +194,38 @@ def run(config: TrainConfig) -> Path:
         raise ValueError("no training examples after label assignment")
     corpus = [t for r in rows for t in (r.query.text, r.positive.text) if t] + list(augmentations.values())
     corpus += list(prompts.MMEB_INSTRUCTIONS.values())
+    replay_rows = None
+    if config.rehearsal.replay:
+        from training.rehearsal import load_replay_rows
+
+        replay_rows = load_replay_rows(config.rehearsal.replay)
     recover_checkpoint(out)
     resume = out / CHECKPOINT if (out / CHECKPOINT / "trainer_state.json").is_file() else None
     model = build_model(config, corpus, resume)
     n_aug = sum(ex.decision == prompts.AUGMENT for ex in examples)
     logger.info("%d examples (%d /augment, %d /embed) from %d datasets", len(examples), n_aug,
                 len(examples) - n_aug, len({ex.row.dataset for ex in examples}))
-    trainer = Trainer(model, examples, out, config.loop, extra_state={"config": asdict(config)})
+    collator, loss_fn = None, None
+    if replay_rows is not None:
+        collator, loss_fn = rehearsal_parts(model, config, replay_rows)
+    trainer = Trainer(model, examples, out, config.loop, extra_state={"config": asdict(config)}, collator=collator,
+                      loss_fn=loss_fn)
     return trainer.train()
+
+
+def rehearsal_parts(model, config: TrainConfig, replay_rows: list[dict]):
+    """The collator and loss of a run that replays pretraining examples (`training.rehearsal`)."""
+    from training.collator import Collator
+    from training.pretrain import PretrainCollator
+    from training.rehearsal import RehearsalCollator, rehearsal_loss
+
+    r = config.rehearsal
+    logger.info("rehearsal: %d pretraining examples, %d replayed per micro-batch at weight %g", len(replay_rows),
+                r.replay_batch, r.replay_weight)
+    collator = RehearsalCollator(Collator(model.encoder, config.loop.collator),
+                                 PretrainCollator(model.encoder, padding_side=config.loop.collator.padding_side),
+                                 replay_rows, r.replay_batch, seed=config.loop.seed)
+    return collator, rehearsal_loss(r.replay_weight)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

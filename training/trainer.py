@@ -41,7 +41,8 @@ FINAL = "final"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
 LOG = "train_log.jsonl"
-POSTFIX = (("loss", "loss"), ("rep_loss", "rep"), ("gen_loss", "gen"), ("decision_acc", "dec"), ("token_acc", "tok"))
+POSTFIX = (("loss", "loss"), ("rep_loss", "rep"), ("gen_loss", "gen"), ("decision_acc", "dec"), ("token_acc", "tok"),
+           ("replay_loss", "rpl"))
 
 
 @dataclass
