@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-data", default=None, metavar="DIR", help="the pretraining run's data folder")
     p.add_argument("--worlds", default=None, help="comma-separated worlds (default: all)")
     p.add_argument("--limit", type=int, default=None, help="held-out questions per world (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=24, help="generated tokens per answer")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per answer (training.pretrain's)")
     args = p.parse_args(argv)
     args.data, args.datasets = None, None
     logging.basicConfig(level=logging.WARNING)
