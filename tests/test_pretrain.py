@@ -241,6 +241,23 @@ def test_rehearsal_replays_pretraining_rows_without_changing_the_fine_tuning_bat
     log = [json.loads(line) for line in (tmp_path / "replay" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(r["replay_loss"] > 0 for r in log)
     assert "replay_loss" not in json.loads((tmp_path / "plain" / "train_log.jsonl").read_text().splitlines()[0])
+    # a run folder trained without replay is not silently resumed or reused with it
+    from training import train as T
+
+    with pytest.raises(ValueError, match="trained with rehearsal"):
+        T.run(T.parse_args(["--data", str(bench), "--out", str(tmp_path / "plain"), "--labeling", "noaug", "--init",
+                            "tiny", "--replay", str(pdata)]))
+    # the collator's replayed rows are a function of the batch's examples: the same batch, the same rows
+    from types import SimpleNamespace
+
+    from training.rehearsal import RehearsalCollator
+
+    rows = PD.load_rows(pdata, "train")
+    collate = RehearsalCollator(lambda ex: len(ex), lambda rs: [r["id"] for r in rs], rows, 3)
+    batch = [SimpleNamespace(row=SimpleNamespace(id=f"x:{i}")) for i in range(4)]
+    first = collate(batch)
+    assert first == collate(batch) and first["embed"] == 4 and len(set(first["replay"])) == 3
+    assert first["replay"] != collate(batch[:3])["replay"]
     ids = ["a:1", "b:2", "c:3"]
     picks = replay_indices(ids, 100, 8, seed=0)
     assert picks == replay_indices(ids, 100, 8, seed=0) and len(set(picks)) == 8
@@ -248,10 +265,20 @@ def test_rehearsal_replays_pretraining_rows_without_changing_the_fine_tuning_bat
     assert sorted(replay_indices(ids, 5, 8, seed=0)) == [0, 1, 2, 3, 4]  # never more rows than there are
 
 
-def test_rehearsal_refuses_a_folder_that_is_not_pretraining_data(tmp_path, bench, caplog):
+@pytest.mark.parametrize("flags, message", [
+    (["--replay", "BENCH"], "not a pretraining data folder"),
+    (["--replay", "PDATA", "--replay-weight", "-1"], "--replay-weight must be >= 0"),
+    (["--replay", "PDATA", "--replay-batch", "0"], "--replay-batch must be >= 1"),
+])
+def test_rehearsal_settings_are_checked_before_anything_runs(tmp_path, bench, pdata, capsys, flags, message):
     from training import train as T
+    from training.reproduce import main as reproduce_main
 
-    args = ["--data", str(bench), "--out", str(tmp_path / "run"), "--labeling", "noaug", "--init", "tiny",
-            "--replay", str(bench)]
-    assert T.main(args) == 2
-    assert "not a pretraining data folder" in caplog.text
+    flags = [str(bench) if f == "BENCH" else str(pdata) if f == "PDATA" else f for f in flags]
+    with pytest.raises(SystemExit):
+        T.main(["--data", str(bench), "--out", str(tmp_path / "run"), "--labeling", "noaug", "--init", "tiny",
+                *flags])
+    assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=message):
+        reproduce_main(["--out", str(tmp_path / "rep"), *flags])
+    assert not (tmp_path / "run").exists() and not (tmp_path / "rep").exists()

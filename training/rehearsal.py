@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 from msolomon.settings import option
@@ -28,6 +29,53 @@ class RehearsalSettings:
                                 metavar="DIR")
     replay_batch: int = option(8, "pretraining examples replayed per micro-batch")
     replay_weight: float = option(1.0, "μ, the weight of the replayed examples' next-token loss")
+
+
+def rehearsal_problem(r: RehearsalSettings) -> str | None:
+    """What is wrong with these settings, in one line (checked before any data or model is made), or None."""
+    if r.replay_batch < 1:
+        return f"--replay-batch must be >= 1, got {r.replay_batch}"
+    if r.replay_weight < 0:
+        return f"--replay-weight must be >= 0 (a negative weight would unlearn the base), got {r.replay_weight}"
+    if r.replay:
+        from training.pretrain_data import is_pretrain_data
+
+        if not is_pretrain_data(r.replay):
+            return (f"--replay {r.replay}: not a pretraining data folder (made by `python -m training.pretrain "
+                    f"--out DIR`, in DIR/data)")
+    return None
+
+
+def recorded_rehearsal(run_dir: str | Path) -> dict | None:
+    """The rehearsal settings a training run folder was made with (None: no record; older runs had no
+    rehearsal, so a record without the field reads as none)."""
+    from msolomon.files import read_json
+
+    state = read_json(Path(run_dir) / "train_settings.json")
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        return None
+    recorded = state["config"].get("rehearsal") or {}
+    return {"replay": recorded.get("replay"), "replay_batch": recorded.get("replay_batch", 8),
+            "replay_weight": recorded.get("replay_weight", 1.0)}
+
+
+def same_rehearsal(recorded: dict, r: RehearsalSettings) -> bool:
+    """Whether a run recorded with `recorded` was trained as `r` asks (without replay, batch and weight do not
+    matter; a folder is the same however its path is written)."""
+    if not recorded["replay"] and not r.replay:
+        return True
+    if not recorded["replay"] or not r.replay:
+        return False
+    return (Path(recorded["replay"]).resolve() == Path(r.replay).resolve()
+            and recorded["replay_batch"] == r.replay_batch and float(recorded["replay_weight"]) == r.replay_weight)
+
+
+def check_run_matches(run_dir: str | Path, r: RehearsalSettings) -> None:
+    """Refuse to resume or reuse a run folder trained with other rehearsal settings (it would silently keep
+    the old model while the report prints the new command)."""
+    recorded = recorded_rehearsal(run_dir)
+    if recorded is not None and not same_rehearsal(recorded, r):
+        raise ValueError(f"{run_dir} was trained with rehearsal {recorded}, not {asdict(r)}: use another --out")
 
 
 def replay_indices(example_ids: Sequence[str], n_rows: int, k: int, seed: int) -> list[int]:
@@ -75,8 +123,6 @@ def rehearsal_loss(weight: float) -> Callable:
 
 def load_replay_rows(folder: str) -> list[dict]:
     """The train examples of a pretraining data folder, with a clear error when it is not one."""
-    from pathlib import Path
-
     from training.pretrain_data import is_pretrain_data, load_rows
 
     if not is_pretrain_data(folder):

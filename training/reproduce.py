@@ -95,9 +95,11 @@ def stage_synthesis(s: ReproduceSettings, data: Path, out: Path) -> Path:
 
 
 def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, split: Path | None, out: Path) -> Path:
+    from training.rehearsal import check_run_matches
     from training.train import TrainConfig, run
 
     final = out / name / "final"
+    check_run_matches(out / name, s.rehearsal)
     if (final / "config.json").is_file():
         return final
     config = TrainConfig(data=str(data), out=str(out / name), labeling=LABELING[name],
@@ -237,8 +239,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "--latency-queries >= 0")
     if settings.data and not Path(settings.data).is_dir():
         raise SystemExit(f"python -m training.reproduce: error: --data {settings.data}: no such folder")
-    if settings.rehearsal.replay and not Path(settings.rehearsal.replay).is_dir():
-        raise SystemExit(f"python -m training.reproduce: error: --replay {settings.rehearsal.replay}: no such folder")
+    from training.rehearsal import rehearsal_problem
+
+    problem = rehearsal_problem(settings.rehearsal)
+    if problem:
+        raise SystemExit(f"python -m training.reproduce: error: {problem}")
     process_environment(settings.threads)
     try:
         run(settings)

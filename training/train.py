@@ -87,8 +87,11 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainConfig, 
         parser.error(f"--labeling {config.labeling} needs --augmentations (the output of training.synthesize)")
     if config.labeling == "adaptive" and not config.split:
         parser.error("--labeling adaptive needs --split (the output of training.pilot)")
-    if config.rehearsal.replay and not Path(config.rehearsal.replay).is_dir():
-        parser.error(f"--replay {config.rehearsal.replay}: no such folder")
+    from training.rehearsal import rehearsal_problem
+
+    problem = rehearsal_problem(config.rehearsal)
+    if problem:
+        parser.error(problem)
     return config, args.threads
 
 
@@ -194,11 +197,10 @@ def run(config: TrainConfig) -> Path:
         raise ValueError("no training examples after label assignment")
     corpus = [t for r in rows for t in (r.query.text, r.positive.text) if t] + list(augmentations.values())
     corpus += list(prompts.MMEB_INSTRUCTIONS.values())
-    replay_rows = None
-    if config.rehearsal.replay:
-        from training.rehearsal import load_replay_rows
+    from training.rehearsal import check_run_matches, load_replay_rows
 
-        replay_rows = load_replay_rows(config.rehearsal.replay)
+    check_run_matches(out, config.rehearsal)
+    replay_rows = load_replay_rows(config.rehearsal.replay) if config.rehearsal.replay else None
     recover_checkpoint(out)
     resume = out / CHECKPOINT if (out / CHECKPOINT / "trainer_state.json").is_file() else None
     model = build_model(config, corpus, resume)
