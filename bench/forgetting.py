@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=None, help="held-out questions per world (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per answer (training.pretrain's)")
     args = p.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be >= 1, got {args.limit}")
     args.data, args.datasets = None, None
     logging.basicConfig(level=logging.WARNING)
     threads = C.start(args)
