@@ -55,6 +55,23 @@ def run_reports(args, thresholds: list[float], tmp: Path) -> tuple[dict, dict]:
     return reports["val"], reports["test"]
 
 
+def label_groups(curve: list[dict], points: float = 0.1,
+                 rel_latency: float = 0.05) -> list[tuple[list[float], tuple[float, float]]]:
+    """Neighbouring thresholds within 0.1 P@1 points and timing noise (5% latency) of each other make one decision set:
+    one label, at their mean point, instead of a pile of overlapping ones."""
+    groups: list[list[dict]] = []
+    for e in sorted(curve, key=lambda e: e["threshold"]):
+        last = groups[-1][-1] if groups else None
+        if (last is not None and abs(last["overall"] - e["overall"]) <= points
+                and abs(last["latency_ms_mean"] - e["latency_ms_mean"])
+                <= rel_latency * max(last["latency_ms_mean"], e["latency_ms_mean"])):
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    return [([e["threshold"] for e in g], (sum(e["latency_ms_mean"] for e in g) / len(g),
+                                           sum(e["overall"] for e in g) / len(g))) for g in groups]
+
+
 def plot(val: dict, test: dict, chosen: dict, path: Path) -> None:
     import matplotlib
 
@@ -67,13 +84,10 @@ def plot(val: dict, test: dict, chosen: dict, path: Path) -> None:
             curve = report["thresholds"]
             xs, ys = [e["latency_ms_mean"] for e in curve], [e["overall"] for e in curve]
             ax.plot(xs, ys, style, marker=".", color="tab:blue" if label == "test" else "0.6", label=f"auto, {label}")
-            if label == "test":  # thresholds that land on one point share a label
-                same: dict[tuple[float, float], list[float]] = {}
-                for e in curve:
-                    same.setdefault((e["latency_ms_mean"], e["overall"]), []).append(e["threshold"])
-                for (x, y), ts in same.items():
+            if label == "test":  # thresholds that land on (nearly) one point share a label
+                for ts, (x, y) in label_groups(curve):
                     text = f"{ts[0]:g}" if len(ts) == 1 else f"{min(ts):g}–{max(ts):g}"
-                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color="0.35")
+                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(7, 8), fontsize=7, color="0.35")
         modes = test["modes"]
         for m, marker in (("never", "o"), ("always", "s")):
             if m in modes:

@@ -196,6 +196,20 @@ def test_threshold_choice_rules():
     assert mod.cheapest_at(curve, 60.0) is None
 
 
+def test_threshold_labels_group_ties_within_timing_noise():
+    """Tied thresholds whose latencies differ only by timing noise get one label; a real step gets its own."""
+    mod = _bench("thresholds")
+    curve = [{"threshold": 0.1, "overall": 48.0, "latency_ms_mean": 53.9},
+             {"threshold": 0.2, "overall": 48.5, "latency_ms_mean": 53.0},
+             {"threshold": 0.3, "overall": 48.5, "latency_ms_mean": 52.8},
+             {"threshold": 0.5, "overall": 48.5, "latency_ms_mean": 40.0},
+             {"threshold": 0.0, "overall": 45.7, "latency_ms_mean": 61.7}]
+    groups = [ts for ts, _ in mod.label_groups(curve)]
+    assert groups == [[0.0], [0.1], [0.2, 0.3], [0.5]]
+    (_, (x, y)), = [g for g in mod.label_groups(curve) if g[0] == [0.2, 0.3]]
+    assert (round(x, 1), y) == (52.9, 48.5)
+
+
 def test_bench_pretrain_ablation_tiny(tmp_path, restore_threads):
     """Every combination runs; a patch of 7 gives the vision tower four times the patches of 14."""
     out = tmp_path / "ablation.json"
