@@ -77,3 +77,12 @@ def test_reports_without_per_query_correctness_are_refused_by_the_significance_r
     assert main(["--noaug", str(tmp_path / "n.json"), "--alwaysaug", str(tmp_path / "a.json"),
                  "--out", str(tmp_path / "split.json")]) == 0
     assert json.loads((tmp_path / "split.json").read_text())["embed"] == ["Worse"]
+
+
+def test_the_split_records_where_the_pilot_measured_and_refuses_mixed_splits():
+    noaug, always = _pair()
+    noaug["split"] = always["split"] = "val"
+    assert pilot_split(noaug, always)["pilot_on"] == "val"
+    always["split"] = "test"
+    with pytest.raises(ValueError, match="different splits"):
+        pilot_split(noaug, always)

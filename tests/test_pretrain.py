@@ -192,6 +192,20 @@ def test_pretrain_command_trains_evaluates_and_resumes(tmp_path, bench, pdata):
     assert "summed over every invocation" in (tmp_path / "base" / "README.md").read_text()
 
 
+def test_data_only_makes_the_replay_folder_without_training(tmp_path, bench, capsys):
+    """--data-only stops after the data stage: the folder --replay reads, and no model."""
+    from training.pretrain import main
+    from training.rehearsal import RehearsalSettings, rehearsal_problem
+
+    out = tmp_path / "run"
+    assert main(["--out", str(out), "--benchmark", str(bench), "--benchmark-scale", "tiny", "--n-per-dataset", "3",
+                 "--n-heldout", "1", "--datasets", "DigitsCLS,ShapesCLS", "--data-only"]) == 0
+    assert PD.is_pretrain_data(out / "data") and not (out / "final").exists() and not (out / "report.json").exists()
+    assert "pretraining data: " in capsys.readouterr().out
+    assert len(PD.load_rows(out / "data", "train")) > 0
+    assert rehearsal_problem(RehearsalSettings(replay=str(out / "data"))) is None
+
+
 def test_fine_tuning_starts_from_the_saved_base(tmp_path, monkeypatch):
     """`--init base` (the default) loads the shipped base: at step 0 the weights are the base's."""
     from msolomon.model import MSolomon

@@ -64,6 +64,10 @@ def pilot_split(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = N
     except KeyError as err:
         raise ValueError(f"a report lacks mode or datasets {err}: evaluate NoAug with '{s.noaug_mode}' and "
                          f"AlwaysAug with '{s.alwaysaug_mode}'") from None
+    on = {noaug.get("split"), alwaysaug.get("split")}
+    if len(on) > 1:
+        raise ValueError(f"the two reports are of different splits ({noaug.get('split')!r} and "
+                         f"{alwaysaug.get('split')!r}): the pilot compares the same queries")
     names = list(s.datasets) if s.datasets else sorted(n for n in a if n in b and not a[n].get("ood", False))
     missing = [n for n in names if n not in a or n not in b]
     if missing:
@@ -82,7 +86,8 @@ def pilot_split(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = N
                           "alwaysaug_p_at_1": b[name]["p_at_1"], "delta": round(delta, 3),
                           "delta_ci95": ci, "n": a[name].get("n"), "assignment": side}
     return {"augment": augment, "embed": embed, "margin": s.margin, "require_significant": s.require_significant,
-            "modes": {"noaug": s.noaug_mode, "alwaysaug": s.alwaysaug_mode}, "datasets": evidence}
+            "modes": {"noaug": s.noaug_mode, "alwaysaug": s.alwaysaug_mode}, "pilot_on": on.pop(),
+            "datasets": evidence}
 
 
 def gain_intervals(noaug: dict, alwaysaug: dict, names: Sequence[str], required: bool) -> dict[str, list[float]]:
@@ -123,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     result["sources"] = {"noaug": str(args.noaug), "alwaysaug": str(args.alwaysaug)}
+    if result["pilot_on"] == "test":
+        logger.warning("these reports are of the test split: a split chosen there is chosen on the test sets; "
+                       "evaluate NoAug and AlwaysAug with --split val instead")
     write_json_atomic(Path(args.out), result)
     for name, ev in result["datasets"].items():
         logger.info("%-24s NoAug %5.1f  AlwaysAug %5.1f  delta %+5.1f -> %s", name, ev["noaug_p_at_1"],

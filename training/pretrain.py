@@ -69,6 +69,8 @@ class PretrainSettings:
     threads: int | None = option(None, "CPU threads for torch and faiss (default: msolomon.runtime's)", metavar="N")
     ship: str | None = option(None, "copy the base here in half precision with its model card (e.g. assets/base)",
                               metavar="DIR")
+    data_only: bool = option(False, "make the pretraining data (OUT/data) and stop, without training: the folder "
+                             "that --replay of training.train and training.reproduce reads (minutes, not an hour)")
     loop: LoopSettings = field(default_factory=pretrain_loop)
 
 
@@ -361,6 +363,9 @@ def run(s: PretrainSettings) -> dict:
     benchmark = stage_benchmark(s, out)
     data = stage_data(s, out, benchmark)
     timings["data_s"] = time.perf_counter() - t
+    if s.data_only:
+        logger.info("pretraining data in %s (--data-only: no training)", data)
+        return {"data_only": str(data), "data": read_json(data / "pretrain.json")}
     t = time.perf_counter()
     model = stage_train(s, out, data)
     timings["train_s"] = time.perf_counter() - t
@@ -424,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
+    if result.get("data_only"):
+        d = result["data"]
+        sys.stdout.write(f"pretraining data: {result['data_only']} ({d['n_train']} train, {d['n_heldout']} held-out "
+                         f"examples; none of the {d['benchmark_images']} benchmark images)\n")
+        return 0
     sys.stdout.write(report_markdown(result))
     return 0
 

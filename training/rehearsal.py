@@ -42,7 +42,7 @@ def rehearsal_problem(r: RehearsalSettings) -> str | None:
 
         if not is_pretrain_data(r.replay):
             return (f"--replay {r.replay}: not a pretraining data folder (made by `python -m training.pretrain "
-                    f"--out DIR`, in DIR/data)")
+                    f"--out DIR --data-only`, in DIR/data, in minutes)")
     return None
 
 
@@ -127,7 +127,7 @@ def load_replay_rows(folder: str) -> list[dict]:
 
     if not is_pretrain_data(folder):
         raise ValueError(f"--replay {folder}: not a pretraining data folder (made by `python -m training.pretrain "
-                         f"--out DIR`, in DIR/data)")
+                         f"--out DIR --data-only`, in DIR/data, in minutes)")
     rows = load_rows(Path(folder), "train")
     if not rows:
         raise ValueError(f"--replay {folder}: no train examples")

@@ -294,7 +294,7 @@ def write_model_card(result: Mapping[str, Any], model_dir: Path, command: str, m
 
     title, path, what = CARD_TITLES[model_key]
     head = f"# {title}\n" + MODEL_CARD_BODY.format(
-        what=what, command=command, path=path, pilot_on=result["split"].get("pilot_on", "test"),
+        what=what, command=command, path=path, pilot_on=result["split"].get("pilot_on") or "split not recorded",
         default="; it is the default of every command that takes `--model`" if model_key == "msolomon" else "")
     atomic_write_text(model_dir / "README.md", head + markdown(result).split("\n", 1)[1])
     data = dict(result)
