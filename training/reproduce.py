@@ -153,7 +153,6 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
     result = pilot_split(noaug, always, PilotSettings(margin=s.margin, datasets=ind,
                                                       require_significant=s.require_significant))
     result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}
-    result["pilot_on"] = s.pilot_split
     write_json_atomic(path, result)
     logger.info("pilot split: D^A=%s D^E=%s", result["augment"], result["embed"])
     return path
