@@ -246,3 +246,21 @@ def test_bench_forgetting_tiny(tmp_path, restore_threads):
     assert set(model["exact_match"]) == {"DigitsR", "ShapesCLS"} and 0 <= model["overall"] <= 100
     with pytest.raises(SystemExit, match="not a pretraining data folder"):
         _bench("forgetting").main(["--threads", "1", "--pretrain-data", str(tmp_path)])
+
+
+def test_bench_gpu_check_tiny(tmp_path, restore_threads):
+    """The GPU check's stages (MiniMMEB, oracle augmentations, a checkpoint from a config, LoRA training through
+    training.train, encoding in three modes) on a tiny model on the CPU."""
+    out = tmp_path / "gpu.json"
+    assert _bench("gpu_check").main(["--tiny", "--threads", "1", "--out", str(tmp_path / "run"), "--profile",
+                                     "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["size"] == "tiny" and result["train"]["steps"] == 2
+    assert (tmp_path / "run" / "lora" / "final" / "adapter_config.json").is_file()  # LoRA, not full fine-tuning
+    enc = result["encode"]
+    assert enc["augment_rate"]["never"] == 0 and enc["augment_rate"]["always"] == 1
+    assert enc["generated_tokens_mean"]["never"] == 2  # `/embed` + terminal, nothing generated
+    assert set(enc["ms_per_query_batch16"]) == {"never", "always", "auto"}
+    prof = result["profile"]
+    assert prof["decode_steps"] == 4 and prof["bare_forward_ms"] > 0 and prof["stock_generate_ms_per_token"] > 0
+
