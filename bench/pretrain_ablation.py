@@ -16,6 +16,7 @@ JSON: `variants` (settings, exact match per world, text-only floor, seconds), `m
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import os
@@ -59,6 +60,29 @@ def pretrain_data(args, worlds: list[str]) -> Path:
     return folder
 
 
+def sizes(text: str) -> list[tuple[int, int, int]]:
+    """`HIDDENxLAYERSxVISION` specs, e.g. `128x2x64,256x4x128`: hidden size, text layers, vision width."""
+    out = []
+    for spec in (x.strip() for x in text.split(",") if x.strip()):
+        parts = spec.lower().split("x")
+        if len(parts) != 3 or not all(x.isdigit() and int(x) > 0 for x in parts):
+            raise argparse.ArgumentTypeError(f"size {spec!r}: expected HIDDENxLAYERSxVISION, e.g. 256x4x128")
+        hidden, layers, vision = (int(x) for x in parts)
+        if hidden % 8 or vision % 8:
+            raise argparse.ArgumentTypeError(f"size {spec!r}: hidden and vision widths must be multiples of 8")
+        out.append((hidden, layers, vision))
+    return out
+
+
+def sized(backbone: dict, size: tuple[int, int, int] | None) -> dict:
+    """The backbone at another size: heads, key-value heads and vision heads as the base's, MLP 4x the width."""
+    if size is None:
+        return dict(backbone)
+    hidden, layers, vision = size
+    return {**backbone, "hidden_size": hidden, "num_layers": layers, "intermediate_size": 4 * hidden,
+            "vision_dim": vision}
+
+
 def run_variant(rows, heldout, lr: float, patch: int, steps: int, backbone: dict, batch_size: int) -> dict:
     from msolomon.backbone import default_corpus
     from msolomon.model import MSolomon
@@ -76,7 +100,10 @@ def run_variant(rows, heldout, lr: float, patch: int, steps: int, backbone: dict
         train_s = time.perf_counter() - t0
     model.model.eval()
     result = evaluate_base(model, heldout, max_new_tokens=24)
+    params = sum(t.numel() for t in model.model.parameters())
     return {"lr": lr, "patch": patch, "steps": steps, "train_s": train_s,
+            "size": f"{backbone['hidden_size']}x{backbone['num_layers']}x{backbone['vision_dim']}",
+            "params_m": round(params / 1e6, 2),
             "exact_match": {k: v["exact_match"] for k, v in result["datasets"].items()},
             "text_only_floor": {k: v["text_only_floor"] for k, v in result["datasets"].items()},
             "overall": result["overall"]["exact_match"]}
@@ -87,6 +114,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=floats, default=None, help="peak learning rates (default: 2e-3,1e-3,5e-4)")
     p.add_argument("--patch", type=ints, default=None, help="vision patch sizes (default: 14)")
     p.add_argument("--steps", type=ints, default=None, help="training steps per variant (default: 200)")
+    p.add_argument("--sizes", type=sizes, default=None,
+                   help="backbone sizes HIDDENxLAYERSxVISION, e.g. 128x2x64,256x4x128,320x6x128 (default: the "
+                        "base's)")
     p.add_argument("--worlds", default="DigitsCLS,ShapesCLS", help="world builders to pretrain on")
     p.add_argument("--pretrain-data", default=None, metavar="DIR",
                    help="pretraining data (default: seed 0 for --worlds, generated once into the cache)")
@@ -103,14 +133,14 @@ def main(argv=None) -> int:
     if not rows or not heldout:
         raise SystemExit(f"{folder} has no examples of {', '.join(worlds)}")
     backbone = TINY_BACKBONE if args.tiny else BASE_BACKBONE
-    grid = itertools.product(args.lr or ([1e-3] if args.tiny else [2e-3, 1e-3, 5e-4]), args.patch or [14],
-                             args.steps or ([2] if args.tiny else [200]))
-    variants = [run_variant(rows, heldout, lr, patch, steps, backbone, 4 if args.tiny else 32)
-                for lr, patch, steps in grid]
+    grid = itertools.product(args.sizes or [None], args.lr or ([1e-3] if args.tiny else [2e-3, 1e-3, 5e-4]),
+                             args.patch or [14], args.steps or ([2] if args.tiny else [200]))
+    variants = [run_variant(rows, heldout, lr, patch, steps, sized(backbone, size), 4 if args.tiny else 32)
+                for size, lr, patch, steps in grid]
     names = sorted(variants[0]["exact_match"])
-    table = C.table(["lr", "patch", "steps", *names, "overall", "train s"],
-                    [[v["lr"], v["patch"], v["steps"], *(v["exact_match"][n] for n in names), v["overall"],
-                      round(v["train_s"])] for v in variants])
+    table = C.table(["size", "params M", "lr", "patch", "steps", *names, "overall", "train s"],
+                    [[v["size"], v["params_m"], v["lr"], v["patch"], v["steps"], *(v["exact_match"][n] for n in names),
+                      v["overall"], round(v["train_s"])] for v in variants])
     floor = C.table(names, [[variants[0]["text_only_floor"][n] for n in names]])
     result = {"machine": C.machine(threads), "worlds": worlds, "data": str(folder), "n_train": len(rows),
               "n_heldout": len(heldout), "variants": variants}

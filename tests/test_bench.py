@@ -237,6 +237,18 @@ def test_bench_pretrain_ablation_tiny(tmp_path, restore_threads):
     assert grids[14] == [1, 4, 4] and grids[7] == [1, 8, 8], grids
 
 
+def test_bench_pretrain_ablation_sizes(tmp_path, restore_threads):
+    """--sizes builds each backbone at its own width and depth; a malformed size is refused by name."""
+    out = tmp_path / "sizes.json"
+    assert _bench("pretrain_ablation").main(["--tiny", "--threads", "1", "--sizes", "32x1x32,64x2x32", "--lr", "1e-3",
+                                             "--json", str(out)]) == 0
+    variants = json.loads(out.read_text())["variants"]
+    assert [v["size"] for v in variants] == ["32x1x32", "64x2x32"]
+    assert variants[1]["params_m"] > variants[0]["params_m"]
+    with pytest.raises(SystemExit):
+        _bench("pretrain_ablation").main(["--tiny", "--sizes", "256x4", "--json", str(out)])
+
+
 def test_bench_forgetting_tiny(tmp_path, restore_threads):
     out = tmp_path / "forgetting.json"
     assert _bench("forgetting").main(["--tiny", "--threads", "1", "--limit", "2", "--json", str(out)]) == 0

@@ -86,3 +86,56 @@ def test_the_split_records_where_the_pilot_measured_and_refuses_mixed_splits():
     always["split"] = "test"
     with pytest.raises(ValueError, match="different splits"):
         pilot_split(noaug, always)
+
+
+def _timed(report: dict, mode: str, ms: dict[str, float]) -> dict:
+    for name, value in ms.items():
+        report["modes"][mode]["datasets"][name]["latency_ms_mean"] = value
+    return report
+
+
+def test_the_frontier_predicts_each_split_and_keeps_the_undominated_ones(tmp_path):
+    """Big gains 20 points for 90 ms, Noisy 3 for 40 ms, Worse loses 3.3 for 50 ms (NoAug: 10 ms everywhere)."""
+    from training.pilot import split_frontier
+
+    noaug, always = _pair()
+    _timed(noaug, "never", {"Big": 10, "Noisy": 10, "Worse": 10, "Mirror": 10})
+    _timed(always, "always", {"Big": 100, "Noisy": 50, "Worse": 60, "Mirror": 100})
+    front = split_frontier(noaug, always, chosen=["Noisy", "Worse"])
+    assert front["datasets"] == ["Big", "Noisy", "Worse"] and front["n_splits"] == 8  # the OOD mirror is not split
+    assert front["always"]["latency_ratio"] == 1.0 and front["always"]["embed"] == []
+    assert front["never"]["latency_ms"] == pytest.approx(10.0)
+    chosen = front["chosen"]  # Big augmented, the others embedded: (50 + 70 + 66.7) / 3 over (100 + 50 + 60) / 3
+    assert chosen["embed"] == ["Noisy", "Worse"] and chosen["latency_ms"] == pytest.approx(40.0)
+    assert chosen["ind_p_at_1"] == pytest.approx((70 + 50 + 200 / 3) / 3, abs=1e-3)
+    # the chosen split is on the frontier: embedding Worse gains accuracy and time, embedding Noisy saves 40 ms
+    assert any(p["embed"] == ["Noisy", "Worse"] for p in front["frontier"])
+    fr = front["frontier"]
+    assert all(x["latency_ms"] <= y["latency_ms"] and x["ind_p_at_1"] < y["ind_p_at_1"] for x, y in zip(fr, fr[1:]))
+    # augmenting Worse is dominated (slower and less accurate than embedding it), so no frontier split augments it
+    assert all("Worse" in p["embed"] for p in fr)
+    # the chosen split takes 40 of 70 ms (0.57x); within half, Big must be embedded too, and Noisy's +3 is then
+    # worth its 40 ms: (10 + 50 + 10) / 3 = 23.3 ms, 0.33x
+    assert chosen["latency_ratio"] == pytest.approx(4 / 7, abs=1e-3)
+    assert front["best_within"]["0.5"]["embed"] == ["Big", "Worse"]
+    assert front["best_within"]["0.75"]["embed"] == ["Noisy", "Worse"]
+    within = [p for p in front["points"] if p["latency_ratio"] <= 0.5]
+    assert front["best_within"]["0.5"]["ind_p_at_1"] == max(p["ind_p_at_1"] for p in within)  # by brute force
+
+
+def test_the_frontier_needs_latencies_and_the_command_writes_it(tmp_path, caplog):
+    from training.pilot import split_frontier
+
+    noaug, always = _pair()
+    with pytest.raises(ValueError, match="latency-queries"):
+        split_frontier(noaug, always)
+    _timed(noaug, "never", {"Big": 10, "Noisy": 10, "Worse": 10, "Mirror": 10})
+    _timed(always, "always", {"Big": 100, "Noisy": 50, "Worse": 60, "Mirror": 100})
+    for name, report in (("n.json", noaug), ("a.json", always)):
+        (tmp_path / name).write_text(json.dumps(report))
+    png = tmp_path / "frontier.png"
+    assert main(["--noaug", str(tmp_path / "n.json"), "--alwaysaug", str(tmp_path / "a.json"),
+                 "--out", str(tmp_path / "split.json"), "--frontier", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+    written = json.loads((tmp_path / "frontier.json").read_text())
+    assert written["chosen"]["embed"] == json.loads((tmp_path / "split.json").read_text())["embed"]

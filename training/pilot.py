@@ -52,6 +52,8 @@ class PilotCommand:
     noaug: str = option(help="evaluation report of the NoAug model (JSON)", metavar="FILE")
     alwaysaug: str = option(help="evaluation report of the AlwaysAug model (JSON)", metavar="FILE")
     out: str = option(help="split file to write (JSON)", metavar="FILE")
+    frontier: str | None = option(None, "also write the accuracy-latency frontier of every split: FILE.png and "
+                                  "FILE.json (the reports need latencies: --latency-queries)", metavar="FILE.png")
     pilot: PilotSettings = field(default_factory=PilotSettings)
 
 
@@ -105,6 +107,91 @@ def gain_intervals(noaug: dict, alwaysaug: dict, names: Sequence[str], required:
     return out
 
 
+MAX_FRONTIER_DATASETS = 16  # 2^16 splits are enumerated in well under a second
+
+
+def split_frontier(noaug: dict, alwaysaug: dict, settings: PilotSettings | None = None,
+                   chosen: Sequence[str] | None = None) -> dict:
+    """What each possible split would cost and give, predicted from the two reports: a dataset in D^E is scored and
+    timed as NoAug, one in D^A as AlwaysAug (the pilot's own premise), averaged over the in-distribution datasets.
+    Every subset is enumerated; the frontier keeps the splits no other split beats on both accuracy and latency.
+    It answers "how much accuracy would a latency budget cost?" on the pilot's data (validation), not on test."""
+    s = settings or PilotSettings()
+    a = noaug["modes"][s.noaug_mode]["datasets"]
+    b = alwaysaug["modes"][s.alwaysaug_mode]["datasets"]
+    names = list(s.datasets) if s.datasets else sorted(n for n in a if n in b and not a[n].get("ood", False))
+    untimed = [n for n in names if a[n].get("latency_ms_mean") is None or b[n].get("latency_ms_mean") is None]
+    if untimed:
+        raise ValueError(f"the frontier needs each dataset's latency, missing for {', '.join(untimed)}: evaluate "
+                         "both models with --latency-queries N (N > 0)")
+    if len(names) > MAX_FRONTIER_DATASETS:
+        raise ValueError(f"{len(names)} datasets: the frontier enumerates every split, at most "
+                         f"{MAX_FRONTIER_DATASETS} datasets")
+    acc_e = [a[n]["p_at_1"] for n in names]
+    acc_a = [b[n]["p_at_1"] for n in names]
+    lat_e = [a[n]["latency_ms_mean"] for n in names]
+    lat_a = [b[n]["latency_ms_mean"] for n in names]
+    k = len(names)
+    always_ms = sum(lat_a) / k
+
+    def point(mask: int) -> dict:
+        embed = [i for i in range(k) if mask >> i & 1]
+        acc = sum(acc_e[i] if mask >> i & 1 else acc_a[i] for i in range(k)) / k
+        ms = sum(lat_e[i] if mask >> i & 1 else lat_a[i] for i in range(k)) / k
+        return {"embed": [names[i] for i in embed], "ind_p_at_1": round(acc, 3), "latency_ms": round(ms, 3),
+                "latency_ratio": round(ms / always_ms, 4), "augment_share": round(1 - len(embed) / k, 4)}
+
+    points = [point(mask) for mask in range(1 << k)]
+    best, frontier = float("-inf"), []
+    for pt in sorted(points, key=lambda p: (p["latency_ms"], -p["ind_p_at_1"])):
+        if pt["ind_p_at_1"] > best:
+            frontier.append(pt)
+            best = pt["ind_p_at_1"]
+    budgets = {}
+    for ratio in (0.5, 0.6, 0.75):
+        within = [p for p in frontier if p["latency_ratio"] <= ratio]
+        budgets[str(ratio)] = max(within, key=lambda p: p["ind_p_at_1"]) if within else None
+    chosen_point = None
+    if chosen is not None:
+        mask = sum(1 << names.index(n) for n in chosen if n in names)
+        chosen_point = points[mask]
+    return {"datasets": names, "always": points[0], "never": points[-1], "chosen": chosen_point,
+            "frontier": frontier, "best_within": budgets, "n_splits": len(points), "points": points}
+
+
+def plot_frontier(result: dict, path: Path) -> None:
+    """Every split as a grey dot, the frontier as a line; AlwaysAug, NoAug and the chosen split named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    pts = result["points"]
+    ax.scatter([p["latency_ratio"] for p in pts], [p["ind_p_at_1"] for p in pts], s=6, color="0.75",
+               label=f"each of the {len(pts)} splits")
+    fr = result["frontier"]
+    ax.plot([p["latency_ratio"] for p in fr], [p["ind_p_at_1"] for p in fr], "-o", color="tab:blue", ms=3,
+            label="frontier (no split beats it on both)")
+    for key, label, style in (("always", "AlwaysAug (augment all)", "s"), ("never", "NoAug (embed all)", "v"),
+                              ("chosen", "the pilot's split", "*")):
+        p = result.get(key)
+        if p:
+            ax.plot(p["latency_ratio"], p["ind_p_at_1"], style, ms=11 if style == "*" else 8, label=label,
+                    color="tab:red" if style == "*" else "black")
+    ax.axvline(0.5, ls="--", color="tab:orange", lw=1, label="half of AlwaysAug's latency")
+    ax.set_xlabel("predicted mean latency ÷ AlwaysAug's (in-distribution datasets)")
+    ax.set_ylabel("predicted IND P@1 (pilot's split)")
+    ax.set_title("What a latency budget costs: every D^A / D^E split, predicted from NoAug and AlwaysAug")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     atomic_write_json(path, data, sort_keys=True)
 
@@ -137,6 +224,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ev["alwaysaug_p_at_1"], ev["delta"], ev["assignment"])
     logger.info("D^A (augment): %s", result["augment"])
     logger.info("D^E (embed):   %s", result["embed"])
+    if args.frontier:
+        try:
+            front = split_frontier(reports[0], reports[1], args.pilot, chosen=result["embed"])
+        except ValueError as err:
+            parser.error(str(err))
+        png = Path(args.frontier)
+        write_json_atomic(png.with_suffix(".json"), {k: v for k, v in front.items() if k != "points"})
+        plot_frontier(front, png)
+        c = front["chosen"]
+        logger.info("the split: predicted IND %.1f at %.2fx AlwaysAug's latency (AlwaysAug %.1f, NoAug %.1f)",
+                    c["ind_p_at_1"], c["latency_ratio"], front["always"]["ind_p_at_1"], front["never"]["ind_p_at_1"])
+        for ratio, p in front["best_within"].items():
+            if p:
+                logger.info("best split within %sx: IND %.1f at %.2fx, D^E = %s", ratio, p["ind_p_at_1"],
+                            p["latency_ratio"], ", ".join(p["embed"]) or "none")
+        logger.info("frontier: %s and %s", png, png.with_suffix(".json"))
     return 0
 
 
