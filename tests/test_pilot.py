@@ -3,6 +3,7 @@ margin, and with --require-significant only when its paired bootstrap interval a
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -139,3 +140,25 @@ def test_the_frontier_needs_latencies_and_the_command_writes_it(tmp_path, caplog
     assert png.stat().st_size > 10_000
     written = json.loads((tmp_path / "frontier.json").read_text())
     assert written["chosen"]["embed"] == json.loads((tmp_path / "split.json").read_text())["embed"]
+
+
+def test_a_latency_budget_takes_the_most_accurate_split_within_it(tmp_path, capsys):
+    noaug, always = _pair()
+    _timed(noaug, "never", {"Big": 10, "Noisy": 10, "Worse": 10, "Mirror": 10})
+    _timed(always, "always", {"Big": 100, "Noisy": 50, "Worse": 60, "Mirror": 100})
+    for name, report in (("n.json", noaug), ("a.json", always)):
+        (tmp_path / name).write_text(json.dumps(report))
+    args = ["--noaug", str(tmp_path / "n.json"), "--alwaysaug", str(tmp_path / "a.json"), "--out",
+            str(tmp_path / "split.json")]
+    assert main(args) == 0
+    margin = json.loads((tmp_path / "split.json").read_text())
+    assert margin["augment"] == ["Big", "Noisy"] and "latency_budget" not in margin  # the margin rule
+    assert main(args + ["--latency-budget", "0.5"]) == 0
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["embed"] == ["Big", "Worse"] and split["augment"] == ["Noisy"]  # 23.3 of 70 ms
+    assert split["latency_budget"] == 0.5 and split["predicted"]["latency_ratio"] <= 0.5
+    assert split["datasets"]["Big"]["assignment"] == "embed" and split["datasets"]["Big"]["delta"] == 20.0
+    for bad, message in (("1.5", "in \\(0, 1\\]"), ("0.1", "no split is predicted within 0.1x")):
+        with pytest.raises(SystemExit):
+            main(args + ["--latency-budget", bad])
+        assert re.search(message, capsys.readouterr().err)

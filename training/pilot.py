@@ -13,6 +13,11 @@ to lie above 0, since on 300 validation queries a gain of a few points is within
 `{"augment": [...], "embed": [...], "margin": ..., "require_significant": ..., "datasets": {NAME: figures}}`, keeps
 the per-dataset figures behind each assignment, the gain's interval among them (when the reports carry per-query
 correctness).
+
+`--frontier FILE.png` also predicts every possible split's accuracy and latency from the two reports (a D^E dataset
+scored and timed as NoAug, a D^A one as AlwaysAug) and draws the splits no other beats on both. `--latency-budget R`
+takes, instead of the margin rule, the most accurate of them within R x AlwaysAug's latency. Both need reports with
+latencies (`msolomon.evaluation --latency-queries N`).
 """
 from __future__ import annotations
 
@@ -43,6 +48,9 @@ class PilotSettings:
     alwaysaug_mode: str = option("always", "the AlwaysAug report's mode to read", choices=AUGMENT_MODES)
     datasets: list[str] | None = option(None, "datasets to split (default: the in-distribution datasets of both "
                                         "reports)")
+    latency_budget: float | None = option(None, "instead of the margin rule: the most accurate split whose predicted "
+                                          "latency is at most this fraction of AlwaysAug's (e.g. 0.5; the reports "
+                                          "need --latency-queries)")
 
 
 @dataclass
@@ -155,8 +163,28 @@ def split_frontier(noaug: dict, alwaysaug: dict, settings: PilotSettings | None 
     if chosen is not None:
         mask = sum(1 << names.index(n) for n in chosen if n in names)
         chosen_point = points[mask]
-    return {"datasets": names, "always": points[0], "never": points[-1], "chosen": chosen_point,
+    return {"datasets": names, "pilot_on": noaug.get("split"), "always": points[0], "never": points[-1],
+            "chosen": chosen_point,
             "frontier": frontier, "best_within": budgets, "n_splits": len(points), "points": points}
+
+
+def budget_split(split: dict, frontier: dict, budget: float) -> dict:
+    """`split` re-assigned to the most accurate frontier split within `budget` x AlwaysAug's predicted latency (the
+    per-dataset evidence is kept; `latency_budget` and the prediction are recorded)."""
+    if not 0 < budget <= 1:
+        raise ValueError(f"--latency-budget must be in (0, 1], a fraction of AlwaysAug's latency, got {budget}")
+    within = [p for p in frontier["frontier"] if p["latency_ratio"] <= budget]
+    if not within:
+        raise ValueError(f"no split is predicted within {budget}x AlwaysAug's latency (NoAug alone is at "
+                         f"{frontier['never']['latency_ratio']}x)")
+    best = max(within, key=lambda p: p["ind_p_at_1"])
+    names = frontier["datasets"]
+    out = dict(split, embed=[n for n in names if n in best["embed"]],
+               augment=[n for n in names if n not in best["embed"]], latency_budget=budget,
+               predicted={k: best[k] for k in ("ind_p_at_1", "latency_ratio", "augment_share")})
+    out["datasets"] = {n: dict(ev, assignment="embed" if n in best["embed"] else "augment")
+                       for n, ev in split["datasets"].items()}
+    return out
 
 
 def plot_frontier(result: dict, path: Path) -> None:
@@ -180,9 +208,10 @@ def plot_frontier(result: dict, path: Path) -> None:
             ax.plot(p["latency_ratio"], p["ind_p_at_1"], style, ms=11 if style == "*" else 8, label=label,
                     color="tab:red" if style == "*" else "black")
     ax.axvline(0.5, ls="--", color="tab:orange", lw=1, label="half of AlwaysAug's latency")
+    ax.axhline(result["always"]["ind_p_at_1"], ls=":", color="black", lw=1, label="AlwaysAug's accuracy")
     ax.set_xlabel("predicted mean latency ÷ AlwaysAug's (in-distribution datasets)")
-    ax.set_ylabel("predicted IND P@1 (pilot's split)")
-    ax.set_title("What a latency budget costs: every D^A / D^E split, predicted from NoAug and AlwaysAug")
+    ax.set_ylabel(f"predicted IND P@1 ({result.get('pilot_on') or 'pilot'} split)")
+    ax.set_title("What a latency budget costs: every D^A / D^E split")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -214,6 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = pilot_split(reports[0], reports[1], args.pilot)
     except ValueError as err:
         parser.error(str(err))
+    if args.pilot.latency_budget is not None:
+        try:
+            result = budget_split(result, split_frontier(reports[0], reports[1], args.pilot),
+                                  args.pilot.latency_budget)
+        except ValueError as err:
+            parser.error(str(err))
     result["sources"] = {"noaug": str(args.noaug), "alwaysaug": str(args.alwaysaug)}
     if result["pilot_on"] == "test":
         logger.warning("these reports are of the test split: a split chosen there is chosen on the test sets; "
