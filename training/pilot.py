@@ -159,13 +159,15 @@ def split_frontier(noaug: dict, alwaysaug: dict, settings: PilotSettings | None 
     for ratio in (0.5, 0.6, 0.75):
         within = [p for p in frontier if p["latency_ratio"] <= ratio]
         budgets[str(ratio)] = max(within, key=lambda p: p["ind_p_at_1"]) if within else None
-    chosen_point = None
-    if chosen is not None:
-        mask = sum(1 << names.index(n) for n in chosen if n in names)
-        chosen_point = points[mask]
+    chosen_point = points[split_mask(names, chosen)] if chosen is not None else None
     return {"datasets": names, "pilot_on": noaug.get("split"), "always": points[0], "never": points[-1],
             "chosen": chosen_point,
             "frontier": frontier, "best_within": budgets, "n_splits": len(points), "points": points}
+
+
+def split_mask(names: Sequence[str], embed: Sequence[str]) -> int:
+    """The index in `split_frontier`'s points of the split that embeds `embed` (bit i: names[i] in D^E)."""
+    return sum(1 << i for i, n in enumerate(names) if n in embed)
 
 
 def budget_split(split: dict, frontier: dict, budget: float) -> dict:
@@ -243,10 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = pilot_split(reports[0], reports[1], args.pilot)
     except ValueError as err:
         parser.error(str(err))
-    if args.pilot.latency_budget is not None:
+    front = None
+    if args.pilot.latency_budget is not None or args.frontier:
         try:
-            result = budget_split(result, split_frontier(reports[0], reports[1], args.pilot),
-                                  args.pilot.latency_budget)
+            front = split_frontier(reports[0], reports[1], args.pilot)
+            if args.pilot.latency_budget is not None:
+                result = budget_split(result, front, args.pilot.latency_budget)
         except ValueError as err:
             parser.error(str(err))
     result["sources"] = {"noaug": str(args.noaug), "alwaysaug": str(args.alwaysaug)}
@@ -260,10 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("D^A (augment): %s", result["augment"])
     logger.info("D^E (embed):   %s", result["embed"])
     if args.frontier:
-        try:
-            front = split_frontier(reports[0], reports[1], args.pilot, chosen=result["embed"])
-        except ValueError as err:
-            parser.error(str(err))
+        front["chosen"] = front["points"][split_mask(front["datasets"], result["embed"])]
         png = Path(args.frontier)
         write_json_atomic(png.with_suffix(".json"), {k: v for k, v in front.items() if k != "points"})
         plot_frontier(front, png)
