@@ -260,6 +260,21 @@ def test_bench_forgetting_tiny(tmp_path, restore_threads):
         _bench("forgetting").main(["--threads", "1", "--pretrain-data", str(tmp_path)])
 
 
+def test_bench_pretrain_curves_draws_every_run_and_refuses_a_missing_log(tmp_path, capsys):
+    logs = []
+    for name, slope in (("a", 0.01), ("b", 0.02)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"step": s, "loss": 5 * np.exp(-slope * s), "token_acc": s / 100}) + "\n"
+                                for s in range(10, 110, 10)))
+        logs.append(f"run {name}={path}")
+    out = tmp_path / "curves.png"
+    assert _bench("pretrain_curves").main([*sum((["--run", r] for r in logs), []), "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 5000
+    with pytest.raises(SystemExit):
+        _bench("pretrain_curves").main(["--run", f"c={tmp_path / 'missing.jsonl'}", "--out", str(out)])
+    assert "expected LABEL=PATH to an existing train_log.jsonl" in capsys.readouterr().err
+
+
 def test_bench_gpu_check_tiny(tmp_path, restore_threads):
     """The GPU check's stages (MiniMMEB, oracle augmentations, a checkpoint from a config, LoRA training through
     training.train, encoding in three modes) on a tiny model on the CPU."""

@@ -192,6 +192,39 @@ def test_pretrain_command_trains_evaluates_and_resumes(tmp_path, bench, pdata):
     assert "summed over every invocation" in (tmp_path / "base" / "README.md").read_text()
 
 
+def test_a_larger_max_steps_continues_a_finished_base_and_the_card_lists_both_commands(tmp_path, bench, pdata):
+    from safetensors.torch import load_file
+
+    from training.pretrain import main, trained_steps
+
+    out, base = tmp_path / "run", tmp_path / "base"
+    common = ["--out", str(out), "--data", str(pdata), "--benchmark", str(bench), "--batch-size", "8",
+              "--save-every", "2", "--log-every", "1", "--warmup-steps", "1", "--max-new-tokens", "4",
+              "--backbone", json.dumps(SMALL), "--threads", "1"]
+    assert main(common + ["--max-steps", "3"]) == 0
+    first = load_file(str(out / "final" / "model.safetensors"))
+    assert trained_steps(out) == 3
+    # the same folder asked for 5 steps: pretraining resumes at step 3 (it does not reuse the 3-step final model)
+    assert main(common + ["--max-steps", "5", "--ship", str(base)]) == 0
+    assert trained_steps(out) == 5
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    # the first schedule ended at 0; the one rebuilt for 5 steps restarts at its value for step 3 and decays to 0
+    assert log[2]["lr"] == 0.0 and log[3]["lr"] > log[4]["lr"] == 0.0
+    second = load_file(str(out / "final" / "model.safetensors"))
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    report = json.loads((out / "report.json").read_text())
+    assert [r["steps"] for r in report["commands"]] == [[0, 3], [3, 5]]
+    card = (base / "README.md").read_text()
+    assert "--warmup-steps 1   # steps 0-3" in card and f"--ship {base}   # steps 3-5" in card
+    assert card.index("--max-steps 3 ") < card.index("--max-steps 5 ")
+    # asking for fewer or as many steps as it has reuses the final model, and records no new command
+    stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main(common + ["--max-steps", "4"]) == 0
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp and trained_steps(out) == 5
+    assert len((out / "commands.jsonl").read_text().splitlines()) == 2
+
+
 def test_data_only_makes_the_replay_folder_without_training(tmp_path, bench, capsys):
     """--data-only stops after the data stage: the folder --replay reads, and no model."""
     from training.pretrain import main

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from msolomon.files import atomic_file, read_json
+from msolomon.files import append_jsonl, atomic_file, read_json, read_jsonl
 from msolomon.settings import command_line, flat_settings, option, parse_settings, process_environment
 from training.trainer import LoopSettings, OptimSettings
 
@@ -40,6 +40,9 @@ BASE_BACKBONE: dict[str, Any] = {"hidden_size": 256, "num_layers": 4, "num_heads
 # trained and evaluated at seed 1): 2e-3, the first base's, left the language model blind to digits (every digit
 # answered "three") though a linear probe read them from the vision features; 5e-4 and 1e-3 learned them
 PRETRAIN_LR = 5e-4
+
+# every invocation that trained, in order (a base continued with a larger --max-steps is made by several)
+COMMANDS = "commands.jsonl"
 
 
 def pretrain_loop() -> LoopSettings:
@@ -231,15 +234,44 @@ def build_base(s: PretrainSettings, rows: Sequence[dict], resume: Path | None):
     return model
 
 
+def trained_steps(out: Path) -> int:
+    """The optimizer steps behind OUT's last checkpoint (0 without one)."""
+    from training.trainer import CHECKPOINT, STATE
+
+    state = read_json(out / CHECKPOINT / STATE, None)
+    return int(state.get("step", 0)) if isinstance(state, dict) else 0
+
+
+def asks_more_steps(s: PretrainSettings, out: Path) -> bool:
+    """Whether a rerun on a finished folder asks for more steps than it has (`--max-steps` raised): pretraining
+    then continues from the last checkpoint instead of reusing the final model. The schedule is rebuilt for the
+    new total, so the learning rate restarts at its value for that step and decays to 0 again."""
+    return s.loop.max_steps is not None and trained_steps(out) < s.loop.max_steps
+
+
+def record_command(out: Path, command: str, steps: tuple[int, int]) -> list[dict]:
+    """Append this invocation to OUT/commands.jsonl when it trained, and return every one that did: the base's
+    card lists them, since a continued base is made by more than one command."""
+    path = out / COMMANDS
+    earlier = [r for r in read_jsonl(path) if isinstance(r, dict) and "command" in r]
+    if steps[1] > steps[0]:
+        # a resumed first run counts from 0: the killed invocation before it was never recorded
+        append_jsonl(path, [{"command": command, "steps": [steps[0] if earlier else 0, steps[1]]}])
+    return [r for r in read_jsonl(path) if isinstance(r, dict) and "command" in r]
+
+
 def stage_train(s: PretrainSettings, out: Path, data: Path):
     from training.pretrain_data import load_rows
     from training.trainer import CHECKPOINT, FINAL, STATE, Trainer, recover_checkpoint
 
     final = out / FINAL
-    if (final / "config.json").is_file():
+    if (final / "config.json").is_file() and not asks_more_steps(s, out):
         from msolomon.model import MSolomon
 
         return MSolomon.from_pretrained(final)
+    if (final / "config.json").is_file():
+        logger.info("continuing %s from step %d to %d (the linear schedule rebuilt for %d steps)", out,
+                    trained_steps(out), s.loop.max_steps, s.loop.max_steps)
     rows = load_rows(data, "train")
     recover_checkpoint(out)
     resume = out / CHECKPOINT if (out / CHECKPOINT / STATE).is_file() else None
@@ -324,12 +356,12 @@ def report_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(log: Path, dest: Path) -> None:
-    """Training loss and token accuracy against step."""
-    if not log.is_file():
-        return
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    if not rows:
+def plot_curves(log: Path, dest: Path, others: Sequence[tuple[str, Path]] = (), label: str | None = None) -> None:
+    """Training loss and token accuracy against step; `others` (label, train_log.jsonl) are drawn beside, so bases
+    can be compared on one figure (`bench/pretrain_curves.py`)."""
+    runs = [(label, Path(log)), *[(name, Path(path)) for name, path in others]]
+    runs = [(name, rows) for name, path in runs if (rows := read_jsonl(path))]
+    if not runs:
         return
     import matplotlib
 
@@ -337,11 +369,14 @@ def plot_curves(log: Path, dest: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    steps = [r["step"] for r in rows]
-    ax[0].plot(steps, [r["loss"] for r in rows])
-    ax[0].set(xlabel="step", ylabel="next-token loss", yscale="log", title="pretraining loss")
-    ax[1].plot(steps, [r.get("token_acc", float("nan")) for r in rows])
-    ax[1].set(xlabel="step", ylabel="token accuracy", title="answer token accuracy (train batch)")
+    for name, rows in runs:
+        steps = [r["step"] for r in rows]
+        ax[0].plot(steps, [r["loss"] for r in rows], label=name, lw=1)
+        ax[1].plot(steps, [r.get("token_acc", float("nan")) for r in rows], label=name, lw=1)
+    ax[0].set(xlabel="step", ylabel="next-token loss (answer)", yscale="log", title="pretraining loss")
+    ax[1].set(xlabel="step", ylabel="token accuracy (train batch)", title="answer token accuracy")
+    if any(name for name, _ in runs):
+        ax[0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_file(dest, "wb") as fh:
         fig.savefig(fh, dpi=110, format="png")
@@ -367,8 +402,10 @@ def run(s: PretrainSettings) -> dict:
         logger.info("pretraining data in %s (--data-only: no training)", data)
         return {"data_only": str(data), "data": read_json(data / "pretrain.json")}
     t = time.perf_counter()
+    before = trained_steps(out)
     model = stage_train(s, out, data)
     timings["train_s"] = time.perf_counter() - t
+    commands = record_command(out, command_line("python -m training.pretrain", s), (before, trained_steps(out)))
     signature = files_signature(out / FINAL)
     earlier = read_json(out / "report.json", None)
     if earlier and earlier.get("final_signature") == signature and (not s.ship or "half_precision" in earlier):
@@ -388,11 +425,27 @@ def run(s: PretrainSettings) -> dict:
             result["half_precision"] = evaluate_base(shipped, heldout, s.max_new_tokens)
         timings["eval_s"] = time.perf_counter() - t
     result.setdefault("command", command_line("python -m training.pretrain", s))
+    if commands:
+        result["commands"] = commands
     result["timings_s"] = accumulate_timings(out / "timings.json", timings)
     write_report(result, out)
     if s.ship:
         write_base_card(result, Path(s.ship), out)
     return result
+
+
+def command_lines(result: dict) -> list[str]:
+    """The card's commands: one, or every invocation that trained (a continued base), with its steps."""
+    runs = result.get("commands") or []
+    if len(runs) < 2:
+        return ["```bash", result["command"], "```"]
+    lines = ["Pretrained in steps, one command after the other (each line: the optimizer steps it ran). A larger "
+             "`--max-steps` on a finished run folder continues it from its last checkpoint, the linear schedule "
+             "rebuilt for the new total:", "", "```bash"]
+    for r in runs:
+        steps = f"   # steps {r['steps'][0]}-{r['steps'][1]}" if r.get("steps") else ""
+        lines.append(f"{r['command']}{steps}")
+    return lines + ["```"]
 
 
 def write_base_card(result: dict, dest: Path, out: Path) -> None:
@@ -405,7 +458,7 @@ def write_base_card(result: dict, dest: Path, out: Path) -> None:
             "A small Qwen2-VL (`Qwen2VLForConditionalGeneration`, stock transformers) pretrained generatively, the "
             "offline analogue of Qwen2-VL-2B-Instruct: NoAug, AlwaysAug and M-Solomon fine-tune from it.", "",
             f"Backbone: `{json.dumps(s['backbone'])}`; weights stored in float16.", "",
-            "## Command", "", "```bash", result["command"], "```", "",
+            "## Command", "", *command_lines(result), "",
             "## Data", "",
             f"{d['n_train']} image–question–answer examples from MiniMMEB's world builders (digits, scenes and "
             "shapes, charts, forms and signs, garments, photos) drawn with pretraining's own random streams; "
