@@ -238,7 +238,7 @@ def test_training_without_hard_negatives(tmp_path):
     out = module(batch)
     # the loss is L_rep + λ·L_gen of the figures it reports, and each part is what the loss functions give on the
     # terminal states of the same pass (an untrained model: L_gen near log(vocab), far from 0)
-    assert abs(float(out["loss"]) - (float(out["rep_loss"]) + 0.5 * float(out["gen_loss"]))) < 1e-5
+    assert abs(float(out["loss"].detach()) - (float(out["rep_loss"]) + 0.5 * float(out["gen_loss"]))) < 1e-5
     with torch.no_grad():
         q_hidden = model.forward_hidden(batch["query"])
         t_hidden = model.forward_hidden(batch["target"])
@@ -248,16 +248,17 @@ def test_training_without_hard_negatives(tmp_path):
 
     rep = info_nce(q_emb, t_emb, 6, loop.temperature, batch["target_keys"])
     gen = generation_loss(q_hidden, batch["query"]["labels"], model.model.lm_head, (model.augment_id, model.embed_id))
-    assert abs(float(out["rep_loss"]) - float(rep.loss)) < 1e-5 and abs(float(out["gen_loss"]) - float(gen.loss)) < 1e-5
+    assert abs(float(out["rep_loss"]) - float(rep.loss.detach())) < 1e-5
+    assert abs(float(out["gen_loss"]) - float(gen.loss.detach())) < 1e-5
     assert float(out["gen_loss"]) > 1.0
     # and gradient steps on this batch lower the loss (the module trains)
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
-    first = float(out["loss"])
+    first = out["loss"].item()
     for _ in range(5):
         opt.zero_grad()
         module(batch)["loss"].backward()
         opt.step()
-    assert float(module(batch)["loss"]) < first - 0.1
+    assert module(batch)["loss"].item() < first - 0.1
 
 
 def test_a_kill_between_checkpoint_renames_recovers_the_previous_one(tmp_path):
