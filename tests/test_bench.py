@@ -260,7 +260,13 @@ def test_bench_forgetting_tiny(tmp_path, restore_threads):
         _bench("forgetting").main(["--threads", "1", "--pretrain-data", str(tmp_path)])
 
 
-def test_bench_pretrain_curves_draws_every_run_and_refuses_a_missing_log(tmp_path, capsys):
+def test_bench_pretrain_curves_draws_every_run_and_refuses_a_missing_log(tmp_path, capsys, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, *a, **k: drawn.append(k.get("label")) or plot(ax, *a, **k))
     logs = []
     for name, slope in (("a", 0.01), ("b", 0.02)):
         path = tmp_path / f"{name}.jsonl"
@@ -270,6 +276,7 @@ def test_bench_pretrain_curves_draws_every_run_and_refuses_a_missing_log(tmp_pat
     out = tmp_path / "curves.png"
     assert _bench("pretrain_curves").main([*sum((["--run", r] for r in logs), []), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 5000
+    assert drawn == ["run a", "run a", "run b", "run b"]  # loss and token accuracy of each run
     with pytest.raises(SystemExit):
         _bench("pretrain_curves").main(["--run", f"c={tmp_path / 'missing.jsonl'}", "--out", str(out)])
     assert "expected LABEL=PATH to an existing train_log.jsonl" in capsys.readouterr().err

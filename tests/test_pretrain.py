@@ -195,7 +195,7 @@ def test_pretrain_command_trains_evaluates_and_resumes(tmp_path, bench, pdata):
 def test_a_larger_max_steps_continues_a_finished_base_and_the_card_lists_both_commands(tmp_path, bench, pdata):
     from safetensors.torch import load_file
 
-    from training.pretrain import main, trained_steps
+    from training.pretrain import final_steps, main
 
     out, base = tmp_path / "run", tmp_path / "base"
     common = ["--out", str(out), "--data", str(pdata), "--benchmark", str(bench), "--batch-size", "8",
@@ -203,26 +203,50 @@ def test_a_larger_max_steps_continues_a_finished_base_and_the_card_lists_both_co
               "--backbone", json.dumps(SMALL), "--threads", "1"]
     assert main(common + ["--max-steps", "3"]) == 0
     first = load_file(str(out / "final" / "model.safetensors"))
-    assert trained_steps(out) == 3
-    # the same folder asked for 5 steps: pretraining resumes at step 3 (it does not reuse the 3-step final model)
+    assert final_steps(out) == 3
+    # a rerun without --max-steps reuses the 3-step model, though the default step count is larger
+    stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main(common) == 0
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp and final_steps(out) == 3
+    # the same folder asked for 4 steps: pretraining resumes at step 3 (it does not reuse the 3-step final model),
+    # and its first step moves the weights: it runs at the rebuilt schedule's rate, not the loaded end rate of 0
+    assert main(common + ["--max-steps", "4"]) == 0
+    assert final_steps(out) == 4
+    fourth = load_file(str(out / "final" / "model.safetensors"))
+    assert any(not torch.equal(first[k], fourth[k]) for k in first)
+    # the 3-step base and its report are kept beside
+    kept = load_file(str(out / "final-3" / "model.safetensors"))
+    assert all(torch.equal(first[k], kept[k]) for k in first) and (out / "report-3.json").is_file()
     assert main(common + ["--max-steps", "5", "--ship", str(base)]) == 0
-    assert trained_steps(out) == 5
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
-    # the first schedule ended at 0; the one rebuilt for 5 steps restarts at its value for step 3 and decays to 0
-    assert log[2]["lr"] == 0.0 and log[3]["lr"] > log[4]["lr"] == 0.0
-    second = load_file(str(out / "final" / "model.safetensors"))
-    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert log[2]["lr"] == 0.0 and log[3]["lr"] == 0.0 and log[4]["lr"] == 0.0  # each schedule ends at 0
     report = json.loads((out / "report.json").read_text())
-    assert [r["steps"] for r in report["commands"]] == [[0, 3], [3, 5]]
+    assert [r["steps"] for r in report["commands"]] == [[0, 3], [3, 4], [4, 5]]
     card = (base / "README.md").read_text()
-    assert "--warmup-steps 1   # steps 0-3" in card and f"--ship {base}   # steps 3-5" in card
-    assert card.index("--max-steps 3 ") < card.index("--max-steps 5 ")
+    assert "--warmup-steps 1   # steps 0-3" in card and f"--ship {base}   # steps 4-5" in card
+    assert card.index("--max-steps 3 ") < card.index("--max-steps 4 ") < card.index("--max-steps 5 ")
     # asking for fewer or as many steps as it has reuses the final model, and records no new command
     stamp = (out / "final" / "model.safetensors").stat().st_mtime_ns
-    assert main(common + ["--max-steps", "4"]) == 0
-    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp and trained_steps(out) == 5
-    assert len((out / "commands.jsonl").read_text().splitlines()) == 2
+    for steps in ("4", "5"):
+        assert main(common + ["--max-steps", steps]) == 0
+    assert (out / "final" / "model.safetensors").stat().st_mtime_ns == stamp and final_steps(out) == 5
+    assert len((out / "commands.jsonl").read_text().splitlines()) == 3
+
+
+def test_continuing_refuses_a_final_model_without_a_checkpoint(tmp_path, bench, pdata, caplog):
+    from training.pretrain import main
+
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--data", str(pdata), "--benchmark", str(bench), "--batch-size", "8",
+              "--save-every", "2", "--warmup-steps", "1", "--max-new-tokens", "2",
+              "--backbone", json.dumps(SMALL), "--threads", "1"]
+    assert main(common + ["--max-steps", "2"]) == 0
+    shutil.rmtree(out / "checkpoint")
+    (out / "final_steps.json").unlink()
+    assert main(common + ["--max-steps", "4"]) == 2
+    assert "cannot be continued" in caplog.text
+    assert main(common) == 0  # without --max-steps it is the finished model it was
 
 
 def test_data_only_makes_the_replay_folder_without_training(tmp_path, bench, capsys):

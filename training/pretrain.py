@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from msolomon.files import append_jsonl, atomic_file, read_json, read_jsonl
+from msolomon.files import append_jsonl, atomic_file, atomic_write_json, read_json, read_jsonl
 from msolomon.settings import command_line, flat_settings, option, parse_settings, process_environment
-from training.trainer import LoopSettings, OptimSettings
+from training.trainer import FINAL, LoopSettings, OptimSettings
 
 logger = logging.getLogger("training.pretrain")
 
@@ -43,6 +43,8 @@ PRETRAIN_LR = 5e-4
 
 # every invocation that trained, in order (a base continued with a larger --max-steps is made by several)
 COMMANDS = "commands.jsonl"
+# the steps the final model was trained for (a larger --max-steps continues the folder)
+FINAL_STEPS = "final_steps.json"
 
 
 def pretrain_loop() -> LoopSettings:
@@ -236,44 +238,100 @@ def build_base(s: PretrainSettings, rows: Sequence[dict], resume: Path | None):
 
 def trained_steps(out: Path) -> int:
     """The optimizer steps behind OUT's last checkpoint (0 without one)."""
-    from training.trainer import CHECKPOINT, STATE
+    from training.trainer import CHECKPOINT, STATE, recover_checkpoint
 
+    recover_checkpoint(out)
     state = read_json(out / CHECKPOINT / STATE, None)
     return int(state.get("step", 0)) if isinstance(state, dict) else 0
 
 
-def asks_more_steps(s: PretrainSettings, out: Path) -> bool:
-    """Whether a rerun on a finished folder asks for more steps than it has (`--max-steps` raised): pretraining
-    then continues from the last checkpoint instead of reusing the final model. The schedule is rebuilt for the
-    new total, so the learning rate restarts at its value for that step and decays to 0 again."""
-    return s.loop.max_steps is not None and trained_steps(out) < s.loop.max_steps
+def final_steps(out: Path) -> int | None:
+    """The steps OUT's final model was trained for (None without one). Folders from before this was recorded fall
+    back to their checkpoint's step, which a finished run saves at its last step."""
+    from training.trainer import CHECKPOINT, STATE
+
+    if not (out / FINAL / "config.json").is_file():
+        return None
+    recorded = read_json(out / FINAL_STEPS, None)
+    if isinstance(recorded, dict) and isinstance(recorded.get("steps"), int):
+        return recorded["steps"]
+    return trained_steps(out) if (out / CHECKPOINT / STATE).is_file() else None
 
 
-def record_command(out: Path, command: str, steps: tuple[int, int]) -> list[dict]:
-    """Append this invocation to OUT/commands.jsonl when it trained, and return every one that did: the base's
-    card lists them, since a continued base is made by more than one command."""
+def asks_more_steps(s: PretrainSettings, out: Path, extend: bool) -> bool:
+    """Whether this run continues a finished folder: `--max-steps` given (`extend`) and larger than the steps of
+    its final model. Pretraining then resumes from the last checkpoint; the schedule is rebuilt for the new total,
+    so the learning rate restarts at its value for that step and decays to 0 again. Without `--max-steps` a
+    rerun reuses the final model, whatever the default step count."""
+    done = final_steps(out)
+    if not extend or s.loop.max_steps is None or not (out / FINAL / "config.json").is_file():
+        return False
+    if done is None:
+        raise ValueError(f"{out} has a final model but no checkpoint or record of its steps, so it cannot be "
+                         "continued; pretrain into a new --out instead")
+    return s.loop.max_steps > done
+
+
+def max_steps_given(argv: Sequence[str] | None) -> bool:
+    """Whether `--max-steps` was typed (a larger one continues a finished run folder)."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    return any(a == "--max-steps" or a.startswith("--max-steps=") for a in given)
+
+
+def keep_earlier(out: Path, steps: int) -> None:
+    """Before a continuation replaces them, copy the final model and its report to `final-STEPS/` and
+    `report-STEPS.json`, so the shorter base stays at hand."""
+    import shutil
+
+    kept = out / f"{FINAL}-{steps}"
+    if not kept.exists():
+        tmp = out / f".{kept.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(out / FINAL, tmp)
+        tmp.rename(kept)
+    report = out / "report.json"
+    if report.is_file() and not (out / f"report-{steps}.json").exists():
+        shutil.copyfile(report, out / f"report-{steps}.json")
+
+
+def record_command(out: Path, command: str, end: int | None, prior: int | None, prior_command: str | None
+                   ) -> list[dict]:
+    """Append this invocation to OUT/commands.jsonl when it trained (its steps: from where the last recorded one
+    ended, or from the final model it continued, to `end`), and return every recorded one: the base's card lists
+    them, since a continued base is made by more than one command. A folder trained before the history was kept
+    gets its earlier command (from its report) as the first line."""
     path = out / COMMANDS
-    earlier = [r for r in read_jsonl(path) if isinstance(r, dict) and "command" in r]
-    if steps[1] > steps[0]:
-        # a resumed first run counts from 0: the killed invocation before it was never recorded
-        append_jsonl(path, [{"command": command, "steps": [steps[0] if earlier else 0, steps[1]]}])
-    return [r for r in read_jsonl(path) if isinstance(r, dict) and "command" in r]
+    history = [r for r in read_jsonl(path) if isinstance(r, dict) and "command" in r]
+    start = history[-1]["steps"][1] if history and history[-1].get("steps") else (prior or 0)
+    if end is None or end <= start:
+        return history
+    new = []
+    if not history and prior:
+        new.append({"command": prior_command or "(not recorded)", "steps": [0, prior]})
+    new.append({"command": command, "steps": [start, end]})
+    append_jsonl(path, new)
+    return history + new
 
 
-def stage_train(s: PretrainSettings, out: Path, data: Path):
+def stage_train(s: PretrainSettings, out: Path, data: Path, extend: bool = False):
     from training.pretrain_data import load_rows
-    from training.trainer import CHECKPOINT, FINAL, STATE, Trainer, recover_checkpoint
+    from training.trainer import CHECKPOINT, STATE, Trainer
 
     final = out / FINAL
-    if (final / "config.json").is_file() and not asks_more_steps(s, out):
+    if (final / "config.json").is_file() and not asks_more_steps(s, out, extend):
         from msolomon.model import MSolomon
 
         return MSolomon.from_pretrained(final)
+    at = trained_steps(out)
+    if s.loop.max_steps is not None and at > s.loop.max_steps:
+        raise ValueError(f"{out}'s checkpoint is at step {at}, past --max-steps {s.loop.max_steps}: rerun with "
+                         f"--max-steps {at} or more")
     if (final / "config.json").is_file():
-        logger.info("continuing %s from step %d to %d (the linear schedule rebuilt for %d steps)", out,
-                    trained_steps(out), s.loop.max_steps, s.loop.max_steps)
+        done = final_steps(out)
+        logger.info("continuing %s from its %d-step final model (checkpoint at step %d) to %d steps; the linear "
+                    "schedule is rebuilt for %d", out, done, at, s.loop.max_steps, s.loop.max_steps)
+        keep_earlier(out, done)
     rows = load_rows(data, "train")
-    recover_checkpoint(out)
     resume = out / CHECKPOINT if (out / CHECKPOINT / STATE).is_file() else None
     model = build_base(s, rows, resume)
     loop = s.loop
@@ -283,6 +341,7 @@ def stage_train(s: PretrainSettings, out: Path, data: Path):
     logger.info("pretraining on %d examples for %d steps", len(rows), trainer.steps)
     t0 = time.perf_counter()
     trainer.train()
+    atomic_write_json(out / FINAL_STEPS, {"steps": trainer.steps})
     with open(out / "train_time_s.txt", "a") as fh:
         fh.write(f"{time.perf_counter() - t0:.1f}\n")
     return model
@@ -383,11 +442,10 @@ def plot_curves(log: Path, dest: Path, others: Sequence[tuple[str, Path]] = (), 
     plt.close(fig)
 
 
-def run(s: PretrainSettings) -> dict:
+def run(s: PretrainSettings, extend: bool = False) -> dict:
     from msolomon.files import accumulate_timings
     from msolomon.model import files_signature
     from training.pretrain_data import load_rows
-    from training.trainer import FINAL
 
     if s.threads:
         process_environment(s.threads)
@@ -402,10 +460,12 @@ def run(s: PretrainSettings) -> dict:
         logger.info("pretraining data in %s (--data-only: no training)", data)
         return {"data_only": str(data), "data": read_json(data / "pretrain.json")}
     t = time.perf_counter()
-    before = trained_steps(out)
-    model = stage_train(s, out, data)
+    prior = final_steps(out)
+    prior_command = (read_json(out / "report.json", None) or {}).get("command")
+    model = stage_train(s, out, data, extend)
     timings["train_s"] = time.perf_counter() - t
-    commands = record_command(out, command_line("python -m training.pretrain", s), (before, trained_steps(out)))
+    commands = record_command(out, command_line("python -m training.pretrain", s), final_steps(out), prior,
+                              prior_command)
     signature = files_signature(out / FINAL)
     earlier = read_json(out / "report.json", None)
     if earlier and earlier.get("final_signature") == signature and (not s.ship or "half_precision" in earlier):
@@ -445,6 +505,8 @@ def command_lines(result: dict) -> list[str]:
     for r in runs:
         steps = f"   # steps {r['steps'][0]}-{r['steps'][1]}" if r.get("steps") else ""
         lines.append(f"{r['command']}{steps}")
+    if result["command"] != runs[-1]["command"]:
+        lines.append(f"{result['command']}   # no training: the held-out evaluation and this copy")
     return lines + ["```"]
 
 
@@ -478,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     process_environment(settings.threads)
     try:
-        result = run(settings)
+        result = run(settings, extend=max_steps_given(argv))
     except (ValueError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2

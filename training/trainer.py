@@ -287,8 +287,15 @@ class Trainer:
         if not isinstance(state, dict) or "step" not in state:
             return 0
         load_optimizer_state(ckpt, self.optimizer, self.scheduler)
-        logger.info("resuming from %s at step %d", ckpt, state["step"])
-        return int(state["step"])
+        step = int(state["step"])
+        # the loaded state holds the learning rate of the schedule it was saved under; this run's schedule (the
+        # same on a plain resume, rebuilt when a finished pretraining run is continued to more steps) sets it
+        self.scheduler.base_lrs = [self.loop.optim.lr] * len(self.optimizer.param_groups)
+        for group, fn in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["initial_lr"] = self.loop.optim.lr
+            group["lr"] = self.loop.optim.lr * fn(step)
+        logger.info("resuming from %s at step %d", ckpt, step)
+        return step
 
     def train(self) -> Path:
         """Run to the last step; returns the folder of the final model."""
