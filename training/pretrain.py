@@ -90,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainSettings:
     if not settings.out:
         raise SystemExit("python -m training.pretrain: error: --out is required")
     settings.backbone = {**BASE_BACKBONE, **settings.backbone}
-    given = [a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv)]
+    given = typed_flags(argv)
     if "--epochs" in given and "--max-steps" not in given:  # the default step budget must not silently win
         settings.loop.max_steps = None
     return settings
@@ -263,19 +263,23 @@ def asks_more_steps(s: PretrainSettings, out: Path, extend: bool) -> bool:
     its final model. Pretraining then resumes from the last checkpoint; the schedule is rebuilt for the new total,
     so the learning rate restarts at its value for that step and decays to 0 again. Without `--max-steps` a
     rerun reuses the final model, whatever the default step count."""
-    done = final_steps(out)
     if not extend or s.loop.max_steps is None or not (out / FINAL / "config.json").is_file():
         return False
+    done = final_steps(out)
     if done is None:
         raise ValueError(f"{out} has a final model but no checkpoint or record of its steps, so it cannot be "
                          "continued; pretrain into a new --out instead")
     return s.loop.max_steps > done
 
 
+def typed_flags(argv: Sequence[str] | None) -> list[str]:
+    """The flags typed on the command line (`--name` of `--name value` and `--name=value`)."""
+    return [a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")]
+
+
 def max_steps_given(argv: Sequence[str] | None) -> bool:
     """Whether `--max-steps` was typed (a larger one continues a finished run folder)."""
-    given = sys.argv[1:] if argv is None else list(argv)
-    return any(a == "--max-steps" or a.startswith("--max-steps=") for a in given)
+    return "--max-steps" in typed_flags(argv)
 
 
 def keep_earlier(out: Path, steps: int) -> None:
