@@ -158,6 +158,11 @@ def test_a_latency_budget_takes_the_most_accurate_split_within_it(tmp_path, caps
     assert split["embed"] == ["Big", "Worse"] and split["augment"] == ["Noisy"]  # 23.3 of 70 ms
     assert split["latency_budget"] == 0.5 and split["predicted"]["latency_ratio"] <= 0.5
     assert split["datasets"]["Big"]["assignment"] == "embed" and split["datasets"]["Big"]["delta"] == 20.0
+    # the budget never augments a set the rule embeds: at margin 5 only Big is in D^A, and it alone costs 0.57x,
+    # so all embed, though augmenting Noisy (+3, 0.33x) would fit the budget and score higher
+    assert main(args + ["--latency-budget", "0.5", "--margin", "5"]) == 0
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["augment"] == [] and split["embed"] == ["Big", "Noisy", "Worse"]
     for bad, message in (("1.5", "in \\(0, 1\\]"), ("0.1", "no split is predicted within 0.1x")):
         with pytest.raises(SystemExit):
             main(args + ["--latency-budget", bad])

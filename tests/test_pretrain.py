@@ -77,6 +77,28 @@ def test_fashion_world_builder_would_collide_so_garments_are_drawn_on_other_back
     assert rows and not (_hashes(Path("/"), [r["image"] for r in rows]) & PD.image_hashes(bench))
 
 
+def test_reading_task_transcribes_what_is_drawn_and_stays_apart_from_the_benchmark(tmp_path, bench):
+    """The pretraining-only reading task: asked for by name, its forms and signs are transcribed in full (every
+    line's text is in the answer, in drawing order), none of its images is a benchmark image, and an unknown world
+    is refused by name."""
+    from msolomon.worlds.documents import DOC_ANSWERS
+
+    root = tmp_path / "reading"
+    meta = PD.generate(root, PD.PretrainDataSettings(n_per_dataset=40, n_heldout_per_dataset=6, benchmark_scale="tiny",
+                                                     datasets=("DocVQA", "Reading")), bench, progress=False)
+    assert set(meta["counts"]) == {"DocVQA", "Reading"} and meta["counts"]["Reading"]["train"] > 30
+    rows = [r for r in PD.load_rows(root, "train") if r["dataset"] == "Reading"]
+    assert {r["prompt"] for r in rows} >= {"Read the form.", "Read the signs."}
+    form = next(r for r in rows if r["prompt"] == "Read the form.")
+    title, *lines = form["response"].rstrip(".").split(". ")
+    assert title in {"FORM", "INVOICE", "TICKET", "ORDER"} and len(lines) == 4 and all(": " in x for x in lines)
+    assert any(v.split(": ")[1] not in DOC_ANSWERS for r in rows if r["prompt"] == "Read the form."
+               for v in r["response"].rstrip(".").split(". ")[1:])  # some values are random strings, not the list's
+    assert PD.check_disjoint(root, [bench]) == []
+    with pytest.raises(ValueError, match="unknown world builder.*Nope"):
+        PD.generate(tmp_path / "bad", PD.PretrainDataSettings(datasets=("Nope",)), bench, progress=False)
+
+
 def test_heldout_images_are_not_training_images(pdata):
     train = {PD.pixel_hash(r["image"]) for r in PD.load_rows(pdata, "train")}
     held = PD.load_rows(pdata, "heldout")

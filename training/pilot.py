@@ -16,8 +16,9 @@ correctness).
 
 `--frontier FILE.png` also predicts every possible split's accuracy and latency from the two reports (a D^E dataset
 scored and timed as NoAug, a D^A one as AlwaysAug) and draws the splits no other beats on both. `--latency-budget R`
-takes, instead of the margin rule, the most accurate of them within R x AlwaysAug's latency. Both need reports with
-latencies (`msolomon.evaluation --latency-queries N`).
+then takes the most accurate split within R x AlwaysAug's latency that augments only datasets the rule put in D^A
+(it moves sets from D^A to D^E until the budget holds). Both need reports with latencies (`msolomon.evaluation
+--latency-queries N`).
 """
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ class PilotSettings:
     alwaysaug_mode: str = option("always", "the AlwaysAug report's mode to read", choices=AUGMENT_MODES)
     datasets: list[str] | None = option(None, "datasets to split (default: the in-distribution datasets of both "
                                         "reports)")
-    latency_budget: float | None = option(None, "instead of the margin rule: the most accurate split whose predicted "
-                                          "latency is at most this fraction of AlwaysAug's (e.g. 0.5; the reports "
-                                          "need --latency-queries)")
+    latency_budget: float | None = option(None, "after the rule: the most accurate split whose predicted latency is at "
+                                          "most this fraction of AlwaysAug's, augmenting only sets the rule augments "
+                                          "(e.g. 0.5; the reports need --latency-queries)")
 
 
 @dataclass
@@ -171,16 +172,22 @@ def split_mask(names: Sequence[str], embed: Sequence[str]) -> int:
 
 
 def budget_split(split: dict, frontier: dict, budget: float) -> dict:
-    """`split` re-assigned to the most accurate frontier split within `budget` x AlwaysAug's predicted latency (the
-    per-dataset evidence is kept; `latency_budget` and the prediction are recorded)."""
+    """`split` re-assigned to the most accurate split within `budget` x AlwaysAug's predicted latency (the
+    per-dataset evidence is kept; `latency_budget` and the prediction are recorded).
+
+    The budget only moves datasets from D^A to D^E: a dataset the rule put in D^E (a gain within the margin, or not
+    significant) is never augmented to use up the budget, since a gain that small is noise on validation and costs
+    a generation per query. Among equally accurate splits the faster one is taken."""
     if not 0 < budget <= 1:
         raise ValueError(f"--latency-budget must be in (0, 1], a fraction of AlwaysAug's latency, got {budget}")
-    within = [p for p in frontier["frontier"] if p["latency_ratio"] <= budget]
+    names = frontier["datasets"]
+    allowed = set(split["augment"])
+    within = [p for p in frontier["points"] if p["latency_ratio"] <= budget
+              and set(names) - set(p["embed"]) <= allowed]
     if not within:
         raise ValueError(f"no split is predicted within {budget}x AlwaysAug's latency (NoAug alone is at "
                          f"{frontier['never']['latency_ratio']}x)")
-    best = max(within, key=lambda p: p["ind_p_at_1"])
-    names = frontier["datasets"]
+    best = max(within, key=lambda p: (p["ind_p_at_1"], -p["latency_ratio"]))
     out = dict(split, embed=[n for n in names if n in best["embed"]],
                augment=[n for n in names if n not in best["embed"]], latency_budget=budget,
                predicted={k: best[k] for k in ("ind_p_at_1", "latency_ratio", "augment_share")})

@@ -123,15 +123,62 @@ def build_garments(ctx, n: int) -> list[dict]:
     return rows
 
 
+READING_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no I/1 or O/0: the bitmap font draws them nearly alike
+
+
+def random_word(rng, low: int = 3, high: int = 5) -> str:
+    """A string of capitals and digits no dictionary holds: read glyph by glyph, never guessed from a template."""
+    return "".join(rng.choice(READING_CHARS) for _ in range(rng.randint(low, high)))
+
+
+def build_reading(ctx, n: int) -> list[tuple[str, str, str]]:
+    """Reading practice, the OCR part of an MLLM's pretraining: transcribe a whole form, one line of it, or every
+    sign in a street scene.
+
+    The benchmark's reading questions ask for one value of a form (3 bits an answer), which a small base does not
+    learn from; a transcription supervises every character in the image. Half the values are the worlds' own words,
+    half random strings of capitals and digits, so the base must read glyphs rather than recall a word list."""
+    from msolomon.worlds.canvas import COLOURS
+    from msolomon.worlds.common import random_background
+    from msolomon.worlds.documents import DOC_FIELDS, DOC_TITLES, SIGN_SLOTS, SIGN_WORDS, render_document, render_signs
+
+    rng, rows = ctx.rng, []
+    for i in range(n):
+        kind = rng.random()
+        if kind < 0.7:
+            title = rng.choice(DOC_TITLES)
+            keys = rng.sample(list(DOC_FIELDS), 4)
+            vals = [rng.choice(DOC_FIELDS[k]) if rng.random() < 0.5 else random_word(rng) for k in keys]
+            lines = [f"{k}: {v}" for k, v in zip(keys, vals)]
+            path = ctx.store.put(f"{i:05d}", lambda: render_document(title, lines))
+            if kind < 0.4:
+                rows.append((path, "Read the form.", f"{title}. " + ". ".join(lines) + "."))
+            else:
+                k = rng.randrange(4)
+                rows.append((path, f"What does line {k + 1} of the {title.lower()} say?", lines[k] + "."))
+        else:
+            count = rng.randint(2, 3)
+            words = [rng.choice(SIGN_WORDS) if rng.random() < 0.5 else random_word(rng, 3, 5) for _ in range(count)]
+            colours = rng.sample(list(COLOURS), count)
+            slots = sorted(rng.sample(range(len(SIGN_SLOTS)), count))  # in reading order
+            signs = list(zip(colours, words, slots))
+            bg = random_background(rng)
+            path = ctx.store.put(f"{i:05d}", lambda: render_signs(signs, bg))
+            rows.append((path, "Read the signs.", " ".join(f"The {c} sign says {w}." for c, w, _ in signs)))
+    return rows
+
+
 # world builders whose every image is a benchmark image, replaced by a task of their own
 OWN_TASKS = {"FashionCIR": ("Garments", build_garments)}
+# tasks of pretraining alone (no benchmark dataset of that name): asked for by name in `datasets`
+PRETRAIN_TASKS = {"Reading": build_reading}
 
 
 def _build_part(name: str, part: str, n: int, settings: PretrainDataSettings, root: Path) -> list[dict]:
     from msolomon.data.minimmeb import DATASETS, Ctx, Settings, Store, rng_for
 
-    if name in OWN_TASKS:
-        task, build = OWN_TASKS[name]
+    if name in OWN_TASKS or name in PRETRAIN_TASKS:
+        task, build = OWN_TASKS[name] if name in OWN_TASKS else (name, PRETRAIN_TASKS[name])
         ctx = Ctx(Settings.make(seed=settings.benchmark_seed), task, "train", Store(root, f"{task}/{part}"),
                   rng_for(settings.seed + PRETRAIN_SEED_OFFSET, task, part))
         return [{"id": f"{task}:{part}:{i}", "dataset": task, "image": image, "prompt": prompt, "response": response}
@@ -160,6 +207,10 @@ def generate(out: str | Path, settings: PretrainDataSettings, benchmark: str | P
 
     out = Path(out)
     names = list(settings.datasets or DATASETS)
+    unknown = sorted(set(names) - set(DATASETS) - set(PRETRAIN_TASKS))
+    if unknown:
+        raise ValueError(f"unknown world builder(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join([*DATASETS, *PRETRAIN_TASKS])}")
     t0 = time.perf_counter()
     banned = image_hashes(benchmark)
     logger.info("%d benchmark images hashed in %.1fs", len(banned), time.perf_counter() - t0)
