@@ -167,3 +167,14 @@ def test_a_latency_budget_takes_the_most_accurate_split_within_it(tmp_path, caps
         with pytest.raises(SystemExit):
             main(args + ["--latency-budget", bad])
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_the_report_states_the_rule_that_made_the_split():
+    """A budget moves sets with a gain over the margin into D^E; the report must say so, or its D^E reads wrong."""
+    from training.report import pilot_rule
+
+    plain = pilot_rule({"margin": 1.0})
+    assert "more than 1.0 points" in plain and "budget" not in plain
+    budgeted = pilot_rule({"margin": 1.0, "latency_budget": 0.5,
+                           "predicted": {"ind_p_at_1": 67.697, "latency_ratio": 0.4624}})
+    assert "latency budget of 0.5x" in budgeted and "IND 67.7 at 0.46x" in budgeted

@@ -4,6 +4,7 @@ claims; the shipped model's report holds the real figures)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -81,6 +82,19 @@ def test_reproduce_smoke(tmp_path):
                                           require_significant=True))
     with pytest.raises(SystemExit, match="require_significant"):
         run(other)
+    # a latency budget is another rule too; once asked for on a fresh pilot, the pilot times its validation runs and
+    # only moves sets from D^A to D^E, until the predicted latency fits
+    budget = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
+                                           eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET, latency_budget=0.9))
+    with pytest.raises(SystemExit, match="latency budget None"):
+        run(budget)
+    (out / "split.json").unlink()
+    shutil.rmtree(out / "msolomon")
+    budgeted = run(budget)["split"]
+    assert budgeted["latency_budget"] == 0.9 and budgeted["predicted"]["latency_ratio"] <= 0.9
+    assert set(budgeted["augment"]) <= set(result["split"]["augment"])
+    timed = json.loads((out / "eval" / "alwaysaug.pilot.json").read_text())["modes"]["always"]["datasets"]
+    assert all(timed[n]["latency_ms_mean"] > 0 for n in ind)
 
 
 @pytest.mark.parametrize("flags", [["--eval-batch-size", "0"], ["--latency-queries", "-1"]])

@@ -19,7 +19,17 @@ def pilot_rule(split: dict) -> str:
     rule = f"D^A: AlwaysAug beats NoAug by more than {split.get('margin')} points"
     if split.get("require_significant"):
         rule += " and the gain's paired 95% bootstrap interval lies above 0 (a gain within noise counts as comparable)"
-    return rule + "; D^E: the rest (NoAug better or comparable)."
+    rule += "; D^E: the rest (NoAug better or comparable)."
+    budget = split.get("latency_budget")
+    if budget is not None:
+        predicted = split.get("predicted") or {}
+        rule += (f" Then, for a latency budget of {budget}x AlwaysAug's, datasets moved from D^A to D^E: the most "
+                 "accurate split predicted within the budget")
+        if predicted:
+            rule += (f" (predicted on the pilot's split: IND {predicted.get('ind_p_at_1', float('nan')):.1f} at "
+                     f"{predicted.get('latency_ratio', float('nan')):.2f}x)")
+        rule += "."
+    return rule
 
 
 def mirror_sets(dataset_meta: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:

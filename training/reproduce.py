@@ -5,6 +5,7 @@
     3. fine-tune NoAug and AlwaysAug from the base    DIR/noaug/, DIR/alwaysaug/
     4. pilot: evaluate both on the validation split (carved from train; the test sets are not touched) and
        split the in-distribution datasets into D^A / D^E                                   DIR/split.json
+       (`--latency-budget 0.5`: then move sets from D^A to D^E until the predicted latency is half AlwaysAug's)
     5. fine-tune M-Solomon with the pilot's split     DIR/msolomon/
     6. evaluate on test, each model in its own mode (NoAug never, AlwaysAug always, M-Solomon auto; `--all-modes`:
        every model in every mode, for threshold curves)   DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
@@ -57,6 +58,9 @@ class ReproduceSettings:
     margin: float = option(1.0, "the pilot's margin: augment a dataset when AlwaysAug beats NoAug by more (points)")
     require_significant: bool = option(False, "the pilot also requires AlwaysAug's gain to be significant (paired "
                                        "95% bootstrap interval above 0) to augment a dataset")
+    latency_budget: float | None = option(None, "after the pilot's rule, move datasets from D^A to D^E until the "
+                                          "predicted latency is at most this fraction of AlwaysAug's (e.g. 0.5; the "
+                                          "pilot then times --latency-queries validation queries per dataset)")
     max_new_tokens: int = option(32, "generated tokens per augmentation at evaluation")
     eval_limit: int | None = option(None, "test queries per dataset (default: all)")
     eval_batch_size: int = option(32, "queries per batch at evaluation, for accuracy (1: every query alone and timed)")
@@ -132,26 +136,30 @@ def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out
 
 def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, Path]) -> Path:
     from msolomon.data.minimmeb import load_minimmeb
-    from training.pilot import PilotSettings, pilot_split, write_json_atomic
+    from training.pilot import PilotSettings, budget_split, pilot_split, split_frontier, write_json_atomic
 
     path = out / "split.json"
+    asked = (s.margin, s.require_significant, s.latency_budget)
     if path.is_file():
         made = read_json(path, {})  # unreadable: treated as made by no rule, so refused below
-        rule = (made.get("margin"), made.get("require_significant", False))
-        if rule != (s.margin, s.require_significant):
-            raise SystemExit(f"{path} was made with margin {rule[0]} and require_significant {rule[1]}, these "
-                             f"settings ask for {s.margin} and {s.require_significant}: M-Solomon would be trained on "
-                             "another split than the one asked for; use a new --out, or delete split.json and "
-                             "msolomon/ to redo the pilot's split (its evaluations are kept)")
+        rule = (made.get("margin"), made.get("require_significant", False), made.get("latency_budget"))
+        if rule != asked:
+            raise SystemExit(f"{path} was made with margin {rule[0]}, require_significant {rule[1]} and latency "
+                             f"budget {rule[2]}, these settings ask for {asked[0]}, {asked[1]} and {asked[2]}: "
+                             "M-Solomon would be trained on another split than the one asked for; use a new --out, or "
+                             "delete split.json and msolomon/ to redo the pilot's split (its evaluations are kept)")
         return path
     meta = load_minimmeb(data)["datasets"]
     ind = sorted(n for n, m in meta.items() if not m["ood"])
+    timed = s.latency_budget is not None  # a budget needs each dataset's latency, at batch size 1
     noaug = stage_eval(s, "noaug", finals["noaug"], data, out, ["never"], ind, tag=".pilot", split=s.pilot_split,
-                       timed=False)
+                       timed=timed)
     always = stage_eval(s, "alwaysaug", finals["alwaysaug"], data, out, ["always"], ind, tag=".pilot",
-                        split=s.pilot_split, timed=False)
-    result = pilot_split(noaug, always, PilotSettings(margin=s.margin, datasets=ind,
-                                                      require_significant=s.require_significant))
+                        split=s.pilot_split, timed=timed)
+    settings = PilotSettings(margin=s.margin, datasets=ind, require_significant=s.require_significant)
+    result = pilot_split(noaug, always, settings)
+    if s.latency_budget is not None:
+        result = budget_split(result, split_frontier(noaug, always, settings), s.latency_budget)
     result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}
     write_json_atomic(path, result)
     logger.info("pilot split: D^A=%s D^E=%s", result["augment"], result["embed"])
@@ -236,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.eval_batch_size < 1 or settings.latency_queries < 0:  # fail now, not after the fine-tuning
         raise SystemExit("python -m training.reproduce: error: --eval-batch-size must be >= 1 and "
                          "--latency-queries >= 0")
+    if settings.latency_budget is not None and not 0 < settings.latency_budget <= 1:
+        raise SystemExit("python -m training.reproduce: error: --latency-budget must be in (0, 1], a fraction of "
+                         f"AlwaysAug's latency, got {settings.latency_budget}")
+    if settings.latency_budget is not None and settings.latency_queries < 1 and settings.eval_batch_size > 1:
+        raise SystemExit("python -m training.reproduce: error: --latency-budget needs --latency-queries >= 1 (the "
+                         "pilot times each dataset)")
     if settings.data and not Path(settings.data).is_dir():
         raise SystemExit(f"python -m training.reproduce: error: --data {settings.data}: no such folder")
     from training.rehearsal import rehearsal_problem
