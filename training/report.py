@@ -26,7 +26,8 @@ def pilot_rule(split: dict) -> str:
         rule += (f" Then, for a latency budget of {budget}x AlwaysAug's, datasets moved from D^A to D^E: the most "
                  "accurate split predicted within the budget")
         if predicted:
-            rule += (f" (predicted on the pilot's split: IND {predicted.get('ind_p_at_1', float('nan')):.1f} at "
+            rule += (f" (predicted on {split.get('pilot_on') or 'the pilot reports'}: IND "
+                     f"{predicted.get('ind_p_at_1', float('nan')):.1f} at "
                      f"{predicted.get('latency_ratio', float('nan')):.2f}x)")
         rule += "."
     return rule
