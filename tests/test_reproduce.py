@@ -105,3 +105,17 @@ def test_bad_evaluation_settings_fail_before_any_training(tmp_path, flags, capsy
         main(["--out", str(tmp_path / "run")] + flags)
     assert "--eval-batch-size must be >= 1" in str(e.value)
     assert not (tmp_path / "run").exists()  # nothing generated or trained
+
+
+@pytest.mark.parametrize("flags, message", [(["--latency-budget", "1.5"], "must be in \\(0, 1\\]"),
+                                            (["--latency-budget", "0.5", "--latency-queries", "0"],
+                                             "needs --latency-queries >= 1")])
+def test_a_bad_latency_budget_fails_before_any_training(tmp_path, flags, message):
+    import re
+
+    from training.reproduce import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "run")] + flags)
+    assert re.search(message, str(e.value))
+    assert not (tmp_path / "run").exists()

@@ -67,7 +67,9 @@ class PretrainSettings:
                                   choices=("tiny", "small", "full"))
     n_per_dataset: int = option(3000, "training items per world builder")
     n_heldout: int = option(60, "held-out items per world builder")
-    datasets: list[str] | None = option(None, "world builders to draw from (default: all)")
+    datasets: list[str] | None = option(None, "world builders to draw from (default: every benchmark world; the "
+                                        "pretraining-only Reading task only when named, e.g. "
+                                        "DocVQA,SignVQA,Reading)")
     backbone: dict[str, Any] = option(dict(BASE_BACKBONE), "TinyConfig fields (merged over the default backbone)")
     max_response_tokens: int = option(48, "answer tokens trained on per example")
     max_new_tokens: int = option(48, "generated tokens per held-out answer")
