@@ -109,8 +109,9 @@ def test_bad_evaluation_settings_fail_before_any_training(tmp_path, flags, capsy
 
 @pytest.mark.parametrize("flags, message", [(["--latency-budget", "1.5"], "must be in \\(0, 1\\]"),
                                             (["--latency-budget", "0.5", "--latency-queries", "0"],
-                                             "needs --latency-queries >= 1")])
-def test_a_bad_latency_budget_fails_before_any_training(tmp_path, flags, message):
+                                             "needs --latency-queries >= 1"),
+                                            (["--augmented-twins", "2"], "between 0 and 1")])
+def test_a_bad_latency_budget_or_twin_share_fails_before_any_training(tmp_path, flags, message):
     import re
 
     from training.reproduce import main

@@ -64,6 +64,33 @@ def test_labels_cover_segment_and_terminal_only():
     assert batch["target"]["input_ids"].shape[0] == 4 + 2  # positives, then the two hard negatives
 
 
+def test_augmented_twins_train_the_augmented_path_of_embed_rows_without_teaching_augment():
+    model = MSolomon.tiny(seed=0, **SMALL)
+    rows = _rows(8)
+    aug = {r.id: "seven" for r in rows}
+    split = {"augment": ["after"], "embed": ["cls"]}
+    plain = assign_labels(rows, "adaptive", aug, split)
+    twinned = assign_labels(rows, "adaptive", aug, split, augmented_twins=1.0)
+    twins = [e for e in twinned if not e.learn_segment]
+    assert len(twinned) == len(plain) + 4 and {e.row.dataset for e in twins} == {"cls"}
+    assert all(e.decision == AUGMENT and e.augmentation == "seven" for e in twins)
+    assert [e for e in twinned if e.learn_segment] == plain  # the decisions taught are unchanged
+    batch = Collator(model.encoder)(twinned)
+    q = batch["query"]
+    for row, e in enumerate(twinned):
+        segment = model.encoder.segment_ids(e.decision, e.augmentation)
+        ids = q["input_ids"][row].tolist()
+        assert any(ids[i:i + len(segment)] == segment for i in range(len(ids)))  # the twin reads its augmentation
+        assert bool((q["labels"][row] != -100).any()) == e.learn_segment  # ...but is not trained to write it
+    assert batch["n_augment"] == 4  # the share of /augment decisions counts taught rows only
+    half = assign_labels(rows, "adaptive", aug, split, augmented_twins=0.5)
+    assert half == assign_labels(rows, "adaptive", aug, split, augmented_twins=0.5)  # a stable draw
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        assign_labels(rows, "adaptive", aug, split, augmented_twins=1.5)
+    with pytest.raises(ValueError, match="adaptive"):
+        assign_labels(rows, "alwaysaug", aug, augmented_twins=0.5)
+
+
 def _loss_and_grads(model, examples, loop):
     """The trainer's path: the trainable module, wrapped in stock DDP when two processes run."""
     batch = Collator(model.encoder)(examples)
@@ -223,6 +250,13 @@ def test_settings_from_a_config_file_with_command_line_overrides(tmp_path):
     assert err.value.code == 2
     with pytest.raises(SystemExit):
         parse_args(["--data", str(data), "--out", "x", "--labeling", "adaptive"])  # needs --split/--augmentations
+    for twins, labeling in (("0.5", "noaug"), ("1.5", "adaptive")):  # twins: adaptive only, a share in [0, 1]
+        with pytest.raises(SystemExit) as err:
+            parse_args(["--data", str(data), "--out", "x", "--labeling", labeling, "--augmentations", "a.jsonl",
+                        "--split", "s.json", "--augmented-twins", twins])
+        assert err.value.code == 2
+    assert parse_args(["--data", str(data), "--out", "x", "--labeling", "adaptive", "--augmentations", "a.jsonl",
+                       "--split", "s.json", "--augmented-twins", "1"]).augmented_twins == 1.0
 
 
 def test_training_without_hard_negatives(tmp_path):

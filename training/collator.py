@@ -2,14 +2,17 @@
 
 A training query is `prompt + segment + terminal` with labels on the segment and the terminal token
 (prompt and padding are -100): one teacher-forced pass gives both losses (docs/architecture.md, "Training").
-The segment is `/embed` for datasets in D^E and `/augment <teacher answer>` for datasets in D^A.
+The segment is `/embed` for datasets in D^E and `/augment <teacher answer>` for datasets in D^A. With
+`augmented_twins`, a D^E row may also appear a second time as an augmented twin: query + `/augment <teacher answer>`,
+trained on L_rep only (no labels), so the embedding of the augmented path learns from every dataset, as AlwaysAug's
+does, while the decision the row teaches stays `/embed`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -33,6 +36,7 @@ class Example:
     row: TrainRow
     decision: str
     augmentation: str | None = None
+    learn_segment: bool = True  # False: an augmented twin, its segment read but not trained (no L_gen)
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:
@@ -44,12 +48,23 @@ def load_split(path: str | Path) -> dict[str, list[str]]:
     return {"augment": list(split["augment"]), "embed": list(split["embed"])}
 
 
+def twin_chosen(row_id: str, share: float) -> bool:
+    """Whether a D^E row gets an augmented twin: a stable draw from its id (the same rows in every process)."""
+    draw = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big") / 2 ** 64
+    return draw < share
+
+
 def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mapping[str, str] | None = None,
-                  split: Mapping[str, Sequence[str]] | None = None) -> list[Example]:
+                  split: Mapping[str, Sequence[str]] | None = None, augmented_twins: float = 0.0) -> list[Example]:
     """Attach a segment to each row. Rows that should augment but have no usable teacher answer are left out
-    (and counted in the log), never trained on an empty augmentation."""
+    (and counted in the log), never trained on an empty augmentation. `augmented_twins` (adaptive labeling): the
+    share of D^E rows with a teacher answer that are also trained as an augmented twin (L_rep only)."""
     if labeling not in LABELINGS:
         raise ValueError(f"labeling must be one of {LABELINGS}, got {labeling!r}")
+    if not 0.0 <= augmented_twins <= 1.0:
+        raise ValueError(f"augmented_twins is a share of the D^E rows, between 0 and 1; got {augmented_twins}")
+    if augmented_twins and labeling != "adaptive":
+        raise ValueError(f"augmented twins are for adaptive labeling (M-Solomon), not {labeling!r}")
     augmentations = augmentations or {}
     if labeling == "adaptive":
         if split is None:
@@ -63,6 +78,9 @@ def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mappin
         wants = labeling == "alwaysaug" or (labeling == "adaptive" and row.dataset in augment_sets)
         if not wants:
             examples.append(Example(row, prompts.EMBED))
+            text = augmentations.get(row.id)
+            if text and augmented_twins and twin_chosen(row.id, augmented_twins):
+                examples.append(Example(row, prompts.AUGMENT, text, learn_segment=False))
             continue
         text = augmentations.get(row.id)
         if not text:
@@ -108,6 +126,8 @@ class Collator:
         s = self.settings
         queries = [enc.encode_query_with_segment(ex.row.query, ex.decision, ex.augmentation, s.max_segment_tokens)
                    for ex in examples]
+        queries = [q if ex.learn_segment else replace(q, labels=[-100] * len(q.labels))
+                   for q, ex in zip(queries, examples)]
         targets = [enc.encode_candidate(ex.row.positive) for ex in examples]
         negatives = [enc.encode_candidate(ex.row.negative) for ex in examples
                      if s.use_negatives and ex.row.negative is not None]
@@ -115,5 +135,5 @@ class Collator:
             "query": enc.collate(queries, s.padding_side),
             "target": enc.collate(targets + negatives, s.padding_side),
             "target_keys": target_keys(examples, s.use_negatives),
-            "n_augment": sum(ex.decision == prompts.AUGMENT for ex in examples),
+            "n_augment": sum(ex.decision == prompts.AUGMENT and ex.learn_segment for ex in examples),
         }

@@ -61,6 +61,8 @@ class ReproduceSettings:
     latency_budget: float | None = option(None, "after the pilot's rule, move datasets from D^A to D^E until the "
                                           "predicted latency is at most this fraction of AlwaysAug's (e.g. 0.5; the "
                                           "pilot then times --latency-queries validation queries per dataset)")
+    augmented_twins: float = option(0.0, "M-Solomon: the share of D^E rows also trained as an augmented twin (query + "
+                                    "teacher augmentation, L_rep only; training.train --augmented-twins)")
     max_new_tokens: int = option(32, "generated tokens per augmentation at evaluation")
     eval_limit: int | None = option(None, "test queries per dataset (default: all)")
     eval_batch_size: int = option(32, "queries per batch at evaluation, for accuracy (1: every query alone and timed)")
@@ -107,7 +109,8 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
     if (final / "config.json").is_file():
         return final
     config = TrainConfig(data=str(data), out=str(out / name), labeling=LABELING[name],
-                         augmentations=str(synthesis), split=str(split) if split else None, model=s.model,
+                         augmentations=str(synthesis), split=str(split) if split else None,
+                         augmented_twins=s.augmented_twins if name == "msolomon" else 0.0, model=s.model,
                          rehearsal=s.rehearsal, loop=s.loop)
     logger.info("training %s", name)
     t0 = time.perf_counter()
@@ -250,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.latency_budget is not None and settings.latency_queries < 1 and settings.eval_batch_size > 1:
         raise SystemExit("python -m training.reproduce: error: --latency-budget needs --latency-queries >= 1 (the "
                          "pilot times each dataset)")
+    if not 0 <= settings.augmented_twins <= 1:
+        raise SystemExit("python -m training.reproduce: error: --augmented-twins is a share of the D^E rows, "
+                         f"between 0 and 1; got {settings.augmented_twins}")
     if settings.data and not Path(settings.data).is_dir():
         raise SystemExit(f"python -m training.reproduce: error: --data {settings.data}: no such folder")
     from training.rehearsal import rehearsal_problem

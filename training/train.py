@@ -59,6 +59,9 @@ class TrainConfig:
     out: str = option("", "the run folder (a rerun resumes from its last checkpoint) (required)", metavar="RUN")
     labeling: str = option("noaug", "which segment each example is trained on", choices=LABELINGS)
     split: str | None = option(None, "the pilot's split file (training.pilot; --labeling adaptive)", metavar="FILE")
+    augmented_twins: float = option(0.0, "--labeling adaptive: the share of D^E rows also trained as an augmented "
+                                    "twin (query + teacher augmentation, L_rep only), so the augmented path's "
+                                    "embedding learns from every dataset as AlwaysAug's does (1: all; costs steps)")
     augmentations: str | None = option(None, "teacher augmentations (training.synthesize's JSONL)", metavar="FILE")
     image_root: str | None = option(None, "folder the image paths resolve against (default: the data folder)")
     datasets: list[str] | None = option(None, "datasets to train on (default: all)")
@@ -87,6 +90,10 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainConfig, 
         parser.error(f"--labeling {config.labeling} needs --augmentations (the output of training.synthesize)")
     if config.labeling == "adaptive" and not config.split:
         parser.error("--labeling adaptive needs --split (the output of training.pilot)")
+    if not 0.0 <= config.augmented_twins <= 1.0:
+        parser.error(f"--augmented-twins {config.augmented_twins}: a share of the D^E rows, between 0 and 1")
+    if config.augmented_twins and config.labeling != "adaptive":
+        parser.error("--augmented-twins is for --labeling adaptive (M-Solomon): the other labelings have no D^E rows")
     from training.rehearsal import rehearsal_problem
 
     problem = rehearsal_problem(config.rehearsal)
@@ -192,7 +199,7 @@ def run(config: TrainConfig) -> Path:
 
         augmentations = load_augmentations(config.augmentations)
     split = load_split(config.split) if config.labeling == "adaptive" else None
-    examples = assign_labels(rows, config.labeling, augmentations, split)
+    examples = assign_labels(rows, config.labeling, augmentations, split, config.augmented_twins)
     if not examples:
         raise ValueError("no training examples after label assignment")
     corpus = [t for r in rows for t in (r.query.text, r.positive.text) if t] + list(augmentations.values())
@@ -204,9 +211,11 @@ def run(config: TrainConfig) -> Path:
     recover_checkpoint(out)
     resume = out / CHECKPOINT if (out / CHECKPOINT / "trainer_state.json").is_file() else None
     model = build_model(config, corpus, resume)
-    n_aug = sum(ex.decision == prompts.AUGMENT for ex in examples)
-    logger.info("%d examples (%d /augment, %d /embed) from %d datasets", len(examples), n_aug,
-                len(examples) - n_aug, len({ex.row.dataset for ex in examples}))
+    n_twins = sum(not ex.learn_segment for ex in examples)
+    n_aug = sum(ex.decision == prompts.AUGMENT for ex in examples) - n_twins
+    logger.info("%d examples (%d /augment, %d /embed, %d augmented twins of /embed rows) from %d datasets",
+                len(examples), n_aug, len(examples) - n_aug - n_twins, n_twins,
+                len({ex.row.dataset for ex in examples}))
     collator, loss_fn = None, None
     if replay_rows is not None:
         collator, loss_fn = rehearsal_parts(model, config, replay_rows)
