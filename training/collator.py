@@ -48,6 +48,15 @@ def load_split(path: str | Path) -> dict[str, list[str]]:
     return {"augment": list(split["augment"]), "embed": list(split["embed"])}
 
 
+def augmented_twins_problem(share: float, labeling: str = "adaptive") -> str | None:
+    """What is wrong with an augmented-twin share for a labeling, or None (one rule for the API and both commands)."""
+    if not 0.0 <= share <= 1.0:
+        return f"--augmented-twins {share}: a share of the D^E rows, between 0 and 1"
+    if share and labeling != "adaptive":
+        return f"--augmented-twins is for --labeling adaptive (M-Solomon): {labeling!r} has no D^E rows"
+    return None
+
+
 def twin_chosen(row_id: str, share: float) -> bool:
     """Whether a D^E row gets an augmented twin: a stable draw from its id (the same rows in every process)."""
     draw = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big") / 2 ** 64
@@ -61,10 +70,9 @@ def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mappin
     share of D^E rows with a teacher answer that are also trained as an augmented twin (L_rep only)."""
     if labeling not in LABELINGS:
         raise ValueError(f"labeling must be one of {LABELINGS}, got {labeling!r}")
-    if not 0.0 <= augmented_twins <= 1.0:
-        raise ValueError(f"augmented_twins is a share of the D^E rows, between 0 and 1; got {augmented_twins}")
-    if augmented_twins and labeling != "adaptive":
-        raise ValueError(f"augmented twins are for adaptive labeling (M-Solomon), not {labeling!r}")
+    problem = augmented_twins_problem(augmented_twins, labeling)
+    if problem:
+        raise ValueError(problem)
     augmentations = augmentations or {}
     if labeling == "adaptive":
         if split is None:

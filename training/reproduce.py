@@ -253,9 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.latency_budget is not None and settings.latency_queries < 1 and settings.eval_batch_size > 1:
         raise SystemExit("python -m training.reproduce: error: --latency-budget needs --latency-queries >= 1 (the "
                          "pilot times each dataset)")
-    if not 0 <= settings.augmented_twins <= 1:
-        raise SystemExit("python -m training.reproduce: error: --augmented-twins is a share of the D^E rows, "
-                         f"between 0 and 1; got {settings.augmented_twins}")
+    from training.collator import augmented_twins_problem
+
+    problem = augmented_twins_problem(settings.augmented_twins)  # M-Solomon's labeling
+    if problem:
+        raise SystemExit(f"python -m training.reproduce: error: {problem}")
     if settings.data and not Path(settings.data).is_dir():
         raise SystemExit(f"python -m training.reproduce: error: --data {settings.data}: no such folder")
     from training.rehearsal import rehearsal_problem

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from msolomon.settings import option, parse_settings, process_environment
-from training.collator import LABELINGS
+from training.collator import LABELINGS, augmented_twins_problem
 from training.rehearsal import RehearsalSettings
 from training.trainer import LoopSettings
 
@@ -90,10 +90,9 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainConfig, 
         parser.error(f"--labeling {config.labeling} needs --augmentations (the output of training.synthesize)")
     if config.labeling == "adaptive" and not config.split:
         parser.error("--labeling adaptive needs --split (the output of training.pilot)")
-    if not 0.0 <= config.augmented_twins <= 1.0:
-        parser.error(f"--augmented-twins {config.augmented_twins}: a share of the D^E rows, between 0 and 1")
-    if config.augmented_twins and config.labeling != "adaptive":
-        parser.error("--augmented-twins is for --labeling adaptive (M-Solomon): the other labelings have no D^E rows")
+    problem = augmented_twins_problem(config.augmented_twins, config.labeling)
+    if problem:
+        parser.error(problem)
     from training.rehearsal import rehearsal_problem
 
     problem = rehearsal_problem(config.rehearsal)
