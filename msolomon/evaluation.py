@@ -86,6 +86,7 @@ FLOOR_NOTES = {
     "ci95": (f"95% percentile bootstrap interval of Precision@1 over the dataset's queries ({BOOTSTRAP_RESAMPLES} "
              f"resamples, seed {BOOTSTRAP_SEED} with the dataset's name); overall_ci95, ind_ci95, ood_ci95 and "
              "by_meta_task_ci95 resample queries within each dataset, then macro-average"),
+    "augmented_bits": "per-query decisions in row order ('1' the query took /augment), for the decisions block",
     "correct_bits": "per-query correctness in row order ('1' correct), for paired intervals between runs "
                     "(msolomon.metrics.paired_gain_ci)",
 }
@@ -773,6 +774,10 @@ def build_report(results: Mapping[str, Mapping[str, DatasetModeResult]], setting
                               "modes": modes_out}
     if settings.thresholds:
         report["thresholds"] = _sweep(results, names, settings.thresholds)
+    if all(m in modes_out for m in MODES):
+        from msolomon.decisions import decisions
+
+        report["decisions"] = decisions(modes_out["auto"], modes_out["never"], modes_out["always"])
     report.update({
         "image_root": str(bench.image_root), "benchmark": bench.kind,
         "settings": {"modes": list(settings.modes), "limit": settings.limit, "threshold": settings.threshold,

@@ -299,6 +299,7 @@ class DatasetModeResult:
             "latency_ms": {k: _round(v, 3) for k, v in latency_stats(self.latency_ms).items()},
             "timings_ms_mean": {k: _round(v, 3) for k, v in self.timings_ms.items()},
             "correct_bits": encode_correct(self.correct),
+            "augmented_bits": encode_correct(self.augmented),  # '1': the query took /augment (msolomon.decisions)
         }
 
 

@@ -132,6 +132,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             cells += ([_fmt_ci(d["p_at_1"], d.get("ci95")), _fmt(d["augment_rate"], 2), _fmt(d["latency_ms_mean"])]
                       if d else ["–"] * 3)
         lines.append("| " + " | ".join(cells) + " |")
+    lines += decisions_markdown(report.get("decisions"))
     curve = report.get("thresholds")
     if curve:
         lines += ["", "## Decision threshold sweep (auto mode, from the never/always runs)", "",
@@ -141,6 +142,34 @@ def markdown_report(report: Mapping[str, Any]) -> str:
             lines.append(f"| {e['threshold']:g} | {_fmt(e['ind'])} | {_fmt(e['ood'])} | {_fmt(e['overall'])} | "
                          f"{_fmt(e['augment_rate'], 2)} | {_fmt(e['latency_ms_mean'])} |")
     return "\n".join(lines) + "\n"
+
+
+def decisions_markdown(block: Mapping[str, Any] | None) -> list[str]:
+    """The decisions section (msolomon.decisions): auto against the per-query oracle, with the counts per dataset."""
+    if not block:
+        return []
+    orc = block["oracle"]
+    gap = block.get("gap_closed") or {}
+    lines = ["", "## Decisions: auto against the per-query oracle", "",
+             "The oracle takes, for each query, the better of the never and always paths (never when both are right). "
+             "Augmented queries: helped (always right, never wrong), hurt (the reverse), same. Embedded queries: "
+             "missed (augmenting would have been right), saved (it would have been wrong), same. Decision accuracy: "
+             "the share of the queries whose two paths disagree where auto took the right one.", "",
+             f"Oracle: overall {_fmt(orc.get('overall'))}, IND {_fmt(orc.get('ind'))}, OOD {_fmt(orc.get('ood'))}, "
+             f"augment rate {_fmt(orc.get('augment_rate'), 2)}, latency {_fmt(orc.get('latency_ms_mean'))} ms. "
+             f"Decision accuracy {_fmt(block.get('decision_accuracy'), 3)} on {block.get('disagreements')} "
+             f"disagreements (macro {_fmt(block.get('decision_accuracy_macro'), 3)}). Share of the gap between "
+             f"always and the oracle closed by auto: overall {_fmt(gap.get('overall'), 2)}, "
+             f"IND {_fmt(gap.get('ind'), 2)}.", "",
+             "| dataset | auto P@1 | oracle P@1 | helped | hurt | same (aug) | missed | saved | same (emb) | "
+             "decision accuracy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, d in block["datasets"].items():
+        a, e = d["augmented"], d["embedded"]
+        lines.append(f"| {name} | {_fmt(d.get('p_at_1'))} | {_fmt(d.get('oracle_p_at_1'))} | {a['helped']} | "
+                     f"{a['hurt']} | {a['same']} | {e['missed']} | {e['saved']} | {e['same']} | "
+                     f"{_fmt(d.get('decision_accuracy'), 3)} |")
+    return lines
 
 
 def plot_floors(ax: Any, names: list[str], series: list[tuple[str, list[Any], list[Any], Any]],
@@ -227,6 +256,10 @@ def plot_report(report: Mapping[str, Any], path: Path) -> None:
             ax.errorbar([x], [y], yerr=yerr, fmt=markers.get(m, "D"), markersize=11 if m == "auto" else 7,
                         capsize=3, zorder=2, label=f"{MODE_LABELS.get(m, m)}: {y:.1f}"
                                                    + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""))
+        orc = (report.get("decisions") or {}).get("oracle") or {}
+        if orc.get("latency_ms_mean") is not None and orc.get("overall") is not None:
+            ax.plot([orc["latency_ms_mean"]], [orc["overall"]], "P", markersize=10, color="tab:purple", zorder=2,
+                    label=f"per-query oracle (better of never/always): {orc['overall']:.1f}")
         first_mode = report["modes"][order[0]] if order else {}
         for key, style, label in (("floor_text_only_macro", {"color": "crimson", "linestyle": "--"},
                                    "text-only floor (macro)"),

@@ -1,11 +1,12 @@
-"""Training examples and batches: label assignment (noaug / alwaysaug / adaptive) and collation.
+"""Training examples and batches: label assignment (noaug / alwaysaug / adaptive / query) and collation.
 
 A training query is `prompt + segment + terminal` with labels on the segment and the terminal token
 (prompt and padding are -100): one teacher-forced pass gives both losses (docs/architecture.md, "Training").
-The segment is `/embed` for datasets in D^E and `/augment <teacher answer>` for datasets in D^A. With
-`augmented_twins`, a D^E row may also appear a second time as an augmented twin: query + `/augment <teacher answer>`,
-trained on L_rep only (no labels), so the embedding of the augmented path learns from every dataset, as AlwaysAug's
-does, while the decision the row teaches stays `/embed`.
+The segment is `/embed` or `/augment <teacher answer>`: per dataset with `adaptive` (the paper's pilot split: D^E or
+D^A), per query with `query` (`training.query_labels`' labels.jsonl). Twins train the path a row does not take:
+with `augmented_twins`, an `/embed` row may also appear as query + `/augment <teacher answer>`; with
+`embedded_twins`, an `/augment` row may also appear as query + `/embed`. A twin is trained on L_rep only (no labels),
+so both paths' embeddings learn from every dataset while the decision the row teaches is unchanged.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from msolomon.settings import option
 
 logger = logging.getLogger(__name__)
 
-LABELINGS = ("noaug", "alwaysaug", "adaptive")
+LABELINGS = ("noaug", "alwaysaug", "adaptive", "query")
+QUERY_LABELS = ("augment", "embed")  # the label of a row in labels.jsonl
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Example:
     row: TrainRow
     decision: str
     augmentation: str | None = None
-    learn_segment: bool = True  # False: an augmented twin, its segment read but not trained (no L_gen)
+    learn_segment: bool = True  # False: a twin, its segment read but not trained (no L_gen)
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:
@@ -51,26 +53,65 @@ def load_split(path: str | Path) -> dict[str, list[str]]:
 def augmented_twins_problem(share: float, labeling: str = "adaptive") -> str | None:
     """What is wrong with an augmented-twin share for a labeling, or None (one rule for the API and both commands)."""
     if not 0.0 <= share <= 1.0:
-        return f"--augmented-twins {share}: a share of the D^E rows, between 0 and 1"
-    if share and labeling != "adaptive":
-        return f"--augmented-twins is for --labeling adaptive (M-Solomon): {labeling!r} has no D^E rows"
+        return f"--augmented-twins {share}: a share of the /embed rows, between 0 and 1"
+    if share and labeling not in ("adaptive", "query"):
+        return f"--augmented-twins is for --labeling adaptive or query (M-Solomon): {labeling!r} has no /embed rows"
     return None
 
 
+def embedded_twins_problem(share: float, labeling: str = "query") -> str | None:
+    """What is wrong with an embedded-twin share for a labeling, or None."""
+    if not 0.0 <= share <= 1.0:
+        return f"--embedded-twins {share}: a share of the /augment rows, between 0 and 1"
+    if share and labeling == "noaug":
+        return "--embedded-twins is for labelings with /augment rows: 'noaug' has none"
+    return None
+
+
+def stable_draw(row_id: str, salt: str = "") -> float:
+    """A number in [0, 1) drawn from a row's id: the same in every process and run (hash() is salted per process)."""
+    digest = hashlib.blake2b((salt + row_id).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2 ** 64
+
+
 def twin_chosen(row_id: str, share: float) -> bool:
-    """Whether a D^E row gets an augmented twin: a stable draw from its id (the same rows in every process)."""
-    draw = int.from_bytes(hashlib.blake2b(row_id.encode(), digest_size=8).digest(), "big") / 2 ** 64
-    return draw < share
+    """Whether a row gets a twin: a stable draw from its id (the same rows in every process)."""
+    return stable_draw(row_id) < share
+
+
+def fold_of(row_id: str, folds: int) -> int:
+    """The cross-fitting fold (0 .. folds-1) a training row belongs to: a stable draw from its id, independent of
+    `twin_chosen`'s draw."""
+    return min(int(stable_draw(row_id, salt="fold:") * folds), folds - 1)
+
+
+def load_query_labels(path: str | Path) -> dict[str, str]:
+    """labels.jsonl (training.query_labels): row id -> "augment" | "embed". A malformed line names the file and line."""
+    from msolomon.files import read_jsonl
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such labels file (make one with python -m training.query_labels)")
+    labels: dict[str, str] = {}
+    for n, rec in enumerate(read_jsonl(path, strict=True), 1):
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or rec.get("label") not in QUERY_LABELS:
+            raise ValueError(f"{path}: label record {n} needs a string 'id' and a 'label' of {QUERY_LABELS}")
+        labels[rec["id"]] = rec["label"]
+    if not labels:
+        raise ValueError(f"{path}: no labels")
+    return labels
 
 
 def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mapping[str, str] | None = None,
-                  split: Mapping[str, Sequence[str]] | None = None, augmented_twins: float = 0.0) -> list[Example]:
+                  split: Mapping[str, Sequence[str]] | None = None, augmented_twins: float = 0.0,
+                  embedded_twins: float = 0.0, labels: Mapping[str, str] | None = None) -> list[Example]:
     """Attach a segment to each row. Rows that should augment but have no usable teacher answer are left out
-    (and counted in the log), never trained on an empty augmentation. `augmented_twins` (adaptive labeling): the
-    share of D^E rows with a teacher answer that are also trained as an augmented twin (L_rep only)."""
+    (and counted in the log), never trained on an empty augmentation. `augmented_twins` (adaptive and query
+    labelings): the share of `/embed` rows with a teacher answer also trained as an augmented twin (L_rep only);
+    `embedded_twins`: the share of `/augment` rows also trained as an `/embed` twin (L_rep only). `labels` (query
+    labeling): row id -> "augment" | "embed", every row needs one."""
     if labeling not in LABELINGS:
         raise ValueError(f"labeling must be one of {LABELINGS}, got {labeling!r}")
-    problem = augmented_twins_problem(augmented_twins, labeling)
+    problem = augmented_twins_problem(augmented_twins, labeling) or embedded_twins_problem(embedded_twins, labeling)
     if problem:
         raise ValueError(problem)
     augmentations = augmentations or {}
@@ -81,20 +122,33 @@ def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mappin
         unknown = {r.dataset for r in rows} - augment_sets - set(split["embed"])
         if unknown:
             raise ValueError(f"datasets missing from the split file: {sorted(unknown)}")
+    if labeling == "query":
+        if labels is None:
+            raise ValueError("labeling 'query' needs per-query labels (--labels FILE, from training.query_labels)")
+        unlabelled = [r.id for r in rows if r.id not in labels]
+        if unlabelled:
+            raise ValueError(f"{len(unlabelled)} of {len(rows)} training rows have no label in the labels file (e.g. "
+                             f"{unlabelled[0]!r}): it was made for other training data")
+
+    def wants_augment(row: TrainRow) -> bool:
+        if labeling == "query":
+            return labels[row.id] == "augment"  # type: ignore[index]
+        return labeling == "alwaysaug" or (labeling == "adaptive" and row.dataset in augment_sets)
+
     examples, missing = [], Counter()
     for row in rows:
-        wants = labeling == "alwaysaug" or (labeling == "adaptive" and row.dataset in augment_sets)
-        if not wants:
+        text = augmentations.get(row.id)
+        if not wants_augment(row):
             examples.append(Example(row, prompts.EMBED))
-            text = augmentations.get(row.id)
             if text and augmented_twins and twin_chosen(row.id, augmented_twins):
                 examples.append(Example(row, prompts.AUGMENT, text, learn_segment=False))
             continue
-        text = augmentations.get(row.id)
         if not text:
             missing[row.dataset] += 1
             continue
         examples.append(Example(row, prompts.AUGMENT, text))
+        if embedded_twins and twin_chosen(row.id, embedded_twins):
+            examples.append(Example(row, prompts.EMBED, learn_segment=False))
     if missing:
         logger.warning("left out %d rows with no teacher augmentation: %s", sum(missing.values()), dict(missing))
     return examples

@@ -1,8 +1,8 @@
 """`python -m training.train`: train NoAug, AlwaysAug or M-Solomon (adaptive) with L_rep + λ·L_gen.
 
-    python -m training.train --data DIR --out RUN --labeling noaug|alwaysaug|adaptive \\
-        [--augmentations SYNTH.jsonl] [--split SPLIT.json] [--init base|tiny|PATH] [--config FILE.yaml|json] \\
-        [--threads N] ...
+    python -m training.train --data DIR --out RUN --labeling noaug|alwaysaug|adaptive|query \\
+        [--augmentations SYNTH.jsonl] [--split SPLIT.json] [--labels LABELS.jsonl] [--init base|tiny|PATH] \\
+        [--config FILE.yaml|json] [--threads N] ...
 
 `--data` is a MiniMMEB folder or an MMEB-train folder (`--image-root` for its images). `--init base` (the
 default) fine-tunes the shipped pretrained tiny base MLLM (assets/base, made by `training.pretrain`), as the paper
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from msolomon.settings import option, parse_settings, process_environment
-from training.collator import LABELINGS, augmented_twins_problem
+from training.collator import LABELINGS, augmented_twins_problem, embedded_twins_problem
 from training.rehearsal import RehearsalSettings
 from training.trainer import LoopSettings
 
@@ -59,9 +59,16 @@ class TrainConfig:
     out: str = option("", "the run folder (a rerun resumes from its last checkpoint) (required)", metavar="RUN")
     labeling: str = option("noaug", "which segment each example is trained on", choices=LABELINGS)
     split: str | None = option(None, "the pilot's split file (training.pilot; --labeling adaptive)", metavar="FILE")
-    augmented_twins: float = option(0.0, "--labeling adaptive: the share of D^E rows also trained as an augmented "
-                                    "twin (query + teacher augmentation, L_rep only), so the augmented path's "
-                                    "embedding learns from every dataset as AlwaysAug's does (1: all; costs steps)")
+    labels: str | None = option(None, "per-query labels (training.query_labels' labels.jsonl; --labeling query)",
+                                metavar="FILE")
+    augmented_twins: float = option(0.0, "--labeling adaptive or query: the share of /embed rows also trained as an "
+                                    "augmented twin (query + teacher augmentation, L_rep only), so the augmented "
+                                    "path's embedding learns from every dataset as AlwaysAug's does (1: all; costs "
+                                    "steps)")
+    embedded_twins: float = option(0.0, "the share of /augment rows also trained as an /embed twin (L_rep only), so "
+                                   "the /embed path's embedding learns from them too (costs steps)")
+    holdout: str | None = option(None, "K/N: leave out fold K of N of the training rows (a stable draw by row id): "
+                                 "the cross-fitting of training.query_labels", metavar="K/N")
     augmentations: str | None = option(None, "teacher augmentations (training.synthesize's JSONL)", metavar="FILE")
     image_root: str | None = option(None, "folder the image paths resolve against (default: the data folder)")
     datasets: list[str] | None = option(None, "datasets to train on (default: all)")
@@ -90,7 +97,10 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainConfig, 
         parser.error(f"--labeling {config.labeling} needs --augmentations (the output of training.synthesize)")
     if config.labeling == "adaptive" and not config.split:
         parser.error("--labeling adaptive needs --split (the output of training.pilot)")
-    problem = augmented_twins_problem(config.augmented_twins, config.labeling)
+    if config.labeling == "query" and not config.labels:
+        parser.error("--labeling query needs --labels (the labels.jsonl of training.query_labels)")
+    problem = (augmented_twins_problem(config.augmented_twins, config.labeling)
+               or embedded_twins_problem(config.embedded_twins, config.labeling) or holdout_problem(config.holdout))
     if problem:
         parser.error(problem)
     from training.rehearsal import rehearsal_problem
@@ -101,8 +111,29 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainConfig, 
     return config, args.threads
 
 
+def parse_holdout(spec: str | None) -> tuple[int, int] | None:
+    """`K/N` -> (K, N); None stays None. Raises ValueError with the rule."""
+    if spec is None:
+        return None
+    try:
+        k, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"--holdout {spec!r}: expected K/N, fold K of N folds (e.g. 0/2)") from None
+    if n < 2 or not 0 <= k < n:
+        raise ValueError(f"--holdout {spec!r}: N must be at least 2 and K in 0 .. N-1")
+    return k, n
+
+
+def holdout_problem(spec: str | None) -> str | None:
+    try:
+        parse_holdout(spec)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def load_rows(config: TrainConfig):
-    """Training rows from a MiniMMEB folder or an MMEB-train folder."""
+    """Training rows from a MiniMMEB folder or an MMEB-train folder (less the held-out fold, with --holdout)."""
     from msolomon.data.minimmeb import is_minimmeb
     from msolomon.data.mmeb import list_train_datasets, read_train_dataset
 
@@ -118,6 +149,12 @@ def load_rows(config: TrainConfig):
     rows = []
     for name in names:
         rows.extend(read_train_dataset(folder, name, image_root, limit=config.limit))
+    holdout = parse_holdout(config.holdout)
+    if holdout is not None:
+        from training.collator import fold_of
+
+        k, n = holdout
+        rows = [r for r in rows if fold_of(r.id, n) != k]
     return rows
 
 
@@ -186,7 +223,7 @@ def resolve_init(init: str) -> str:
 def run(config: TrainConfig) -> Path:
     """Train and return the folder of the final model."""
     from msolomon import prompts
-    from training.collator import assign_labels, load_split
+    from training.collator import assign_labels, load_query_labels, load_split
     from training.trainer import CHECKPOINT, Trainer, recover_checkpoint
 
     init_distributed()
@@ -198,7 +235,9 @@ def run(config: TrainConfig) -> Path:
 
         augmentations = load_augmentations(config.augmentations)
     split = load_split(config.split) if config.labeling == "adaptive" else None
-    examples = assign_labels(rows, config.labeling, augmentations, split, config.augmented_twins)
+    labels = load_query_labels(config.labels) if config.labeling == "query" else None
+    examples = assign_labels(rows, config.labeling, augmentations, split, config.augmented_twins,
+                             config.embedded_twins, labels)
     if not examples:
         raise ValueError("no training examples after label assignment")
     corpus = [t for r in rows for t in (r.query.text, r.positive.text) if t] + list(augmentations.values())
@@ -210,10 +249,11 @@ def run(config: TrainConfig) -> Path:
     recover_checkpoint(out)
     resume = out / CHECKPOINT if (out / CHECKPOINT / "trainer_state.json").is_file() else None
     model = build_model(config, corpus, resume)
-    n_twins = sum(not ex.learn_segment for ex in examples)
-    n_aug = sum(ex.decision == prompts.AUGMENT for ex in examples) - n_twins
-    logger.info("%d examples (%d /augment, %d /embed, %d augmented twins of /embed rows) from %d datasets",
-                len(examples), n_aug, len(examples) - n_aug - n_twins, n_twins,
+    twins = [ex for ex in examples if not ex.learn_segment]
+    n_aug_twins = sum(ex.decision == prompts.AUGMENT for ex in twins)
+    n_aug = sum(ex.decision == prompts.AUGMENT for ex in examples) - n_aug_twins
+    logger.info("%d examples (%d /augment, %d /embed; twins: %d augmented, %d embedded) from %d datasets",
+                len(examples), n_aug, len(examples) - n_aug - len(twins), n_aug_twins, len(twins) - n_aug_twins,
                 len({ex.row.dataset for ex in examples}))
     collator, loss_fn = None, None
     if replay_rows is not None:
