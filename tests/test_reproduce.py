@@ -120,3 +120,40 @@ def test_a_bad_latency_budget_or_twin_share_fails_before_any_training(tmp_path, 
         main(["--out", str(tmp_path / "run")] + flags)
     assert re.search(message, str(e.value))
     assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_with_per_query_decisions(tmp_path):
+    """`--decisions query`: the pipeline labels each training query with cross-fitted fold models, trains M-Solomon
+    on those labels, and its report carries the labels' summary, the two-model oracle and M-Solomon's decisions."""
+    out = tmp_path / "rep"
+    settings = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
+                                             eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET[:3] + ["DigitsR"],
+                                             decisions="query", margins=[0.0, 0.02], eval_batch_size=4,
+                                             latency_queries=1))
+    run(settings)
+    report = json.loads((out / "report.json").read_text())
+    assert report["decisions"] == "query"
+    saved = json.loads((out / "msolomon" / "train_settings.json").read_text())["config"]
+    assert saved["labeling"] == "query" and saved["labels"] == str(out / "labels" / "labels.jsonl")
+    labels = [json.loads(x) for x in (out / "labels" / "labels.jsonl").read_text().splitlines()]
+    ind = {"DigitsCLS", "ScenesVQA", "ScenesT2I"}
+    assert {r["dataset"] for r in labels} == ind and report["split"]["labels"]["n"] == len(labels)
+    # the fold models were fine-tuned with this run's recipe, each leaving out its own fold
+    for k in range(2):
+        fold = json.loads((out / "labels" / f"fold{k}" / "train_settings.json").read_text())["config"]
+        assert fold["holdout"] == f"{k}/2" and fold["loop"]["epochs"] == 1
+    # M-Solomon was evaluated in all three modes: its decisions block, and the two-model oracle beside it
+    block = report["models"]["msolomon"]["decisions"]
+    assert set(block["datasets"]) == set(report["models"]["msolomon"]["modes"]["auto"]["datasets"])
+    two = report["oracle"]
+    never = report["models"]["noaug"]["modes"]["never"]["overall"]
+    always = report["models"]["alwaysaug"]["modes"]["always"]["overall"]
+    assert two["overall"] >= max(never, always) - 1e-6
+    text = (out / "report.md").read_text()
+    assert "per-query labels" in text and "Two-model oracle" in text
+    # asking for the paper's per-dataset decisions on this folder is refused, not silently served this model
+    other = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
+                                          eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET[:3] + ["DigitsR"],
+                                          eval_batch_size=4, latency_queries=1))
+    with pytest.raises(SystemExit, match="labeling query"):
+        run(other)

@@ -303,3 +303,55 @@ def test_a_kill_between_checkpoint_renames_recovers_the_previous_one(tmp_path):
     (old / STATE).write_text(json.dumps({"step": 6}))
     recover_checkpoint(tmp_path)
     assert json.loads((tmp_path / CHECKPOINT / STATE).read_text())["step"] == 6 and not old.exists()
+
+
+def test_query_labels_set_each_rows_decision_and_embedded_twins_train_the_embed_path():
+    rows = _rows(6)
+    aug = {r.id: f"the answer to {r.id}" for r in rows}
+    labels = {r.id: ("augment" if i in (0, 3) else "embed") for i, r in enumerate(rows)}
+    ex = assign_labels(rows, "query", aug, labels=labels)
+    assert [e.decision for e in ex] == [AUGMENT if labels[r.id] == "augment" else EMBED for r in rows]
+    # rows of one dataset get different decisions: the labels are per query
+    assert {e.decision for e in ex if e.row.dataset == "after"} == {AUGMENT, EMBED}
+    both = assign_labels(rows, "query", aug, labels=labels, augmented_twins=1.0, embedded_twins=1.0)
+    taught = [e for e in both if e.learn_segment]
+    assert taught == ex  # twins do not change the decisions taught
+    twins = [e for e in both if not e.learn_segment]
+    # every row also trains the path it does not take, without labels
+    assert sorted((e.row.id, e.decision) for e in twins) == sorted(
+        (r.id, EMBED if labels[r.id] == "augment" else AUGMENT) for r in rows)
+    with pytest.raises(ValueError, match="have no label"):
+        assign_labels(rows, "query", aug, labels={rows[0].id: "augment"})
+    with pytest.raises(ValueError, match="needs per-query labels"):
+        assign_labels(rows, "query", aug)
+    with pytest.raises(ValueError, match="noaug"):
+        assign_labels(rows, "noaug", embedded_twins=0.5)
+
+
+def test_folds_are_stable_and_cover_every_row():
+    from training.collator import fold_of, twin_chosen
+
+    ids = [f"D:train:{i}" for i in range(400)]
+    folds = [fold_of(i, 2) for i in ids]
+    assert folds == [fold_of(i, 2) for i in ids] and set(folds) == {0, 1}
+    assert 150 < sum(folds) < 250  # about half in each fold
+    # the fold draw is independent of the twin draw: both folds hold twinned and untwinned rows
+    assert {(f, twin_chosen(i, 0.5)) for f, i in zip(folds, ids)} == {(0, False), (0, True), (1, False), (1, True)}
+
+
+def test_a_tiny_run_on_query_labels_decides_differently_within_one_dataset(tmp_path):
+    """Two queries of one dataset labelled differently: after a short run the model's own first token follows each
+    query's label (the decision is learned per query, not per dataset)."""
+    from training.trainer import OptimSettings, Trainer
+
+    model = MSolomon.tiny(seed=0, **SMALL)
+    rows = [r for r in _rows(8) if r.dataset == "after"]  # four text queries of one dataset
+    aug = {r.id: f"{r.id} is the answer" for r in rows}
+    labels = {r.id: ("augment" if i % 2 else "embed") for i, r in enumerate(rows)}
+    examples = assign_labels(rows, "query", aug, labels=labels)
+    loop = LoopSettings(batch_size=4, max_steps=100, save_every=1000, log_every=1000, gen_weight=2.0,
+                        optim=OptimSettings(lr=3e-3, warmup_steps=2))
+    Trainer(model, examples, tmp_path / "run", loop).train()
+    got = model.encode_queries([r.query for r in rows], augment="auto", max_new_tokens=2)
+    assert [g.decision for g in got] == [AUGMENT if labels[r.id] == "augment" else EMBED for r in rows], \
+        [round(g.p_augment, 3) for g in got]

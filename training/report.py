@@ -195,10 +195,49 @@ def markdown(result: Mapping[str, Any]) -> str:
                      f"{_fmt(ds[name].get('chance'))} | {_fmt(ds[name].get('floor_text_only'))} | "
                      f"{rule} | " + " | ".join(cells) +
                      f" | {_fmt(ds[name]['augment_rate'], 2)} |")
+    lines += decision_lines(result)
     if "timings_s" in result:
         times = ", ".join(f"{k} {v:.0f}" for k, v in result["timings_s"].items())
         lines += ["", "Stage times (s, summed over every invocation on the run folder): " + times]
     return "\n".join(lines) + "\n"
+
+
+def two_model_oracle(result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The per-query oracle of the NoAug and AlwaysAug models (the better of the two on each query), or None."""
+    from msolomon.decisions import oracle
+
+    m = result["models"]
+    never = m.get("noaug", {}).get("modes", {}).get("never")
+    always = m.get("alwaysaug", {}).get("modes", {}).get("always")
+    if not never or not always:
+        return None
+    try:
+        return oracle(never, always)
+    except ValueError:  # a report from before per-query bits
+        return None
+
+
+def decision_lines(result: Mapping[str, Any]) -> list[str]:
+    """How M-Solomon decided: its labels (per dataset or per query), the two-model oracle, its own decisions block."""
+    from msolomon.report import decisions_markdown
+
+    lines = ["", "## Decisions", ""]
+    labels = result["split"].get("labels")
+    if result.get("decisions") == "query" and labels:
+        lines.append(f"M-Solomon was trained on **per-query labels** (`{result['split'].get('labels_file')}`, "
+                     f"training.query_labels): {labels['augment_rate']:.1%} of training queries labelled augment at "
+                     f"margin {labels['margin']:g}; per dataset: " + ", ".join(
+                         f"{n} {d['augment_rate']:.2f}" for n, d in labels["datasets"].items()) + ".")
+    else:
+        lines.append("M-Solomon was trained on the pilot's **per-dataset** split (the paper's recipe).")
+    two = two_model_oracle(result)
+    if two:
+        lines += ["", f"Two-model oracle (for each query the better of NoAug and AlwaysAug; NoAug when both are "
+                      f"right): overall {_fmt(two['overall'])}, IND {_fmt(two['ind'])}, OOD {_fmt(two['ood'])}, "
+                      f"augmenting {_fmt(two['augment_rate'], 2)} of queries at {_fmt(two['latency_ms_mean'])} ms."]
+    block = result["models"].get("msolomon", {}).get("decisions")
+    lines += decisions_markdown(block) if block else []
+    return lines
 
 
 def plot(result: Mapping[str, Any], path: Path) -> None:
@@ -223,6 +262,11 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
             ax1.scatter(r["latency_ms"]["mean"], r["overall"], c=colours.get(key, "gray"),
                         marker=markers.get(mode, "o"), s=160 if main else 50, alpha=1.0 if main else 0.35,
                         edgecolors="black" if main else "none", label=f"{key} / {mode}")
+    for label, orc, marker in (("two-model oracle", two_model_oracle(result), "X"),
+                               ("M-Solomon's own oracle", (m["msolomon"].get("decisions") or {}).get("oracle"), "P")):
+        if orc and orc.get("latency_ms_mean") is not None:
+            ax1.scatter(orc["latency_ms_mean"], orc["overall"], c="tab:purple", marker=marker, s=120,
+                        edgecolors="black", label=f"{label}: {orc['overall']:.1f}")
     ax1.set_xlabel("mean latency per query (ms, batch 1)")
     ax1.set_ylabel("overall Precision@1 (%)")
     ax1.set_title("accuracy vs latency")
@@ -258,6 +302,7 @@ def write_reproduce_report(result: Mapping[str, Any], out: Path) -> None:
     data = dict(result)
     data["claims"] = claims(result)
     data["gains"] = gains(result)
+    data["oracle"] = two_model_oracle(result)
     atomic_write_text(out / "report.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "report.md", markdown(result))
     plot(result, out / "report.png")
@@ -304,6 +349,10 @@ def write_model_card(result: Mapping[str, Any], model_dir: Path, command: str, m
     from msolomon.report import atomic_write_text
 
     title, path, what = CARD_TITLES[model_key]
+    if model_key == "msolomon" and result.get("decisions") == "query":
+        what = ("decides per query whether to augment (`/augment`) or embed at once (`/embed`), trained with "
+                "`L_rep + λ·L_gen` on per-query labels: each training query labelled by whether augmenting helped its "
+                "own retrieval under a fold model that never saw it (`training.query_labels`)")
     head = f"# {title}\n" + MODEL_CARD_BODY.format(
         what=what, command=command, path=path, pilot_on=result["split"].get("pilot_on") or "split not recorded",
         default="; it is the default of every command that takes `--model`" if model_key == "msolomon" else "")

@@ -7,8 +7,11 @@
        split the in-distribution datasets into D^A / D^E                                   DIR/split.json
        (`--latency-budget 0.5`: then move sets from D^A to D^E until the predicted latency is half AlwaysAug's)
     5. fine-tune M-Solomon with the pilot's split     DIR/msolomon/
-    6. evaluate on test, each model in its own mode (NoAug never, AlwaysAug always, M-Solomon auto; `--all-modes`:
-       every model in every mode, for threshold curves)   DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
+       (`--decisions query`: with per-query labels instead, from cross-fitted fold models   DIR/labels/,
+       `training.query_labels`; the pilot's split is still made and reported beside them)
+    6. evaluate on test, each model in its own mode (NoAug never, AlwaysAug always), M-Solomon in auto, never and
+       always (its decisions block: the per-query oracle and how good its decisions were; `--all-modes`: every model
+       in every mode, for threshold curves)   DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
     7. the report                                     DIR/report.json, DIR/report.md, DIR/report.png
     8. `--ship assets`: the three models in half precision, with model cards: assets/model (M-Solomon),
        assets/baselines/noaug, assets/baselines/alwaysaug
@@ -30,6 +33,7 @@ from msolomon.files import accumulate_timings, atomic_write_text, read_json
 from msolomon.model import AUGMENT_MODES
 from msolomon.settings import command_line as settings_command_line
 from msolomon.settings import flat_settings, option, parse_settings, process_environment
+from training.query_labels import LabelRule
 from training.rehearsal import RehearsalSettings
 from training.train import ModelSettings
 from training.trainer import LoopSettings, OptimSettings
@@ -38,7 +42,9 @@ logger = logging.getLogger("training.reproduce")
 
 MODELS = ("noaug", "alwaysaug", "msolomon")
 LABELING = {"noaug": "noaug", "alwaysaug": "alwaysaug", "msolomon": "adaptive"}
+DECISIONS = {"dataset": "adaptive", "query": "query"}  # --decisions -> M-Solomon's --labeling
 NATIVE_MODE = {"noaug": "never", "alwaysaug": "always", "msolomon": "auto"}
+EVAL_MODES = {"noaug": ("never",), "alwaysaug": ("always",), "msolomon": ("auto", "never", "always")}
 ALL_MODES = AUGMENT_MODES
 
 
@@ -61,8 +67,13 @@ class ReproduceSettings:
     latency_budget: float | None = option(None, "after the pilot's rule, move datasets from D^A to D^E until the "
                                           "predicted latency is at most this fraction of AlwaysAug's (e.g. 0.5; the "
                                           "pilot then times --latency-queries validation queries per dataset)")
-    augmented_twins: float = option(0.0, "M-Solomon: the share of D^E rows also trained as an augmented twin (query + "
-                                    "teacher augmentation, L_rep only; training.train --augmented-twins)")
+    decisions: str = option("dataset", "how M-Solomon's decisions are labelled: dataset (the paper: the pilot's "
+                            "D^A / D^E split) or query (per-query labels from cross-fitted fold models, "
+                            "training.query_labels)", choices=tuple(DECISIONS))
+    augmented_twins: float = option(0.0, "M-Solomon: the share of /embed rows also trained as an augmented twin (query "
+                                    "+ teacher augmentation, L_rep only; training.train --augmented-twins)")
+    embedded_twins: float = option(0.0, "M-Solomon: the share of /augment rows also trained as an /embed twin (L_rep "
+                                   "only; training.train --embedded-twins)")
     max_new_tokens: int = option(32, "generated tokens per augmentation at evaluation")
     eval_limit: int | None = option(None, "test queries per dataset (default: all)")
     eval_batch_size: int = option(32, "queries per batch at evaluation, for accuracy (1: every query alone and timed)")
@@ -74,6 +85,7 @@ class ReproduceSettings:
     all_modes: bool = option(False, "evaluate every model in every mode (default: each in its own mode)")
     ship: str | None = option(None, "assets folder to write model/ and baselines/{noaug,alwaysaug}/ into (half "
                               "precision, with model cards)", metavar="DIR")
+    labels: LabelRule = field(default_factory=LabelRule)
     model: ModelSettings = field(default_factory=ModelSettings)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     loop: LoopSettings = field(default_factory=reproduce_loop)
@@ -100,17 +112,25 @@ def stage_synthesis(s: ReproduceSettings, data: Path, out: Path) -> Path:
     return path
 
 
-def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, split: Path | None, out: Path) -> Path:
+def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, split: Path | None, out: Path,
+                labels: Path | None = None) -> Path:
     from training.rehearsal import check_run_matches
     from training.train import TrainConfig, run
 
     final = out / name / "final"
     check_run_matches(out / name, s.rehearsal)
+    labeling = DECISIONS[s.decisions] if name == "msolomon" else LABELING[name]
+    made = (read_json(out / name / "train_settings.json", {}) or {}).get("config", {})
+    if made and made.get("labeling") != labeling:
+        raise SystemExit(f"{out / name} is a run with --labeling {made.get('labeling')}, these settings ask for "
+                         f"{labeling} (--decisions {s.decisions}): use a new --out, or delete {out / name}")
     if (final / "config.json").is_file():
         return final
-    config = TrainConfig(data=str(data), out=str(out / name), labeling=LABELING[name],
+    config = TrainConfig(data=str(data), out=str(out / name), labeling=labeling,
                          augmentations=str(synthesis), split=str(split) if split else None,
-                         augmented_twins=s.augmented_twins if name == "msolomon" else 0.0, model=s.model,
+                         labels=str(labels) if labels and name == "msolomon" else None,
+                         augmented_twins=s.augmented_twins if name == "msolomon" else 0.0,
+                         embedded_twins=s.embedded_twins if name == "msolomon" else 0.0, model=s.model,
                          rehearsal=s.rehearsal, loop=s.loop)
     logger.info("training %s", name)
     t0 = time.perf_counter()
@@ -135,6 +155,20 @@ def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out
     except StaleResultsError as err:  # the model or settings changed since: evaluate again from scratch
         logger.warning("%s; evaluating %s again", err, name)
         return evaluate(str(model_dir), data, resume=False, **kwargs)
+
+
+def stage_labels(s: ReproduceSettings, data: Path, synthesis: Path, out: Path) -> Path:
+    """Per-query labels for M-Solomon (`--decisions query`): fold models fine-tuned with this run's recipe."""
+    from msolomon.data.minimmeb import load_minimmeb
+    from training.query_labels import QueryLabelSettings
+    from training.query_labels import run as run_labels
+
+    meta = load_minimmeb(data)["datasets"]
+    ind = sorted(n for n, m in meta.items() if not m["ood"])
+    return run_labels(QueryLabelSettings(data=str(data), augmentations=str(synthesis), out=str(out / "labels"),
+                                         rule=s.labels, datasets=ind, max_new_tokens=s.max_new_tokens,
+                                         eval_batch_size=s.eval_batch_size, model=s.model, rehearsal=s.rehearsal,
+                                         loop=s.loop))
 
 
 def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, Path]) -> Path:
@@ -189,13 +223,18 @@ def run(s: ReproduceSettings) -> dict:
     t = time.perf_counter()
     split = stage_pilot(s, data, out, finals)
     timings["pilot_s"] = time.perf_counter() - t
+    labels = None
+    if s.decisions == "query":
+        t = time.perf_counter()
+        labels = stage_labels(s, data, synthesis, out)
+        timings["labels_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    finals["msolomon"] = stage_train(s, "msolomon", data, synthesis, split, out)
+    finals["msolomon"] = stage_train(s, "msolomon", data, synthesis, split, out, labels)
     timings["train_msolomon_s"] = time.perf_counter() - t
     reports = {}
     for name in MODELS:
         t = time.perf_counter()
-        modes = ALL_MODES if s.all_modes else (NATIVE_MODE[name],)
+        modes = ALL_MODES if s.all_modes else EVAL_MODES[name]
         reports[name] = stage_eval(s, name, finals[name], data, out, modes)
         timings[f"eval_{name}_s"] = time.perf_counter() - t
     from training.report import write_reproduce_report
@@ -204,7 +243,10 @@ def run(s: ReproduceSettings) -> dict:
     from msolomon.data.minimmeb import load_minimmeb
     from training.report import mirror_sets
 
-    result = {"split": split_data, "models": reports, "settings": flat_settings(s),
+    if labels is not None:
+        split_data = dict(split_data, labels=read_json(labels.parent / "labels.summary.json"),
+                          labels_file=str(labels.relative_to(out)))
+    result = {"split": split_data, "models": reports, "settings": flat_settings(s), "decisions": s.decisions,
               "mirrors": mirror_sets(load_minimmeb(data)["datasets"]),
               "timings_s": accumulate_timings(out / "timings.json", timings)}
     write_reproduce_report(result, out)
@@ -253,9 +295,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.latency_budget is not None and settings.latency_queries < 1 and settings.eval_batch_size > 1:
         raise SystemExit("python -m training.reproduce: error: --latency-budget needs --latency-queries >= 1 (the "
                          "pilot times each dataset)")
-    from training.collator import augmented_twins_problem
+    from training.collator import augmented_twins_problem, embedded_twins_problem
+    from training.query_labels import rule_problem
 
-    problem = augmented_twins_problem(settings.augmented_twins)  # M-Solomon's labeling
+    labeling = DECISIONS[settings.decisions]  # M-Solomon's
+    problem = (augmented_twins_problem(settings.augmented_twins, labeling)
+               or embedded_twins_problem(settings.embedded_twins, labeling) or rule_problem(settings.labels))
     if problem:
         raise SystemExit(f"python -m training.reproduce: error: {problem}")
     if settings.data and not Path(settings.data).is_dir():

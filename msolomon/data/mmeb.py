@@ -275,6 +275,17 @@ def read_eval_dataset(folder: str | Path, name: str, image_root: str | Path | No
     return rows
 
 
+def read_train_records(folder: str | Path, name: str, split: str = "original") -> list[dict]:
+    """The raw records of one MMEB-train dataset (image paths as written, not resolved), each with the `id` that
+    `read_train_dataset` gives its row: for tools that write derived files in the dataset's own format."""
+    records = []
+    for path in _data_files(Path(folder), name, split):
+        for _, item in _iter_rows(path, TRAIN_COLUMNS, TRAIN_OPTIONAL):
+            raw_id = item.get("id")
+            records.append({**item, "id": f"{name}:{len(records)}" if raw_id is None else str(raw_id)})
+    return records
+
+
 def read_train_dataset(folder: str | Path, name: str, image_root: str | Path | None,
                        limit: int | None = None, split: str = "original",
                        check_images: bool = True, allow_outside_root: bool = False) -> list[TrainRow]:
