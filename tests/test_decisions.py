@@ -99,3 +99,31 @@ def test_an_evaluation_in_three_modes_reports_its_decisions(tmp_path):
     assert "## Decisions" in (tmp_path / "r.md").read_text()
     one = ev.evaluate(model, data, modes=("auto",), show_progress_bar=False)
     assert "decisions" not in one  # only when the three modes ran
+
+
+def test_compare_reports_with_paired_gains(tmp_path, capsys):
+    from msolomon.compare import main, parse_entry
+
+    for e in (AUTO_E, NEVER_E, ALWAYS_E):  # the keys a report's mode entry has
+        e.setdefault("latency_ms", {"mean": 1.0})
+        e.setdefault("augment_rate", 0.5)
+    report = {"modes": {"auto": AUTO_E, "never": NEVER_E, "always": ALWAYS_E},
+              "decisions": decisions(AUTO_E, NEVER_E, ALWAYS_E)}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report))
+    assert parse_entry(f"m={path}:never") == ("m", path, "never")
+    assert parse_entry(f"m={path}") == ("m", path, "auto")
+    out = tmp_path / "c.json"
+    assert main([f"auto={path}", f"always={path}:always", f"never={path}:never", "--reference", "always",
+                 "--oracle", "never,always", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    auto = result["entries"][0]
+    # auto against always on A: q1 (hurt) lost and q5 (missed) lost, q2 and q4 as always... paired: same queries
+    a_bits, b_bits = AUTO_C, ALWAYS
+    expected = 100.0 * (sum(a_bits) - sum(b_bits)) / len(a_bits)
+    assert auto["vs_reference"]["ind"]["gain"] == pytest.approx(expected, abs=1e-6)
+    assert auto["decision_accuracy"] == 0.5 and result["two_model_oracle"]["ind"] == pytest.approx(100 * 5 / 6,
+                                                                                                     abs=1e-3)
+    assert "decision accuracy" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([f"x={tmp_path / 'missing.json'}"])
