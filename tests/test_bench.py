@@ -75,7 +75,7 @@ def test_set_threads_sets_torch_once_and_returns_the_count(restore_threads):
 @pytest.mark.parametrize("command", [
     ["-m", "msolomon.evaluation"], ["-m", "training.train"], ["-m", "training.synthesize"],
     ["examples/quickstart.py"], ["bench/latency.py"], ["bench/throughput.py"], ["bench/index.py"], ["bench/train.py"],
-    ["bench/pretrain_ablation.py"], ["bench/forgetting.py"],
+    ["bench/pretrain_ablation.py"], ["bench/forgetting.py"], ["bench/grounding.py"], ["-m", "training.query_labels"],
 ])
 def test_every_command_that_runs_a_model_takes_threads(command):
     bad = subprocess.run([sys.executable, *command, "--threads", "0"], cwd=ROOT, capture_output=True, text=True,
@@ -298,3 +298,27 @@ def test_bench_gpu_check_tiny(tmp_path, restore_threads):
     prof = result["profile"]
     assert prof["decode_steps"] == 4 and prof["bare_forward_ms"] > 0 and prof["stock_generate_ms_per_token"] > 0
 
+
+
+def test_bench_grounding_on_tiny_data(tmp_path, restore_threads):
+    """Crop cosines by what differs, and the kinds of errors read from a predictions file."""
+    from msolomon import MSolomon
+    from msolomon.data.minimmeb import generate
+
+    data = tmp_path / "minimmeb"
+    generate(data, seed=0, scale="tiny", datasets=["ScenesGround"])
+    model = tmp_path / "tiny"
+    MSolomon.tiny(seed=0).save_pretrained(model)
+    preds = tmp_path / "p.predictions.jsonl"
+    top = [{"image": "x/beige_red_star.png", "correct": False}, {"image": "x/gray_red_star.png", "correct": True}]
+    preds.write_text("\n".join(json.dumps(r) for r in [
+        {"dataset": "ScenesGround", "mode": "auto", "correct": False, "top": top},
+        {"dataset": "ScenesGround", "mode": "auto", "correct": True, "top": top[::-1]},
+        {"dataset": "ScenesGround", "mode": "never", "correct": False, "top": top}]) + "\n")
+    out = tmp_path / "g.json"
+    assert _bench("grounding").main(["--data", str(data), "--models", str(model), "--threads", "1",
+                                     "--predictions", f"m={preds}:auto", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["errors"]["m"] == {"top crop differs in background": 1, "right": 1}
+    cos = result["cosines"][str(model)]
+    assert -1 <= cos["background_only"] <= 1 and cos["background_only_pairs"] > 0

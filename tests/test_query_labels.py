@@ -65,6 +65,14 @@ def test_labels_come_from_models_that_did_not_train_on_the_query(tiny_data, tmp_
         trained = {r.id for r in load_rows(config)}
         labelled = {r["id"] for r in records if r["evidence"]["fold"] == k}
         assert labelled and not trained & labelled and trained | labelled == train_ids
+    # a rerun skips every stage: the views keep their files (so the rankings are not redone) and the labels are equal
+    view = out / "views" / "fold0" / "DigitsCLS" / "test.jsonl"
+    stamp = view.stat().st_mtime_ns
+    parts = {p: p.stat().st_mtime_ns for p in (out / "eval").rglob("*.json")}
+    run(_settings(out, data, synth))
+    assert view.stat().st_mtime_ns == stamp and _labels(out) == records
+    assert {p: p.stat().st_mtime_ns for p in (out / "eval").rglob("*.parts/*.json")} == \
+        {p: t for p, t in parts.items() if ".parts" in str(p)}
     summary = json.loads((out / "labels.summary.json").read_text())
     assert summary["n"] == len(records) and set(summary["datasets"]) == set(SETS)
     assert "margin" in (out / "labels.summary.md").read_text()

@@ -30,6 +30,7 @@ Validation is read only in step 3, test never. Every stage skips what is done, s
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -161,9 +162,17 @@ def write_fold_view(data: Path, names: Sequence[str], k: int, folds: int, n_cand
             rows.append({"qry_text": rec.get("qry") or "", "qry_img_path": rec.get("qry_image_path") or "",
                          "tgt_text": [c[0] for c in cands], "tgt_img_path": [c[1] for c in cands]})
             ids[name].append(rec["id"])
-        atomic_write_jsonl(out / name / "test.jsonl", rows)
-    atomic_write_json(out / "ids.json", ids)
+        write_if_changed(out / name / "test.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_if_changed(out / "ids.json", json.dumps(ids, indent=1) + "\n")
     return ids
+
+
+def write_if_changed(path: Path, text: str) -> None:
+    """Write atomically unless the file already holds `text`: a rewrite would change the file's time stamp, and the
+    evaluation's resume would then take the view for new data and rank it all again."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    atomic_write_text(path, text)
 
 
 def rank_both_ways(model_dir: Path, data: str | Path, image_root: Path, names: Sequence[str], report: Path,
