@@ -24,9 +24,10 @@ def test_reproduce_smoke(tmp_path):
     result = run(settings)
     report = json.loads((out / "report.json").read_text())
     assert set(report["models"]) == {"noaug", "alwaysaug", "msolomon"}
-    # each model in its own mode (the paper's comparison)
+    # each baseline in its own mode (the paper's comparison); M-Solomon in all three, for its decisions block
     assert {k: set(v["modes"]) for k, v in report["models"].items()} == {
-        "noaug": {"never"}, "alwaysaug": {"always"}, "msolomon": {"auto"}}
+        "noaug": {"never"}, "alwaysaug": {"always"}, "msolomon": {"auto", "never", "always"}}
+    assert report["models"]["msolomon"]["decisions"]["n"] > 0 and report["decisions"] == "dataset"
     split = report["split"]
     # the pilot measured on the validation split, never on test
     assert split["pilot_on"] == "val"

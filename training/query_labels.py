@@ -89,7 +89,6 @@ class QueryLabelSettings:
     datasets: list[str] | None = option(None, "training datasets to label (default: all)")
     max_new_tokens: int = option(32, "generated tokens per augmentation in the always runs")
     eval_batch_size: int = option(32, "queries per batch when ranking")
-    threads: int | None = option(None, "CPU threads for torch and faiss (default: msolomon.runtime's)", metavar="N")
     model: ModelSettings = field(default_factory=ModelSettings)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     loop: LoopSettings = field(default_factory=fold_loop)
@@ -360,8 +359,6 @@ def run(s: QueryLabelSettings) -> Path:
     problem = settings_problem(s)
     if problem:
         raise ValueError(problem)
-    if s.threads:
-        process_environment(s.threads)
     data, out = Path(s.data), Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = load_minimmeb(data)["datasets"]
@@ -406,12 +403,18 @@ def run(s: QueryLabelSettings) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings, _ = parse_settings(QueryLabelSettings, argv, prog="python -m training.query_labels",
-                                 description=__doc__)
+    import argparse
+
+    from msolomon.runtime import add_threads_argument
+
+    parser = argparse.ArgumentParser(prog="python -m training.query_labels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    settings, args = parse_settings(QueryLabelSettings, argv, prog=parser.prog, parser=parser,
+                                    extra=add_threads_argument)
     problem = settings_problem(settings)
     if problem:
         raise SystemExit(f"python -m training.query_labels: error: {problem}")
-    process_environment(settings.threads)
+    process_environment(args.threads)
     try:
         path = run(settings)
     except ValueError as err:
