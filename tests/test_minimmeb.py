@@ -59,9 +59,41 @@ def test_other_seed_gives_other_data_with_the_same_structure(bench: dict[str, Pa
         assert columns_a == {tuple(sorted(r)) for r in jsonl(bench["c"] / rel)} and len(columns_a) == 1
 
 
+# Digest of every validation and test file (rows and images) of tiny seed 0 as version 2 wrote them: version 3
+# changed only ScenesGround's training negatives, so every figure measured on v2's val and test still holds.
+V2_EVAL_DIGEST = "ba4df8f6fdb1e39b18204e20375671a67a1e4d884be70b677b7f6ab961c151a4"
+
+
+def eval_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if p.is_file() and ("val" in rel[:3] or "test" in rel[:3]):
+            digest.update(str(Path(*rel)).encode())
+            digest.update(hashlib.sha256(p.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def test_validation_and_test_are_version_2s_bytes(bench: dict[str, Path]) -> None:
+    assert eval_digest(bench["a"]) == V2_EVAL_DIGEST
+    assert eval_digest(bench["c"]) != V2_EVAL_DIGEST  # the digest sees the data
+
+
+def test_scenes_ground_training_negatives_include_other_backgrounds(bench: dict[str, Path]) -> None:
+    """A crop's background is learnt only if some negative differs from the positive by background alone."""
+    rows = jsonl(bench["a"] / "train" / "ScenesGround" / "original.jsonl")
+    kinds = {"background": 0, "other": 0}
+    for row in rows:
+        pos_bg, _, pos_obj = Path(row["pos_image_path"]).stem.partition("_")
+        neg_bg, _, neg_obj = Path(row["neg_image_path"]).stem.partition("_")
+        assert (pos_bg, pos_obj) != (neg_bg, neg_obj)
+        kinds["background" if pos_obj == neg_obj else "other"] += 1
+    assert kinds["background"] >= len(rows) // 10 and kinds["other"] >= len(rows) // 2, kinds
+
+
 def test_datasets_cover_mmeb(bench: dict[str, Path]) -> None:
     meta = M.load_minimmeb(bench["a"])
-    assert meta["name"] == "MiniMMEB" and meta["version"] == M.VERSION == 2 and meta["scale"] == "tiny"
+    assert meta["name"] == "MiniMMEB" and meta["version"] == M.VERSION == 3 and meta["scale"] == "tiny"
     ds = meta["datasets"]
     ind = [n for n, d in ds.items() if not d["ood"]]
     ood = [n for n, d in ds.items() if d["ood"]]

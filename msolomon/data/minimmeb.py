@@ -73,7 +73,8 @@ __all__ = ["BENCHMARK_NAME", "DATASETS", "META_FILE", "SCALES", "VERSION", "Ctx"
 logger = logging.getLogger(__name__)
 
 BENCHMARK_NAME = "MiniMMEB"
-VERSION = 2  # 2: a validation split; ShapesCLS test never repeats a training query; RefScenes' own crops
+VERSION = 3  # 2: a validation split; ShapesCLS test never repeats a training query; RefScenes' own crops.
+# 3: ScenesGround's training negatives include the object on another background; val and test are v2's bytes.
 META_FILE = MINIMMEB_META  # one name for the marker file: the readers (msolomon.data.mmeb) own it
 
 

@@ -420,7 +420,10 @@ def build_scenes_ground(ctx: Ctx, n: int) -> list[Item]:
         others = [crop(x.shape, x.colour, bg) for x in scene.objects if x is not o]
         recolour = [crop(o.shape, c, bg) for c in COLOURS if c != o.colour]
         rebg = [crop(o.shape, o.colour, b) for b in BACKGROUNDS if b != bg]
-        neg = rng.choice(others + recolour[:2])
+        # Training's hard negative is sometimes the same object on another background: without it nothing teaches
+        # a crop's embedding its background, and the augmented query ("... on a blue background") ranks the wrong
+        # background's crop first (docs/decisions.md). Evaluation splits keep their draws, so they stay v2's bytes.
+        neg = rng.choice(others + recolour[:2] + ([] if ctx.is_eval else rebg))
         cands = shuffled_candidates(pos, others + recolour + rebg, pool, ctx.n_candidates, rng) \
             if ctx.is_eval else None
         wrong_objs = [x for x in scene.objects if x is not o]
