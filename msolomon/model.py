@@ -430,41 +430,26 @@ class MSolomon:
             t_decide = _now(device)
         timings = {"preprocess": (t_pre - t0) * 1e3, "decide": (t_decide - t_pre) * 1e3}
         decision = prompts.AUGMENT if wants else prompts.EMBED
-        segment = [self.augment_id if wants else self.embed_id]
-        yield StreamedResult(decision, p_aug, "" if wants else None, None, dict(timings), list(segment))
+        yield StreamedResult(decision, p_aug, "" if wants else None, None, dict(timings),
+                             [self.augment_id if wants else self.embed_id])
 
-        current = torch.tensor([[segment[0]] + ([] if wants else [self.terminal_id])], device=device)
-        banned = torch.tensor(self._banned_in_augmentation, device=device, dtype=torch.long)
-        step, t_step = 0, t_decide
-        while True:
-            with torch.inference_mode():
-                t_step = _now(device)
-                width = current.shape[1]
-                mask = torch.cat([mask, torch.ones(1, width, dtype=mask.dtype, device=device)], 1)
-                pos = (next_pos[:, None] + step + torch.arange(width, device=device))[None].expand(3, -1, -1)
-                state = self._step(current, mask, pos, cache)[:, -1]
-                if int(current[0, -1]) == self.terminal_id:
+        if wants:  # the batch path's decode loop on a batch of one, one yield per generated token
+            steps = self._decode_steps(cache, mask, next_pos, max_new_tokens, t_decide)
+            while True:
+                with torch.inference_mode():
+                    segments, outcomes = next(steps)
+                if outcomes[0] is not None:
                     break
-                logits = self.logits(state).float()
-                if banned.numel():
-                    logits[:, banned] = float("-inf")
-                token = int(logits.argmax(-1)[0]) if len(segment) < max_new_tokens else self.terminal_id
-            segment.append(token)
-            current = torch.tensor([[token]], device=device)
-            step += width
-            if token != self.terminal_id:
-                text = self.tokenizer.decode(segment[1:], skip_special_tokens=True).strip()
-                yield StreamedResult(decision, p_aug, text, None, dict(timings), list(segment))
-        if not wants:
-            segment.append(self.terminal_id)
-        t_end = _now(device)
-        augmentation = None
-        if wants:
-            augmentation = self.tokenizer.decode(segment[1:-1], skip_special_tokens=True).strip() or None
-        timings.update(generate=(t_step - t_decide) * 1e3 if wants else 0.0,
-                       embed=(t_end - (t_step if wants else t_decide)) * 1e3, total=(t_end - t0) * 1e3)
-        vector = self.normalize(state.float().cpu()).numpy().astype(np.float32)[0]
-        yield StreamedResult(decision, p_aug, augmentation, vector, timings, segment, final=True)
+                if segments[0][-1] != self.terminal_id:  # the terminal token is fed next, not shown
+                    text = self.tokenizer.decode(segments[0][1:], skip_special_tokens=True).strip()
+                    yield StreamedResult(decision, p_aug, text, None, dict(timings), list(segments[0]))
+            out = outcomes[0]
+        else:
+            with torch.inference_mode():
+                out = self._embed_directly(cache, mask, next_pos, t_decide)[0]
+        vector = self.normalize(out.embedding[None]).numpy().astype(np.float32)[0]
+        result = self._query_result(out, p_aug, vector, t0, t_pre, t_decide)
+        yield StreamedResult(**vars(result), final=True)
 
     # ------------------------------------------------------------------ internals
     def _check_query_args(self, augment: str, threshold: float | None, max_new_tokens: int,
@@ -550,29 +535,30 @@ class MSolomon:
                 sub = select_cache_rows(cache, aug_rows, prompt_len)
             else:
                 sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
-            outcomes.update(zip(aug_rows, self._generate(sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
-                                                         t_gen0)))
+            *_, (_, done) = self._decode_steps(sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
+                                               t_gen0)  # drained: the last state has every row's outcome
+            outcomes.update(zip(aug_rows, done))
         embeddings = torch.stack([outcomes[i].embedding for i in range(n)])
         vectors = self.normalize(embeddings).numpy().astype(np.float32)
-        results = []
-        for i in range(n):
-            out = outcomes[i]
-            seg = out.segment
-            augmentation = None
-            if seg and seg[0] == self.augment_id:
-                augmentation = self.tokenizer.decode(seg[1:-1], skip_special_tokens=True).strip() or None
-            timings = {
-                "preprocess": (t_pre - t0) * 1e3,
-                "decide": (t_decide - t_pre) * 1e3,
-                "generate": out.generate_s * 1e3,
-                "embed": out.embed_s * 1e3,
-                "total": (out.finished - t0) * 1e3,
-            }
-            results.append(QueryResult(
-                decision=prompts.AUGMENT if seg and seg[0] == self.augment_id else prompts.EMBED,
-                p_augment=float(p_aug[i]), augmentation=augmentation, embedding=vectors[i], timings=timings,
-                token_ids=list(seg)))
-        return results
+        return [self._query_result(outcomes[i], float(p_aug[i]), vectors[i], t0, t_pre, t_decide) for i in range(n)]
+
+    def _query_result(self, out: RowOutcome, p_aug: float, vector: np.ndarray, t0: float, t_pre: float,
+                      t_decide: float) -> QueryResult:
+        """One query's result from its row's outcome, so the batch and the streaming path report alike."""
+        seg = out.segment
+        augmented = bool(seg) and seg[0] == self.augment_id
+        augmentation = None
+        if augmented:
+            augmentation = self.tokenizer.decode(seg[1:-1], skip_special_tokens=True).strip() or None
+        timings = {
+            "preprocess": (t_pre - t0) * 1e3,
+            "decide": (t_decide - t_pre) * 1e3,
+            "generate": out.generate_s * 1e3,
+            "embed": out.embed_s * 1e3,
+            "total": (out.finished - t0) * 1e3,
+        }
+        return QueryResult(decision=prompts.AUGMENT if augmented else prompts.EMBED, p_augment=p_aug,
+                           augmentation=augmentation, embedding=vector, timings=timings, token_ids=list(seg))
 
     def _step(self, ids, mask, positions, cache):
         core = unwrap(self.model).model
@@ -593,11 +579,16 @@ class MSolomon:
         return [RowOutcome(states[j], [self.embed_id, self.terminal_id], t_done, 0.0, t_done - t_decide)
                 for j in range(k)]
 
-    def _generate(self, cache, mask, next_pos, max_new_tokens: int, t_start: float) -> list[RowOutcome]:
-        """Greedy decoding of `/augment …` with the KV cache for every row of `cache`; each row feeds the terminal
-        token once (when the model picks it, or when the segment reaches `max_new_tokens`) and its state there is
-        the embedding. Finished rows leave the batch, so the cache only holds rows still decoding. Returns one
-        outcome per row, in order."""
+    def _decode_steps(self, cache, mask, next_pos, max_new_tokens: int,
+                      t_start: float) -> Iterator[tuple[list[list[int]], list[RowOutcome | None]]]:
+        """Greedy decoding of `/augment …` with the KV cache for every row of `cache`, the one decode loop of both
+        the batch path (which runs it to the end) and `stream_query` (which shows each token as it comes).
+
+        Each row feeds the terminal token once (when the model picks it, or when the segment reaches
+        `max_new_tokens`) and its state there is the embedding. Finished rows leave the batch, so the cache only
+        holds rows still decoding. Yields after every cached step (segments so far, outcomes of the finished rows;
+        one per row, in order, updated in place); in the last one every row has its outcome. It never enters
+        inference mode itself, so a caller can hold it for one step at a time."""
         import torch
 
         device = mask.device
@@ -613,7 +604,7 @@ class MSolomon:
             mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=device)], 1)
             pos = (next_pos[:, None] + step)[None].expand(3, -1, -1)
             hidden = self._step(current, mask, pos, cache)[:, -1]
-            fed_terminal = current[:, 0] == self.terminal_id
+            fed_terminal = (current[:, 0] == self.terminal_id).tolist()
             now = _now(device)
             keep = []
             for j, a in enumerate(active):
@@ -621,24 +612,18 @@ class MSolomon:
                     outcomes[a] = RowOutcome(hidden[j].float().cpu(), seg[a], now, t_step - t_start, now - t_step)
                 else:
                     keep.append(j)
-            if not keep:
-                break
-            logits = self.logits(hidden[keep]).float()
-            if banned.numel():
-                logits[:, banned] = float("-inf")
-            chosen = logits.argmax(-1)
-            nxt = []
-            for k, j in enumerate(keep):
-                a = active[j]
-                token = int(chosen[k]) if len(seg[a]) < max_new_tokens else self.terminal_id
-                seg[a].append(token)
-                nxt.append(token)
-            if len(keep) < len(active):
-                idx = torch.tensor(keep, device=device)
-                cache.batch_select_indices(idx)
-                mask = mask[idx]
-                next_pos = next_pos[idx]
-                active = [active[j] for j in keep]
-            current = torch.tensor(nxt, device=device)[:, None]
+            if keep:
+                logits = self.logits(hidden[keep]).float()
+                if banned.numel():
+                    logits[:, banned] = float("-inf")
+                for j, token in zip(keep, logits.argmax(-1).tolist()):
+                    seg[active[j]].append(token if len(seg[active[j]]) < max_new_tokens else self.terminal_id)
+                if len(keep) < len(active):
+                    idx = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(idx)
+                    mask = mask[idx]
+                    next_pos = next_pos[idx]
+                current = torch.tensor([seg[active[j]][-1] for j in keep], device=device)[:, None]
+            active = [active[j] for j in keep]
             step += 1
-        return outcomes  # every row fed the terminal token (at the latest at max_new_tokens)
+            yield seg, outcomes  # when `active` is empty, every row fed the terminal token
