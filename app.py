@@ -8,11 +8,10 @@ otherwise; offline: no model hub, no analytics, no font or script from outside t
 """
 from __future__ import annotations
 
-from msolomon.settings import process_environment
+from msolomon.settings import parse_settings, process_environment
 
 process_environment(set_threads=False)  # before gradio and transformers are imported: they read these at import
 
-import argparse  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
@@ -25,7 +24,6 @@ from msolomon.demo.handlers import Handlers  # noqa: E402
 from msolomon.demo.panel import CARD_HEADERS, TEACHING  # noqa: E402
 from msolomon.demo.service import MODES, SearchService  # noqa: E402
 from msolomon.demo.settings import DemoSettings  # noqa: E402
-from msolomon.runtime import add_threads_argument  # noqa: E402
 
 logger = logging.getLogger("app")
 
@@ -204,40 +202,24 @@ def launch(demo: gr.Blocks, settings: DemoSettings, **kwargs: Any) -> Any:
                        footer_links=["api"], show_error=True, **kwargs)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python app.py", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="a checkpoint folder the library loads (default: assets/model)")
-    p.add_argument("--adapter", default=None, help="a LoRA adapter folder on top of --model")
-    p.add_argument("--quantization", default=None, choices=["8bit", "4bit"], help="bitsandbytes quantization")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    add_threads_argument(p)  # --threads N: torch's and faiss's threads, set once at start
-    p.add_argument("--reports", default=None, help="folder of evaluation outputs for the error explorer")
-    p.add_argument("--cache-dir", default=None, help="generated data and cached indexes (default ~/.cache/msolomon)")
-    p.add_argument("--baselines", default=None, help="folder with noaug/ and alwaysaug/ (default assets/baselines)")
-    p.add_argument("--max-batch", type=int, default=16, help="concurrent searches served by one model call "
-                   "(1: one at a time)")
-    p.add_argument("--batch-wait-ms", type=float, default=4.0, help="how long the first of concurrent searches "
-                   "waits for others to join its model call (default 4)")
-    p.add_argument("--corpus-scale", default="small", choices=["tiny", "small", "full"],
-                   help="MiniMMEB scale of the default corpus")
-    return p.parse_args(argv)
+PROG = "python app.py"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> DemoSettings:
+    """The demo's settings from the command line (its flags are `DemoSettings`' fields)."""
+    settings, _ = parse_settings(DemoSettings, argv, prog=PROG, description=__doc__.split("\n")[0], config_file=False)
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     t0 = time.perf_counter()
-    args = parse_args(argv)
+    settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threads = process_environment(args.threads)
+    settings.threads = process_environment(settings.threads)
     from msolomon.model import DEFAULT_MODEL_DIR, MSolomon
 
-    settings = DemoSettings(model=args.model, adapter=args.adapter, quantization=args.quantization, host=args.host,
-                            port=args.port, threads=threads, reports_dir=args.reports,
-                            corpus_scale=args.corpus_scale, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                            **{k: v for k, v in (("cache_dir", args.cache_dir), ("baselines_dir", args.baselines))
-                               if v is not None})
-    model = MSolomon.from_pretrained(args.model or DEFAULT_MODEL_DIR, adapter=args.adapter,
-                                     quantization=args.quantization)
+    model = MSolomon.from_pretrained(settings.model or DEFAULT_MODEL_DIR, adapter=settings.adapter,
+                                     quantization=settings.quantization)
     demo = build_demo(model, settings)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     logger.info("page up at http://%s:%d after %.1f s (%d torch threads)", settings.host, settings.port,

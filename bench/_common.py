@@ -6,13 +6,13 @@ run, interleaved (A, B, C, then B, C, A, ...), takes medians, and reports ratios
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,29 +23,38 @@ from msolomon.settings import process_environment  # noqa: E402
 
 process_environment(set_threads=False)
 
-from msolomon.runtime import add_threads_argument, available_cores  # noqa: E402
+from msolomon.runtime import available_cores  # noqa: E402
+from msolomon.settings import (  # noqa: E402
+    option,
+    parse_settings,
+    threads_option,  # noqa: E402
+)
 
 TINY_DATASETS = ("ScenesVQA", "DigitsCLS", "ScenesT2I")  # an augmenting VQA set, an image and a text query set
 
 
-def parser(description: str, model: bool = True, data: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_threads_argument(p, what="torch and faiss")
-    p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON to FILE")
-    p.add_argument("--tiny", action="store_true",
-                   help="a seconds-long smoke run: the untrained MSolomon.tiny() model and small sizes (the tests use "
-                        "it)")
-    if model:
-        p.add_argument("--model", default=None, help="model folder (default: the shipped model, assets/model)")
-    if data:
-        p.add_argument("--data", default=None,
-                       help="a MiniMMEB folder (default: MiniMMEB small, seed 0, generated once into "
-                            "$MSOLOMON_CACHE/bench or ~/.cache/msolomon/bench)")
-        p.add_argument("--datasets", default=None, help="comma-separated dataset names (default: all)")
-    return p
+@dataclass
+class BenchSettings:
+    """The flags every performance script shares; a script's settings subclass it (its own flags come after)."""
+
+    threads: int | None = threads_option("torch and faiss")
+    json: str | None = option(None, "also write the results as JSON to FILE", metavar="FILE")
+    tiny: bool = option(False, "a seconds-long smoke run: the untrained MSolomon.tiny() model and small sizes (the "
+                               "tests use it)")
+    model: str | None = option(None, "model folder (default: the shipped model, assets/model)")
+    data: str | None = option(None, "a MiniMMEB folder (default: MiniMMEB small, seed 0, generated once into "
+                                     "$MSOLOMON_CACHE/bench or ~/.cache/msolomon/bench)")
+    datasets: str | None = option(None, "comma-separated dataset names (default: all)")
 
 
-def start(args: argparse.Namespace) -> int:
+def parse(cls, argv: Sequence[str] | None, description: str, model: bool = True, data: bool = True):
+    """A script's settings (`cls`, a BenchSettings) from its command line; `model`/`data` False: a script without
+    --model / without --data and --datasets."""
+    unused = (() if model else ("model",)) + (() if data else ("data", "datasets"))
+    return parse_settings(cls, argv, description=description, config_file=False, unused=unused)[0]
+
+
+def start(args: BenchSettings) -> int:
     """Set the threads once; returns the count."""
     return process_environment(args.threads)
 
@@ -68,7 +77,7 @@ def machine(threads: int) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: BenchSettings):
     from msolomon import MSolomon
 
     if args.tiny and args.model is None:
@@ -88,7 +97,7 @@ def model_summary(model) -> dict[str, Any]:
             "layers": text.num_hidden_layers, "dtype": str(model.dtype).replace("torch.", "")}
 
 
-def minimmeb(args: argparse.Namespace, split: str = "test"):
+def minimmeb(args: BenchSettings, split: str = "test"):
     """The MiniMMEB benchmark (evaluation.Benchmark) of --data, else generated once (tiny: into a temporary
     folder that lives as long as the process)."""
     from msolomon.data.minimmeb import generate, is_minimmeb
@@ -234,7 +243,7 @@ def target_rows(checks: Sequence[tuple[str, float | None, str, float]]) -> list[
     return rows
 
 
-def finish(args: argparse.Namespace, title: str, sections: Sequence[tuple[str, str]], result: dict) -> None:
+def finish(args: BenchSettings, title: str, sections: Sequence[tuple[str, str]], result: dict) -> None:
     """Print the title and each (heading, table); write the JSON when --json was given."""
     out = [f"# {title}", f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
            f"{result['machine']['threads']} torch thread(s), load average {result['machine']['load_avg_1_5_15']}"]

@@ -14,7 +14,6 @@ Prints a table of figures and ratios against the targets; writes it as JSON when
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -22,12 +21,18 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from msolomon.demo.corpus import ALL_MINIMMEB as ALL  # noqa: E402
 from msolomon.demo.process import running_app  # noqa: E402
+from msolomon.settings import (  # noqa: E402
+    option,
+    parse_settings,
+    threads_option,  # noqa: E402
+)
 
 logger = logging.getLogger("bench.demo_serving")
 WORDS = ("red", "blue", "green", "yellow", "purple")
@@ -93,14 +98,17 @@ def concurrent(url: str, queries: list[tuple[str | None, str | None]], clients: 
     return len(answers) / wall, len(answers), max(a.get("batch_size", 1) for a in answers)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--scale", default="small", help="MiniMMEB scale of the default corpus")
-    p.add_argument("--json", default=None)
-    p.add_argument("--skip-first-start", action="store_true", help="reuse a cache folder instead of a fresh one")
-    p.add_argument("--cache-dir", default=None, help="with --skip-first-start: the cache to reuse")
-    args = p.parse_args()
+@dataclass
+class DemoServingSettings:
+    threads: int | None = threads_option("the app under test", default=1)
+    scale: str = option("small", "MiniMMEB scale of the default corpus")
+    json: str | None = option(None, "also write the figures as JSON to FILE", metavar="FILE")
+    skip_first_start: bool = option(False, "reuse a cache folder instead of a fresh one")
+    cache_dir: str | None = option(None, "with --skip-first-start: the cache to reuse")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, _ = parse_settings(DemoServingSettings, argv, description=__doc__.split("\n")[0], config_file=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:

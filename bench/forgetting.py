@@ -18,6 +18,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,17 +68,21 @@ def load(spec: str, tiny: bool):
     return MSolomon.from_pretrained(spec)
 
 
+@dataclass
+class ForgettingSettings(C.BenchSettings):
+    models: str | None = C.option(None, f"comma-separated model folders (default: {DEFAULT_MODELS})")
+    pretrain_data: str | None = C.option(None, "the pretraining run's data folder", metavar="DIR")
+    worlds: str | None = C.option(None, "comma-separated worlds (default: all)")
+    limit: int | None = C.option(None, "held-out questions per world (default: all)")
+    max_new_tokens: int = C.option(48, "generated tokens per answer (training.pretrain's)")
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {self.limit}")
+
+
 def main(argv=None) -> int:
-    p = C.parser(__doc__, model=False, data=False)
-    p.add_argument("--models", default=None, help=f"comma-separated model folders (default: {DEFAULT_MODELS})")
-    p.add_argument("--pretrain-data", default=None, metavar="DIR", help="the pretraining run's data folder")
-    p.add_argument("--worlds", default=None, help="comma-separated worlds (default: all)")
-    p.add_argument("--limit", type=int, default=None, help="held-out questions per world (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="generated tokens per answer (training.pretrain's)")
-    args = p.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        p.error(f"--limit must be >= 1, got {args.limit}")
-    args.data, args.datasets = None, None
+    args = C.parse(ForgettingSettings, argv, __doc__, model=False, data=False)
     logging.basicConfig(level=logging.WARNING)
     threads = C.start(args)
     from training.pretrain_data import exact_match

@@ -24,6 +24,7 @@ import logging
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -215,19 +216,22 @@ def profile_augmented_query(adapter: Path, data: Path, max_new_tokens: int, devi
             "profiled_gpu_kernel_ms": round(gpu_ms, 1) if cuda else None, "kernel_launches": launches if cuda else None}
 
 
+@dataclass(kw_only=True)
+class GpuCheckSettings(C.BenchSettings):
+    out: str = C.option(help="working folder (the checkpoint, runs and logs)")
+    size: str | None = C.option(None, "Qwen2-VL-2B's sizes, or a tiny model (default: 2b; --tiny: tiny)",
+                                choices=("2b", "tiny"))
+    device: str | None = C.option(None, "torch device (default: cuda; --tiny: cpu)")
+    steps: int | None = C.option(None, "LoRA training steps (default: 12; --tiny: 2)")
+    batch_size: int | None = C.option(None, "training batch size (default: 16; --tiny: 4)")
+    queries: int | None = C.option(None, "test queries timed per mode (default: 30; --tiny: 3)")
+    max_new_tokens: int | None = C.option(None, "augmentation cap (default: 32; --tiny: 4)")
+    torchrun: bool = C.option(True, "the multi-process stage; --no-torchrun skips it (--tiny skips it)")
+    profile: bool = C.option(False, "also take one augmented query apart (profiler)")
+
+
 def main(argv=None) -> int:
-    p = C.parser(__doc__, model=False, data=False)
-    p.add_argument("--out", required=True, help="working folder (the checkpoint, runs and logs)")
-    p.add_argument("--size", choices=("2b", "tiny"), default=None,
-                   help="Qwen2-VL-2B's sizes, or a tiny model (default: 2b; --tiny: tiny)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda; --tiny: cpu)")
-    p.add_argument("--steps", type=int, default=None, help="LoRA training steps (default: 12; --tiny: 2)")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: 16; --tiny: 4)")
-    p.add_argument("--queries", type=int, default=None, help="test queries timed per mode (default: 30; --tiny: 3)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="augmentation cap (default: 32; --tiny: 4)")
-    p.add_argument("--no-torchrun", action="store_true", help="skip the multi-process stage (--tiny skips it)")
-    p.add_argument("--profile", action="store_true", help="also take one augmented query apart (profiler)")
-    args = p.parse_args(argv)
+    args = C.parse(GpuCheckSettings, argv, __doc__, model=False, data=False)
     tiny = args.tiny
     args.size = args.size or ("tiny" if tiny else "2b")
     args.device = args.device or ("cpu" if tiny else "cuda")
@@ -235,7 +239,7 @@ def main(argv=None) -> int:
     args.batch_size = args.batch_size or (4 if tiny else 16)
     args.queries = args.queries or (3 if tiny else 30)
     args.max_new_tokens = args.max_new_tokens or (4 if tiny else 32)
-    args.no_torchrun = args.no_torchrun or tiny
+    args.torchrun = args.torchrun and not tiny
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     threads = C.start(args)
     import torch
@@ -280,7 +284,7 @@ def main(argv=None) -> int:
     if args.profile:
         result["profile"] = profile_augmented_query(lora / "final", data, args.max_new_tokens, args.device)
         logger.info("profile: %s", result["profile"])
-    if not args.no_torchrun:
+    if args.torchrun:
         ddp = out / "ddp"
         cmd = [py, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "training.train", "--data", str(data),
                "--out", str(ddp), "--labeling", "noaug", "--max-steps", "4", "--batch-size", "8", "--log-every", "1",

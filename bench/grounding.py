@@ -16,6 +16,7 @@ import itertools
 import json
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,12 +66,16 @@ def error_kinds(path: Path, mode: str) -> dict[str, int]:
     return dict(kinds.most_common())
 
 
+@dataclass
+class GroundingSettings(C.BenchSettings):
+    models: str = C.option("assets/model,assets/baselines/alwaysaug,assets/baselines/noaug",
+                           "comma-separated model folders")
+    split: str = C.option("val", "the MiniMMEB split to read")
+    predictions: str = C.option("", "NAME=FILE.predictions.jsonl:MODE, comma-separated")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = C.parser(__doc__, model=False)
-    p.add_argument("--models", default="assets/model,assets/baselines/alwaysaug,assets/baselines/noaug")
-    p.add_argument("--split", default="val")
-    p.add_argument("--predictions", default="", help="NAME=FILE.predictions.jsonl:MODE, comma-separated")
-    args = p.parse_args(argv)
+    args = C.parse(GroundingSettings, argv, __doc__, model=False)
     threads = C.start(args)
     from msolomon import MSolomon
 

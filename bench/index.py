@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -151,17 +152,20 @@ def bench_size(n: int, dist: Distribution, queries: np.ndarray, build_threads: i
     return rows, best
 
 
+@dataclass
+class IndexSettings(C.BenchSettings):
+    sizes: str | None = C.option(None, "comma-separated corpus sizes (default: 10000,100000,1000000)")
+    queries: int = C.option(200, "search queries per size (default: 200)")
+    vectors: str | None = C.option(None, "where the corpus distribution comes from (default: model; powerlaw with "
+                                         "--tiny)", choices=("model", "powerlaw"))
+    dim: int | None = C.option(None, "with --vectors powerlaw: dimension (default: the model's)")
+    build_threads: int | None = C.option(None, "faiss threads while building (default: --threads); searches always "
+                                               "use --threads")
+    hnsw_max: int | None = C.option(None, "skip HNSW above this corpus size (default: never)")
+
+
 def main(argv=None) -> int:
-    p = C.parser(__doc__, data=True)
-    p.add_argument("--sizes", default=None, help="comma-separated corpus sizes (default: 10000,100000,1000000)")
-    p.add_argument("--queries", type=int, default=200, help="search queries per size (default: 200)")
-    p.add_argument("--vectors", choices=("model", "powerlaw"), default=None,
-                   help="where the corpus distribution comes from (default: model; powerlaw with --tiny)")
-    p.add_argument("--dim", type=int, default=None, help="with --vectors powerlaw: dimension (default: the model's)")
-    p.add_argument("--build-threads", type=int, default=None,
-                   help="faiss threads while building (default: --threads); searches always use --threads")
-    p.add_argument("--hnsw-max", type=int, default=None, help="skip HNSW above this corpus size (default: never)")
-    args = p.parse_args(argv)
+    args = C.parse(IndexSettings, argv, __doc__)
     threads = C.start(args)
     build_threads = args.build_threads or threads
     sizes = [int(s) for s in (args.sizes or ("2000,5000" if args.tiny else "10000,100000,1000000")).split(",")]

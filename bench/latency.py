@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -150,17 +151,18 @@ def candidate_vectors(model, rows) -> tuple[dict, np.ndarray]:
     return keys, model.encode_candidates(cands, batch_size=32)
 
 
+@dataclass
+class LatencySettings(C.BenchSettings):
+    limit: int | None = C.option(None, "test queries per dataset (default: 20; --tiny: 4)")
+    passes: int | None = C.option(None, "interleaved passes over the queries (default: 3)")
+    n_augmented: int | None = C.option(None, "augmented queries taken apart (default: 30; --tiny: 3)")
+    max_new_tokens: int | None = C.option(None, "augmentation cap (default: 64, as the evaluation's; --tiny: 8)")
+
+
 def main(argv=None) -> int:
     from msolomon.metrics import is_correct
 
-    p = C.parser(__doc__)
-    p.add_argument("--limit", type=int, default=None, help="test queries per dataset (default: 20; --tiny: 4)")
-    p.add_argument("--passes", type=int, default=None, help="interleaved passes over the queries (default: 3)")
-    p.add_argument("--n-augmented", type=int, default=None,
-                   help="augmented queries taken apart (default: 30; --tiny: 3)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="augmentation cap (default: 64, as the evaluation's; --tiny: 8)")
-    args = p.parse_args(argv)
+    args = C.parse(LatencySettings, argv, __doc__)
     limit = args.limit or (4 if args.tiny else 20)
     passes = args.passes or (1 if args.tiny else 3)
     n_aug = args.n_augmented or (3 if args.tiny else 30)

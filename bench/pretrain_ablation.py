@@ -16,13 +16,13 @@ JSON: `variants` (settings, exact match per world, text-only floor, seconds), `m
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,14 +31,6 @@ import _common as C  # noqa: E402
 
 TINY_BACKBONE = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64,
                  "vision_dim": 32, "vision_depth": 1, "vision_heads": 2, "vocab_size": 512}
-
-
-def floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def pretrain_data(args, worlds: list[str]) -> Path:
@@ -60,18 +52,15 @@ def pretrain_data(args, worlds: list[str]) -> Path:
     return folder
 
 
-def sizes(text: str) -> list[tuple[int, int, int]]:
-    """`HIDDENxLAYERSxVISION` specs, e.g. `128x2x64,256x4x128`: hidden size, text layers, vision width."""
-    out = []
-    for spec in (x.strip() for x in text.split(",") if x.strip()):
-        parts = spec.lower().split("x")
-        if len(parts) != 3 or not all(x.isdigit() and int(x) > 0 for x in parts):
-            raise argparse.ArgumentTypeError(f"size {spec!r}: expected HIDDENxLAYERSxVISION, e.g. 256x4x128")
-        hidden, layers, vision = (int(x) for x in parts)
-        if hidden % 8 or vision % 8:
-            raise argparse.ArgumentTypeError(f"size {spec!r}: hidden and vision widths must be multiples of 8")
-        out.append((hidden, layers, vision))
-    return out
+def size(spec: str) -> tuple[int, int, int]:
+    """A `HIDDENxLAYERSxVISION` spec, e.g. `256x4x128`: hidden size, text layers, vision width."""
+    parts = spec.lower().split("x")
+    if len(parts) != 3 or not all(x.isdigit() and int(x) > 0 for x in parts):
+        raise ValueError(f"size {spec!r}: expected HIDDENxLAYERSxVISION, e.g. 256x4x128")
+    hidden, layers, vision = (int(x) for x in parts)
+    if hidden % 8 or vision % 8:
+        raise ValueError(f"size {spec!r}: hidden and vision widths must be multiples of 8")
+    return hidden, layers, vision
 
 
 def sized(backbone: dict, size: tuple[int, int, int] | None) -> dict:
@@ -109,18 +98,21 @@ def run_variant(rows, heldout, lr: float, patch: int, steps: int, backbone: dict
             "overall": result["overall"]["exact_match"]}
 
 
+@dataclass
+class AblationSettings(C.BenchSettings):
+    lr: list[float] | None = C.option(None, "peak learning rates (default: 2e-3,1e-3,5e-4)", parse=float)
+    patch: list[int] | None = C.option(None, "vision patch sizes (default: 14)", parse=int)
+    steps: list[int] | None = C.option(None, "training steps per variant (default: 200)", parse=int)
+    sizes: list[tuple[int, int, int]] | None = C.option(
+        None, "backbone sizes HIDDENxLAYERSxVISION, e.g. 128x2x64,256x4x128,320x6x128 (default: the base's)",
+        parse=size)
+    worlds: str = C.option("DigitsCLS,ShapesCLS", "world builders to pretrain on")
+    pretrain_data: str | None = C.option(None, "pretraining data (default: seed 0 for --worlds, generated once into "
+                                               "the cache)", metavar="DIR")
+
+
 def main(argv=None) -> int:
-    p = C.parser(__doc__, model=False)
-    p.add_argument("--lr", type=floats, default=None, help="peak learning rates (default: 2e-3,1e-3,5e-4)")
-    p.add_argument("--patch", type=ints, default=None, help="vision patch sizes (default: 14)")
-    p.add_argument("--steps", type=ints, default=None, help="training steps per variant (default: 200)")
-    p.add_argument("--sizes", type=sizes, default=None,
-                   help="backbone sizes HIDDENxLAYERSxVISION, e.g. 128x2x64,256x4x128,320x6x128 (default: the "
-                        "base's)")
-    p.add_argument("--worlds", default="DigitsCLS,ShapesCLS", help="world builders to pretrain on")
-    p.add_argument("--pretrain-data", default=None, metavar="DIR",
-                   help="pretraining data (default: seed 0 for --worlds, generated once into the cache)")
-    args = p.parse_args(argv)
+    args = C.parse(AblationSettings, argv, __doc__, model=False)
     logging.basicConfig(level=logging.WARNING)
     threads = C.start(args)
     from training.pretrain import BASE_BACKBONE

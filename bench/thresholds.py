@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,17 +42,17 @@ def at(curve: list[dict], t: float) -> dict | None:
 
 
 def run_reports(args, thresholds: list[float], tmp: Path) -> tuple[dict, dict]:
-    from msolomon.evaluation import evaluate
+    from msolomon.evaluation import EvalSettings, evaluate
 
     model, name = C.load_model(args)
     _, names, folder = C.minimmeb(args)
     mnt = 8 if args.tiny else 64
     reports = {}
     for split in ("val", "test"):
-        reports[split] = evaluate(model, folder, modes=("auto", "never", "always"), limit=args.limit,
-                                  thresholds=thresholds, out=tmp / f"{split}.json", split=split, max_new_tokens=mnt,
-                                  show_progress_bar=False, model_name=name, resume=False,
-                                  datasets=names if args.datasets else None)
+        settings = EvalSettings(modes=("auto", "never", "always"), limit=args.limit, thresholds=thresholds,
+                                split=split, max_new_tokens=mnt, show_progress_bar=False, fresh=True,
+                                datasets=names if args.datasets else None)
+        reports[split] = evaluate(model, folder, settings, out=tmp / f"{split}.json", model_name=name)
     return reports["val"], reports["test"]
 
 
@@ -108,26 +109,32 @@ def plot(val: dict, test: dict, chosen: dict, path: Path) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="best")
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        from msolomon.files import atomic_file
+
+        with atomic_file(path, "wb") as fh:
+            fig.savefig(fh, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
 
 
+@dataclass
+class ThresholdsSettings(C.BenchSettings):
+    val_report: str | None = C.option(None, "an evaluation report (JSON) of the val split with a sweep")
+    test_report: str | None = C.option(None, "an evaluation report (JSON) of the test split with a sweep")
+    limit: int | None = C.option(None, "queries per dataset when evaluating (default: 40; --tiny: 4)")
+    thresholds: str = C.option(DEFAULT_THRESHOLDS, f"(default: {DEFAULT_THRESHOLDS})")
+    plot: str | None = C.option(None, "write the curve as a PNG here (default: none)")
+
+    def __post_init__(self) -> None:
+        if bool(self.val_report) != bool(self.test_report):
+            raise ValueError("give both --val-report and --test-report, or neither (then the evaluation runs here)")
+
+
 def main(argv=None) -> int:
-    p = C.parser(__doc__)
-    p.add_argument("--val-report", default=None, help="an evaluation report (JSON) of the val split with a sweep")
-    p.add_argument("--test-report", default=None, help="an evaluation report (JSON) of the test split with a sweep")
-    p.add_argument("--limit", type=int, default=None, help="queries per dataset when evaluating (default: 40; "
-                                                            "--tiny: 4)")
-    p.add_argument("--thresholds", default=DEFAULT_THRESHOLDS, help=f"(default: {DEFAULT_THRESHOLDS})")
-    p.add_argument("--plot", default=None, help="write the curve as a PNG here (default: none)")
-    args = p.parse_args(argv)
+    args = C.parse(ThresholdsSettings, argv, __doc__)
     args.limit = args.limit or (4 if args.tiny else 40)
     threads = C.start(args)
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    if bool(args.val_report) != bool(args.test_report):
-        p.error("give both --val-report and --test-report, or neither (then the evaluation runs here)")
     with tempfile.TemporaryDirectory() as tmp:
         if args.val_report:
             val, test = (json.loads(Path(f).read_text()) for f in (args.val_report, args.test_report))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,14 +49,17 @@ def measure(fn) -> tuple[float, float | None, float | None]:
     return seconds, peak, (peak - before) if peak is not None and before is not None else None
 
 
+@dataclass
+class ThroughputSettings(C.BenchSettings):
+    batch_sizes: str = C.option("1,4,16,64", "comma-separated (default: 1,4,16,64)")
+    queries: int | None = C.option(None, "queries per configuration (default: 64; --tiny: 8)")
+    candidates: int | None = C.option(None, "candidates (default: 256; --tiny: 16)")
+    rounds: int | None = C.option(None, "interleaved rounds (default: 3; --tiny: 1)")
+    max_new_tokens: int | None = C.option(None, "augmentation cap (default: 64; --tiny: 8)")
+
+
 def main(argv=None) -> int:
-    p = C.parser(__doc__)
-    p.add_argument("--batch-sizes", default="1,4,16,64", help="comma-separated (default: 1,4,16,64)")
-    p.add_argument("--queries", type=int, default=None, help="queries per configuration (default: 64; --tiny: 8)")
-    p.add_argument("--candidates", type=int, default=None, help="candidates (default: 256; --tiny: 16)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: 3; --tiny: 1)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="augmentation cap (default: 64; --tiny: 8)")
-    args = p.parse_args(argv)
+    args = C.parse(ThroughputSettings, argv, __doc__)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.tiny and args.batch_sizes == "1,4,16,64":
         sizes = [1, 4]

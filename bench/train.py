@@ -21,6 +21,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,9 +56,9 @@ def full_logits_loss(model, batch, loop):
 def training_examples(args, folder: Path, tmp: Path, rows_per_dataset: int):
     from training.collator import assign_labels
     from training.synthesize import SynthesisSettings, load_augmentations, synthesize
-    from training.train import TrainConfig, load_rows
+    from training.train import TrainSettings, load_rows
 
-    rows = load_rows(TrainConfig(data=str(folder), out=str(tmp / "unused"), limit=rows_per_dataset))
+    rows = load_rows(TrainSettings(data=str(folder), out=str(tmp / "unused"), limit=rows_per_dataset))
     synthesis = tmp / "synthesis.jsonl"
     synthesize(SynthesisSettings(data=str(folder), out=str(synthesis), backend="oracle", limit=rows_per_dataset,
                                  progress=False))
@@ -94,13 +95,15 @@ def load_base(args):
     return MSolomon.from_pretrained(path, dtype=torch.float32, device="cpu"), str(path)
 
 
+@dataclass
+class TrainBenchSettings(C.BenchSettings):
+    steps: int | None = C.option(None, "measured steps per variant (default: 6; --tiny: 2)")
+    batch_size: int | None = C.option(None, "per step (default: 32, reproduce's; --tiny: 4)")
+    rows_per_dataset: int | None = C.option(None, "training rows read per dataset (default: 128; --tiny: 8)")
+
+
 def main(argv=None) -> int:
-    p = C.parser(__doc__)
-    p.add_argument("--steps", type=int, default=None, help="measured steps per variant (default: 6; --tiny: 2)")
-    p.add_argument("--batch-size", type=int, default=None, help="per step (default: 32, reproduce's; --tiny: 4)")
-    p.add_argument("--rows-per-dataset", type=int, default=None,
-                   help="training rows read per dataset (default: 128; --tiny: 8)")
-    args = p.parse_args(argv)
+    args = C.parse(TrainBenchSettings, argv, __doc__)
     steps = args.steps or (2 if args.tiny else 6)
     batch = args.batch_size or (4 if args.tiny else REPRODUCE["batch_size"])
     per_ds = args.rows_per_dataset or (8 if args.tiny else 128)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,14 +87,17 @@ def run_group(n: int, threads: int | None, args, tmp: Path) -> list[float]:
     return out
 
 
+@dataclass
+class TwoProcessesSettings(C.BenchSettings):
+    queries: int | None = C.option(None, "queries per worker (default: 60; --tiny: 6)")
+    rounds: int | None = C.option(None, "interleaved rounds (default: 2; --tiny: 1)")
+    worker: bool = C.option(False, "(internal) run one worker")
+    ready: str | None = C.option(None, "(internal) file a worker writes when loaded")
+    go: str | None = C.option(None, "(internal) file that starts the workers")
+
+
 def main(argv=None) -> int:
-    p = C.parser(__doc__)
-    p.add_argument("--queries", type=int, default=None, help="queries per worker (default: 60; --tiny: 6)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: 2; --tiny: 1)")
-    p.add_argument("--worker", action="store_true", help="(internal) run one worker")
-    p.add_argument("--ready", help="(internal) file a worker writes when loaded")
-    p.add_argument("--go", help="(internal) file that starts the workers")
-    args = p.parse_args(argv)
+    args = C.parse(TwoProcessesSettings, argv, __doc__)
     args.queries = args.queries or (6 if args.tiny else 60)
     if args.worker:
         return worker(args)

@@ -14,36 +14,48 @@ The shipped model is a tiny Qwen2-VL (5 million parameters), pretrained and then
 small world (assets/base, then training.reproduce): a test bed for the method, not a general embedder. It retrieves
 the right answer for about half of MiniMMEB's test queries; a real Qwen2-VL checkpoint is another --model.
 """
-from __future__ import annotations
-
 import argparse
 import logging
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from msolomon.runtime import add_threads_argument, set_threads  # noqa: E402
+from msolomon.runtime import set_threads  # noqa: E402
+from msolomon.settings import (  # noqa: E402
+    option,
+    parse_settings,
+    settings_parser,
+    threads_option,  # noqa: E402
+    usage_error,
+)
 
+PROG = "examples/quickstart.py"
 DEFAULT_DATASETS = "ScenesVQA,ChartVQA,DigitsCLS,ScenesT2I"
 MODES = ("never", "always", "auto")
 
 
+# no `from __future__ import annotations` here: a dataclass with string annotations needs its module in
+# sys.modules, and this script is also loaded from its file (tests)
+@dataclass
+class QuickstartSettings:
+    """What the quick start shows."""
+
+    model: str | None = option(None, "model folder (default: the shipped model, assets/model)")
+    datasets: str = option(DEFAULT_DATASETS, "comma-separated MiniMMEB test sets")
+    n: int = option(2, "queries per dataset")
+    threads: int | None = threads_option()
+    verbose: bool = option(False, "show loading bars, warnings and debug logging (default: off)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="examples/quickstart.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped model, assets/model)")
-    parser.add_argument("--datasets", default=DEFAULT_DATASETS,
-                        help=f"comma-separated MiniMMEB test sets (default: {DEFAULT_DATASETS})")
-    parser.add_argument("--n", type=int, default=2, help="queries per dataset (default: 2)")
-    add_threads_argument(parser)
-    parser.add_argument("--verbose", action="store_true",
-                        help="show loading bars, warnings and debug logging (default: off)")
-    return parser
+    """The command line's parser (its flags and their help)."""
+    return settings_parser(QuickstartSettings, prog=PROG, description=__doc__, config_file=False)[0]
 
 
 def _describe(candidate) -> str:
@@ -63,8 +75,7 @@ def _query_line(query) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args, _ = parse_settings(QuickstartSettings, argv, prog=PROG, description=__doc__, config_file=False)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR, format="%(levelname)s %(message)s")
     if not args.verbose:
         import warnings
@@ -76,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if not names or unknown:
-        parser.exit(2, f"{parser.prog}: error: unknown dataset {', '.join(map(repr, unknown)) or '(none given)'}; "
-                       f"choose from {', '.join(DATASETS)}\n")
+        usage_error(PROG, f"unknown dataset {', '.join(map(repr, unknown)) or '(none given)'}; "
+                          f"choose from {', '.join(DATASETS)}")
     if args.n < 1:
-        parser.exit(2, f"{parser.prog}: error: --n must be at least 1, got {args.n}\n")
+        usage_error(PROG, f"--n must be at least 1, got {args.n}")
     set_threads(args.threads)
 
     from msolomon import MSolomon, VectorIndex
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = MSolomon.from_pretrained(model_dir)
     except ValueError as err:
-        parser.exit(2, f"{parser.prog}: error: --model: {err}\n")
+        usage_error(PROG, f"--model: {err}")
     n_params = sum(p.numel() for p in unwrap(model.model).parameters())
     out = sys.stdout
     out.write(f"model: {model_dir} ({n_params / 1e6:.1f}M parameters)\n")

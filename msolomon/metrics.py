@@ -287,23 +287,24 @@ class DatasetModeResult:
             "meta_task": self.meta_task,
             "ood": self.ood,
             "n": self.n,
-            "p_at_1": _round(self.p_at_1, 4),
-            "ci95": None if ci95 is None else [_round(v, 4) for v in ci95],
-            "chance": _round(self.chance, 4),
-            "floor_text_only": _round(floor.get("floor_text_only"), 4),
-            "augment_rate": _round(self.augment_rate, 4),
-            "latency_ms_mean": _round(latency_stats(self.latency_ms)["mean"], 3),
+            "p_at_1": round_or_none(self.p_at_1, 4),
+            "ci95": None if ci95 is None else [round_or_none(v, 4) for v in ci95],
+            "chance": round_or_none(self.chance, 4),
+            "floor_text_only": round_or_none(floor.get("floor_text_only"), 4),
+            "augment_rate": round_or_none(self.augment_rate, 4),
+            "latency_ms_mean": round_or_none(latency_stats(self.latency_ms)["mean"], 3),
             # additions
             "floor_rule": floor.get("floor_rule", "not computed"),
-            "n_candidates": n_cands[0] if len(n_cands) == 1 else _round(float(np.mean(self.n_candidates)), 2),
-            "latency_ms": {k: _round(v, 3) for k, v in latency_stats(self.latency_ms).items()},
-            "timings_ms_mean": {k: _round(v, 3) for k, v in self.timings_ms.items()},
+            "n_candidates": n_cands[0] if len(n_cands) == 1 else round_or_none(float(np.mean(self.n_candidates)), 2),
+            "latency_ms": {k: round_or_none(v, 3) for k, v in latency_stats(self.latency_ms).items()},
+            "timings_ms_mean": {k: round_or_none(v, 3) for k, v in self.timings_ms.items()},
             "correct_bits": encode_correct(self.correct),
             "augmented_bits": encode_correct(self.augmented),  # '1': the query took /augment (msolomon.decisions)
         }
 
 
-def _round(x: float | None, nd: int) -> float | None:
+def round_or_none(x: float | None, nd: int = 4) -> float | None:
+    """`x` rounded to `nd` decimals for a report; None stays None."""
     return None if x is None else round(float(x), nd)
 
 
@@ -315,13 +316,13 @@ def _meta_task_order(tasks: Iterable[str]) -> list[str]:
 def _grouped(scores: Mapping[str, float], infos: Mapping[str, Any]) -> dict[str, Any]:
     """Macro averages of per-dataset scores: overall, IND, OOD, per meta-task. `infos[name]` has .meta_task, .ood."""
     by_task = {
-        t: _round(macro(s for n, s in scores.items() if infos[n].meta_task == t), 4)
+        t: round_or_none(macro(s for n, s in scores.items() if infos[n].meta_task == t), 4)
         for t in _meta_task_order(infos[n].meta_task for n in scores)
     }
     return {
-        "overall": _round(macro(scores.values()), 4),
-        "ind": _round(macro(s for n, s in scores.items() if not infos[n].ood), 4),
-        "ood": _round(macro(s for n, s in scores.items() if infos[n].ood), 4),
+        "overall": round_or_none(macro(scores.values()), 4),
+        "ind": round_or_none(macro(s for n, s in scores.items() if not infos[n].ood), 4),
+        "ood": round_or_none(macro(s for n, s in scores.items() if infos[n].ood), 4),
         "by_meta_task": by_task,
     }
 
@@ -331,7 +332,7 @@ def _grouped_ci(samples: Mapping[str, np.ndarray], infos: Mapping[str, Any]) -> 
     def ci(names: list[str]) -> list[float] | None:
         if not names:
             return None
-        return [_round(v, 4) for v in percentile_interval(np.mean([samples[n] for n in names], axis=0))]
+        return [round_or_none(v, 4) for v in percentile_interval(np.mean([samples[n] for n in names], axis=0))]
 
     return {
         "overall_ci95": ci(list(samples)),
@@ -364,16 +365,16 @@ def aggregate_mode(results: Mapping[str, DatasetModeResult],
     for key in sorted({k for r in results.values() for k in r.timings_ms}):
         weighted = [(r.timings_ms[key], r.n) for r in results.values() if key in r.timings_ms]
         w = sum(n for _, n in weighted)
-        timings[key] = _round(sum(v * n for v, n in weighted) / w, 3) if w else None
+        timings[key] = round_or_none(sum(v * n for v, n in weighted) / w, 3) if w else None
     out.update({
-        "augment_rate": _round(float(np.mean(all_aug)) if all_aug else 0.0, 4),
-        "latency_ms": {k: _round(v, 3) for k, v in latency_stats(all_lat).items()},
+        "augment_rate": round_or_none(float(np.mean(all_aug)) if all_aug else 0.0, 4),
+        "latency_ms": {k: round_or_none(v, 3) for k, v in latency_stats(all_lat).items()},
         "datasets": {n: r.summary(floors.get(n), None if n not in samples else percentile_interval(samples[n]))
                      for n, r in results.items()},
         # additions
         "n": n_total,
-        "augment_rate_macro": _round(macro(r.augment_rate for r in results.values()), 4),
-        "chance": _round(macro(r.chance for r in results.values()), 4),
+        "augment_rate_macro": round_or_none(macro(r.augment_rate for r in results.values()), 4),
+        "chance": round_or_none(macro(r.chance for r in results.values()), 4),
         "chance_macro": _grouped({n: r.chance for n, r in results.items()}, results),
         "floor_text_only_macro": floor_macro,
         "timings_ms_mean": timings,
@@ -413,9 +414,9 @@ def threshold_curve(
         entry = {"threshold": float(t)}
         entry.update(_grouped(scores, never))
         entry.update({
-            "augment_rate": _round(float(np.mean(aug_all)) if aug_all else 0.0, 4),
-            "latency_ms_mean": _round(latency_stats(lat_all)["mean"], 3),
-            "datasets": {n: _round(s, 4) for n, s in scores.items()},
+            "augment_rate": round_or_none(float(np.mean(aug_all)) if aug_all else 0.0, 4),
+            "latency_ms_mean": round_or_none(latency_stats(lat_all)["mean"], 3),
+            "datasets": {n: round_or_none(s, 4) for n, s in scores.items()},
         })
         curve.append(entry)
     return curve

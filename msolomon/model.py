@@ -25,7 +25,7 @@ import numpy as np
 from msolomon import prompts
 from msolomon.backbone import (
     FormatSettings,
-    TinyConfig,
+    TinySettings,
     build_processor,
     check_model_folder,
     ensure_special_tokens,
@@ -191,20 +191,20 @@ class MSolomon:
         self.settings.padding_side = side
 
     @classmethod
-    def tiny(cls, seed: int = 0, config: TinyConfig | None = None, corpus: Sequence[str] | None = None,
+    def tiny(cls, seed: int = 0, config: TinySettings | None = None, corpus: Sequence[str] | None = None,
              **config_overrides) -> "MSolomon":
         """An untrained small Qwen2-VL (or Qwen2.5-VL) with a local tokenizer: same classes and code path as
         Qwen2-VL-2B, fast enough for tests and for training from scratch on a CPU."""
         import torch
         from transformers import AutoModelForImageTextToText
 
-        cfg = replace(config or TinyConfig(), **config_overrides)
+        cfg = replace(config or TinySettings(), **config_overrides)
         if cfg.tokenizer == "bpe":
             tokenizer = train_bpe_tokenizer(corpus, cfg.vocab_size)
         elif cfg.tokenizer == "qwen":
             tokenizer = ensure_special_tokens(load_qwen_tokenizer())
         else:
-            raise ValueError(f"TinyConfig.tokenizer must be 'bpe' or 'qwen', got {cfg.tokenizer!r}")
+            raise ValueError(f"TinySettings.tokenizer must be 'bpe' or 'qwen', got {cfg.tokenizer!r}")
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(tiny_model_config(tokenizer, cfg), dtype=torch.float32)
         model.eval()

@@ -41,7 +41,8 @@ def _ordered_modes(modes: Iterable[str]) -> list[str]:
     return [m for m in MODE_ORDER if m in modes] + [m for m in modes if m not in MODE_ORDER]
 
 
-def _fmt(x: Any, nd: int = 1) -> str:
+def fmt(x: Any, nd: int = 1) -> str:
+    """A cell of a report's tables: floats to `nd` decimals, "–" for a missing value, yes/no for a flag."""
     if x is None:
         return "–"
     if isinstance(x, bool):
@@ -51,18 +52,18 @@ def _fmt(x: Any, nd: int = 1) -> str:
     return str(x)
 
 
-def _fmt_ci(x: Any, ci: Any, nd: int = 1) -> str:
+def fmt_ci(x: Any, ci: Any, nd: int = 1) -> str:
     """A score with its interval: "18.9 [15.0, 22.8]" (just the score when there is no interval)."""
     if x is None or not ci:
-        return _fmt(x, nd)
-    return f"{_fmt(x, nd)} [{_fmt(ci[0], nd)}, {_fmt(ci[1], nd)}]"
+        return fmt(x, nd)
+    return f"{fmt(x, nd)} [{fmt(ci[0], nd)}, {fmt(ci[1], nd)}]"
 
 
 def _group_line(label: str, groups: Any) -> str | None:
     if not isinstance(groups, Mapping):
         return None
-    return (f"{label}: overall {_fmt(groups.get('overall'))}, IND {_fmt(groups.get('ind'))}, "
-            f"OOD {_fmt(groups.get('ood'))}")
+    return (f"{label}: overall {fmt(groups.get('overall'))}, IND {fmt(groups.get('ind'))}, "
+            f"OOD {fmt(groups.get('ood'))}")
 
 
 def timing_sample_note(report: Mapping[str, Any]) -> str:
@@ -98,16 +99,16 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     ]
     for m in order:
         r = modes[m]
-        cells = [_fmt(r["by_meta_task"].get(t)) for t in tasks]
-        cells += [_fmt(r["ind"]), _fmt(r["ood"]), _fmt_ci(r["overall"], r.get("overall_ci95")),
-                  _fmt(r["augment_rate"], 2)]
-        cells += [_fmt(r["latency_ms"][k]) for k in ("mean", "p50", "p95")]
+        cells = [fmt(r["by_meta_task"].get(t)) for t in tasks]
+        cells += [fmt(r["ind"]), fmt(r["ood"]), fmt_ci(r["overall"], r.get("overall_ci95")),
+                  fmt(r["augment_rate"], 2)]
+        cells += [fmt(r["latency_ms"][k]) for k in ("mean", "p50", "p95")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if order:
         first_mode = modes[order[0]]
         lines.append("")
         lines.append(_group_line("Chance (random pick of a candidate, macro)", first_mode.get("chance_macro"))
-                     or f"Chance (random ranking, macro): {_fmt(first_mode.get('chance'))}")
+                     or f"Chance (random ranking, macro): {fmt(first_mode.get('chance'))}")
         floor_line = _group_line("Text-only floor (never looks at the image, macro)",
                                  first_mode.get("floor_text_only_macro"))
         if floor_line:
@@ -124,12 +125,12 @@ def markdown_report(report: Mapping[str, Any]) -> str:
     for name in names:
         first = next(modes[m]["datasets"][name] for m in order if name in modes[m]["datasets"])
         rule = first.get("floor_rule")
-        cells = [name, first["meta_task"], _fmt(first["ood"]), _fmt(first["n"]), _fmt(first.get("n_candidates")),
-                 _fmt(first.get("chance")), _fmt(first.get("floor_text_only")),
+        cells = [name, first["meta_task"], fmt(first["ood"]), fmt(first["n"]), fmt(first.get("n_candidates")),
+                 fmt(first.get("chance")), fmt(first.get("floor_text_only")),
                  {"majority-per-template": "majority"}.get(rule, rule or "–")]
         for m in order:
             d = modes[m]["datasets"].get(name)
-            cells += ([_fmt_ci(d["p_at_1"], d.get("ci95")), _fmt(d["augment_rate"], 2), _fmt(d["latency_ms_mean"])]
+            cells += ([fmt_ci(d["p_at_1"], d.get("ci95")), fmt(d["augment_rate"], 2), fmt(d["latency_ms_mean"])]
                       if d else ["–"] * 3)
         lines.append("| " + " | ".join(cells) + " |")
     lines += decisions_markdown(report.get("decisions"))
@@ -139,8 +140,8 @@ def markdown_report(report: Mapping[str, Any]) -> str:
                   "| threshold | IND | OOD | overall | augment rate | latency mean ms |",
                   "|---:|---:|---:|---:|---:|---:|"]
         for e in curve:
-            lines.append(f"| {e['threshold']:g} | {_fmt(e['ind'])} | {_fmt(e['ood'])} | {_fmt(e['overall'])} | "
-                         f"{_fmt(e['augment_rate'], 2)} | {_fmt(e['latency_ms_mean'])} |")
+            lines.append(f"| {e['threshold']:g} | {fmt(e['ind'])} | {fmt(e['ood'])} | {fmt(e['overall'])} | "
+                         f"{fmt(e['augment_rate'], 2)} | {fmt(e['latency_ms_mean'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -155,20 +156,20 @@ def decisions_markdown(block: Mapping[str, Any] | None) -> list[str]:
              "Augmented queries: helped (always right, never wrong), hurt (the reverse), same. Embedded queries: "
              "missed (augmenting would have been right), saved (it would have been wrong), same. Decision accuracy: "
              "the share of the queries whose two paths disagree where auto took the right one.", "",
-             f"Oracle: overall {_fmt(orc.get('overall'))}, IND {_fmt(orc.get('ind'))}, OOD {_fmt(orc.get('ood'))}, "
-             f"augment rate {_fmt(orc.get('augment_rate'), 2)}, latency {_fmt(orc.get('latency_ms_mean'))} ms. "
-             f"Decision accuracy {_fmt(block.get('decision_accuracy'), 3)} on {block.get('disagreements')} "
-             f"disagreements (macro {_fmt(block.get('decision_accuracy_macro'), 3)}). Share of the gap between "
-             f"always and the oracle closed by auto: overall {_fmt(gap.get('overall'), 2)}, "
-             f"IND {_fmt(gap.get('ind'), 2)}.", "",
+             f"Oracle: overall {fmt(orc.get('overall'))}, IND {fmt(orc.get('ind'))}, OOD {fmt(orc.get('ood'))}, "
+             f"augment rate {fmt(orc.get('augment_rate'), 2)}, latency {fmt(orc.get('latency_ms_mean'))} ms. "
+             f"Decision accuracy {fmt(block.get('decision_accuracy'), 3)} on {block.get('disagreements')} "
+             f"disagreements (macro {fmt(block.get('decision_accuracy_macro'), 3)}). Share of the gap between "
+             f"always and the oracle closed by auto: overall {fmt(gap.get('overall'), 2)}, "
+             f"IND {fmt(gap.get('ind'), 2)}.", "",
              "| dataset | auto P@1 | oracle P@1 | helped | hurt | same (aug) | missed | saved | same (emb) | "
              "decision accuracy |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, d in block["datasets"].items():
         a, e = d["augmented"], d["embedded"]
-        lines.append(f"| {name} | {_fmt(d.get('p_at_1'))} | {_fmt(d.get('oracle_p_at_1'))} | {a['helped']} | "
+        lines.append(f"| {name} | {fmt(d.get('p_at_1'))} | {fmt(d.get('oracle_p_at_1'))} | {a['helped']} | "
                      f"{a['hurt']} | {a['same']} | {e['missed']} | {e['saved']} | {e['same']} | "
-                     f"{_fmt(d.get('decision_accuracy'), 3)} |")
+                     f"{fmt(d.get('decision_accuracy'), 3)} |")
     return lines
 
 

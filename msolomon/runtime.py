@@ -5,9 +5,12 @@ beside an evaluation, a training run beside the tests) every process then spins 
 cores, and a small model's many short ops spend their time waiting for each other: on a 2-core machine with
 another job running, an evaluation took 282 ms per query with torch's default and 14.8 ms with one thread.
 
-    from msolomon.runtime import add_threads_argument, set_threads
-    add_threads_argument(parser)          # --threads N (default: default_threads())
-    set_threads(args.threads)             # once, before the model runs
+    @dataclass
+    class MySettings:
+        threads: int | None = threads_option()   # --threads N (None: default_threads()), checked: at least 1
+
+    settings, _ = parse_settings(MySettings, argv, prog=...)   # msolomon.settings
+    process_environment(settings.threads)   # msolomon.settings: calls set_threads once, before the model runs
 
 The default is `$MSOLOMON_THREADS`, else `$OMP_NUM_THREADS`, else half the cores this process may use (at least
 one): room for a second process (the demo and an evaluation, say) without oversubscription. Inter-op threads
@@ -19,7 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +61,20 @@ def check_threads(value) -> int:
     return n
 
 
-def _threads_arg(text: str) -> int:
+def parse_threads_flag(text: Any) -> int:
     try:
         return check_threads(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err).replace("threads", "--threads", 1)) from None
 
 
-def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: int | None = None,
-                         what: str = "torch") -> None:
-    """Add `--threads N` to a parser (default: `default_threads()` at parse time, stated in the help)."""
+def threads_help(what: str, default: int | None) -> str:
     if default is None:
         text = (f"default: {default_threads()}: $MSOLOMON_THREADS, else $OMP_NUM_THREADS, else half the "
                 f"{available_cores()} cores")
     else:
         text = f"default: {default}"
-    parser.add_argument("--threads", type=_threads_arg, default=default, metavar="N",
-                        help=f"CPU threads for {what}, set once at start ({text})")
+    return f"CPU threads for {what}, set once at start ({text})"
 
 
 def set_threads(threads: int | None = None, faiss: bool = True) -> int:

@@ -38,13 +38,32 @@ def handlers(service):
     return Handlers(service)
 
 
-def test_build_demo_has_the_search_api(tiny_model, settings, service):
+def test_build_demo_has_the_search_api_and_the_five_tabs(tiny_model, settings, service):
+    """The built page: its tabs in order; `/search` the one public endpoint, served by `Handlers.api_search` over
+    plain HTTP (no queue: the Batcher is the queue) with its seven inputs in the handler's order and JSON out; the
+    page's own search streams through a private endpoint."""
     import app
 
     demo = app.build_demo(tiny_model, settings, service)
-    assert isinstance(demo, gr.Blocks)
-    api_names = {fn.api_name for fn in demo.fns.values()}
-    assert "search" in api_names
+    assert isinstance(demo, gr.Blocks) and demo.msolomon_service is service
+    tabs = [c["props"]["label"] for c in demo.config["components"] if c.get("type") == "tabitem"]
+    assert tabs == ["Search", "Compare", "Corpora", "Error explorer", "Model"]
+    public = [fn for fn in demo.fns.values() if fn.api_visibility == "public"]
+    assert [fn.api_name for fn in public] == ["search"]
+    (search,) = public
+    assert search.fn.__name__ == "api_search" and search.fn.__self__.service is service
+    assert [type(c) for c in search.inputs] == [gr.Textbox, gr.File, gr.Textbox, gr.Textbox, gr.Number, gr.Number,
+                                                gr.Textbox]
+    assert [type(c) for c in search.outputs] == [gr.JSON] and search.queue is False
+    assert search.inputs[4].value == tiny_model.settings.default_threshold and search.inputs[5].value == 10
+    (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "search"]
+    assert dep["api_visibility"] == "public" and dep["queue"] is False
+    ui = {fn.api_name: fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__name__ == "search"}
+    assert set(ui) == {"ui_search", "ui_search_enter"}  # the button and Enter in the query box
+    assert all(fn.api_visibility == "private" and fn.inputs[0].label == "Query text" for fn in ui.values())
+    assert [type(c) for c in ui["ui_search"].outputs][:4] == [gr.Label, gr.HTML, gr.Textbox, gr.Gallery]
+    streamed = {d["api_name"]: d["types"]["generator"] for d in demo.config["dependencies"]}
+    assert streamed["ui_search"] is True and streamed["search"] is False  # the page streams, the API answers once
 
 
 def test_default_corpus_and_examples(service):
@@ -98,6 +117,18 @@ def test_api_search_returns_json(handlers, sample_images):
     import json
 
     json.dumps(out)  # plain JSON
+
+
+def test_a_search_decodes_its_image_once(handlers, sample_images, monkeypatch):
+    """The checked image is the one the model encodes: the upload is opened from disk one time per search."""
+    from PIL import Image
+
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: opened.append(str(fp)) or real_open(fp, *a, **k))
+    out = handlers.api_search("How many circles?", sample_images[0], None, "always", 0.5, 3, None)
+    assert len(out["hits"]) == 3
+    assert opened.count(str(sample_images[0])) == 1, opened
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -55,14 +55,37 @@ def test_text_query(client):
     logger.info("never-mode text query: server %.1f ms, round trip %.1f ms", out["timings"]["total"], rtt)
 
 
-def test_image_query(client, sample_images):
+def _hits(out: dict) -> list[tuple]:
+    return [(h["text"], h["image"]) for h in out["hits"]]
+
+
+def test_image_query_follows_the_models_p_augment(client, sample_images):
+    """An image query in the three modes. `always` augments with text the model writes; `never` embeds without any
+    and reports the same p_augment; `auto` augments exactly when that p_augment reaches the threshold, and then
+    returns the hits of `always` (below it, those of `never`)."""
     from gradio_client import handle_file
 
-    out = client.predict("How many people are in the picture?", handle_file(sample_images[0]),
-                         "Represent the given image with the following question:", "always", 0.5, 8,
-                         api_name="/search")
-    _check(out, 8)
-    assert out["decision"] == "/augment"
+    def search(mode: str, threshold: float) -> dict:
+        out = client.predict("How many people are in the picture?", handle_file(sample_images[0]),
+                             "Represent the given image with the following question:", mode, threshold, 8,
+                             api_name="/search")
+        _check(out, 8)
+        return out
+
+    always, never = search("always", 0.5), search("never", 0.5)
+    assert always["decision"] == "/augment" and always["timings"]["generate"] > 0
+    assert isinstance(always["augmentation"], str) and always["augmentation"].strip()
+    assert never["decision"] == "/embed" and never["augmentation"] is None and never["timings"]["generate"] == 0
+    p = always["p_augment"]
+    assert never["p_augment"] == pytest.approx(p, abs=1e-5)  # the decision is scored before either path
+    low = search("auto", p / 2)  # p >= p/2: the model's own decision is to augment
+    assert low["decision"] == "/augment" and low["augmentation"] == always["augmentation"]
+    assert _hits(low) == _hits(always)
+    assert [h["score"] for h in low["hits"]] == pytest.approx([h["score"] for h in always["hits"]], abs=1e-4)
+    if p < 1.0:
+        high = search("auto", (p + 1) / 2)  # p < (p + 1) / 2: it embeds
+        assert high["decision"] == "/embed" and high["augmentation"] is None
+        assert _hits(high) == _hits(never)
 
 
 def test_bad_input_is_a_readable_error_and_the_server_keeps_serving(client, tmp_path):

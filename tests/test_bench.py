@@ -30,6 +30,7 @@ def restore_threads():
 def _bench(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does: its settings dataclass's annotations are read there
     spec.loader.exec_module(module)
     return module
 
@@ -124,13 +125,40 @@ def test_auto_factory_builds_what_the_chooser_picks_and_keeps_its_settings(tmp_p
 
 def test_bench_latency_tiny(tmp_path, restore_threads):
     out = tmp_path / "latency.json"
-    assert _bench("latency").main(["--tiny", "--threads", "1", "--json", str(out)]) == 0  # 0: no mismatch
+    mod = _bench("latency")
+    assert mod.main(["--tiny", "--threads", "1", "--json", str(out)]) == 0  # 0: no mismatch
     data = json.loads(out.read_text())
     assert {"auto_over_always", "auto_over_never", "embed_path_over_never", "augment_over_prefill_plus_decode",
             "kv_reuse_speedup"} <= set(data["ratios"])
     assert set(data["p_at_1"]) == {"auto", "never", "always"} and data["machine"]["threads"] == 1
-    assert data["augmented"]["n"] >= 1 and not data["augmented"]["mismatches"]
-    assert data["ratios"]["augment_over_prefill_plus_decode"] > 0 and data["ratios"]["kv_reuse_speedup"] > 0
+    assert not data["augmented"]["mismatches"]
+    # counts: --tiny runs 4 test queries of each tiny dataset, in one pass, and takes 3 augmented queries apart
+    datasets = mod.C.TINY_DATASETS
+    per = data["per_dataset"]
+    assert set(per) == set(datasets) and all(d["n"] == 4 for d in per.values())
+    assert data["queries"] == 4 * len(datasets) and data["passes"] == 1 and data["augmented"]["n"] == 3
+    n_aug = round(data["augment_rate_auto"] * data["queries"])
+    assert data["augment_rate_auto"] == pytest.approx(n_aug / data["queries"], abs=1e-4)
+    assert data["augment_rate_auto"] == pytest.approx(np.mean([d["augment_rate"] for d in per.values()]), abs=1e-4)
+    assert data["augmented"]["auto_augmented"] == min(3, n_aug)
+    # P@1: the macro mean is the mean over datasets, the micro mean is over queries; each is a count out of n
+    for m in ("auto", "never", "always"):
+        assert all(round(d["p_at_1"][m] * d["n"] / 100) == pytest.approx(d["p_at_1"][m] * d["n"] / 100, abs=1e-3)
+                   for d in per.values())
+        assert data["p_at_1"][m] == pytest.approx(np.mean([d["p_at_1"][m] for d in per.values()]), abs=1e-3)
+        assert data["p_at_1_micro"][m] == pytest.approx(
+            sum(d["p_at_1"][m] * d["n"] for d in per.values()) / data["queries"], abs=1e-3)
+    # ratios against the raw timings in the same JSON (one pass: a ratio of means is the ratio of the mean times)
+    ms, aug_ms, ratios = data["mean_ms"], data["augmented"]["mean_ms"], data["ratios"]
+    assert ratios["auto_over_always"] == pytest.approx(ms["auto"] / ms["always"], rel=2e-3)
+    assert ratios["auto_over_never"] == pytest.approx(ms["auto"] / ms["never"], rel=2e-3)
+    for d in per.values():
+        assert d["auto_over_always"] == pytest.approx(d["mean_ms"]["auto"] / d["mean_ms"]["always"], rel=2e-3)
+    assert ratios["augment_over_prefill_plus_decode"] == pytest.approx(aug_ms["shipped"] / aug_ms["parts"], rel=2e-3)
+    assert ratios["kv_reuse_speedup"] == pytest.approx(aug_ms["naive_reencode"] / aug_ms["shipped"], rel=2e-3)
+    assert ratios["no_kv_cache_speedup"] == pytest.approx(aug_ms["no_kv_cache"] / aug_ms["shipped"], rel=2e-3)
+    assert (ratios["embed_path_over_never"] is None) == (n_aug == data["queries"])  # no /embed query in auto: none
+    assert data["targets"]["naive re-encode / KV-cache reuse"]["value"] == ratios["kv_reuse_speedup"]
 
 
 def test_bench_throughput_tiny(tmp_path, restore_threads):
@@ -138,7 +166,18 @@ def test_bench_throughput_tiny(tmp_path, restore_threads):
     assert _bench("throughput").main(["--tiny", "--threads", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert "queries_batch4_over_one_at_a_time" in data["ratios"] and "candidates_batch4_over_batch1" in data["ratios"]
-    assert data["queries"]["batch4"]["items_per_s"] > 0 and data["candidates"]["batch1"]["peak_rss_mb"] > 0
+    # --tiny: 8 queries and 16 candidates, batch sizes 1 and 4, one round
+    assert (data["n_queries"], data["n_candidates"], data["rounds"]) == (8, 16, 1)
+    assert {k: v["batch_size"] for k, v in data["queries"].items()} == {"one_at_a_time": 1, "batch4": 4}
+    assert {k: v["batch_size"] for k, v in data["candidates"].items()} == {"batch1": 1, "batch4": 4}
+    assert data["augment_rate"] * 8 == pytest.approx(round(data["augment_rate"] * 8), abs=1e-3)  # k of 8 queries
+    # one round: a speedup is the ratio of the two configurations' items per second
+    q, c = data["queries"], data["candidates"]
+    assert data["ratios"]["queries_batch4_over_one_at_a_time"] == q["batch4"]["speedup"] == pytest.approx(
+        q["batch4"]["items_per_s"] / q["one_at_a_time"]["items_per_s"], rel=2e-3)
+    assert data["ratios"]["candidates_batch4_over_batch1"] == c["batch4"]["speedup"] == pytest.approx(
+        c["batch4"]["items_per_s"] / c["batch1"]["items_per_s"], rel=2e-3)
+    assert q["one_at_a_time"]["speedup"] == c["batch1"]["speedup"] == 1.0
 
 
 def test_bench_index_tiny(tmp_path, restore_threads):
@@ -155,11 +194,23 @@ def test_bench_index_tiny(tmp_path, restore_threads):
 
 def test_bench_train_tiny(tmp_path, restore_threads):
     out = tmp_path / "train.json"
-    assert _bench("train").main(["--tiny", "--threads", "1", "--json", str(out)]) == 0
+    mod = _bench("train")
+    assert mod.main(["--tiny", "--threads", "1", "--steps", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["ratios"]["selective_speedup"] > 0
     assert abs(data["first_batch_loss"]["selective"] - data["first_batch_loss"]["full"]) < 1e-3
-    assert data["variants"]["selective"]["steps_per_s"] > 0
+    # --tiny: 8 rows of each tiny dataset, of which only ScenesVQA's augment (the fixed tiny split)
+    n_sets = len(mod.C.TINY_DATASETS)
+    assert data["examples"] == 8 * n_sets and data["augment_share"] == pytest.approx(1 / n_sets, abs=1e-4)
+    assert (data["steps"], data["batch_size"]) == (1, 4)
+    # one measured step each: the speedup is the full step's time over the selective one's
+    sel, full = data["variants"]["selective"], data["variants"]["full"]
+    assert data["ratios"]["selective_speedup"] == pytest.approx(full["step_s_median"] / sel["step_s_median"],
+                                                                rel=2e-3)
+    for v in (sel, full):
+        assert v["steps_per_s"] == pytest.approx(1 / v["step_s_median"], rel=2e-3)
+    if sel["peak_growth_mb"] is not None and full["peak_growth_mb"] is not None:
+        assert data["ratios"]["selective_peak_growth_saving_mb"] == pytest.approx(
+            full["peak_growth_mb"] - sel["peak_growth_mb"], abs=1e-3)
 
 
 def test_bench_two_processes_tiny(tmp_path):
@@ -168,8 +219,15 @@ def test_bench_two_processes_tiny(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(out.read_text())
-    assert data["ratios"]["slowdown_default_threads"] > 0
-    assert len(data["settings"]["default"]["pair_s"]) == 2
+    from msolomon.runtime import default_threads
+
+    assert (data["queries_per_worker"], data["rounds"]) == (6, 1)  # --tiny
+    default = data["settings"]["default"]
+    assert default["threads_per_process"] == default_threads(environ={})
+    assert len(default["pair_s"]) == 2
+    # the slowdown is the slower of the pair's time over the time alone
+    assert default["slowdown"] == pytest.approx(max(default["pair_s"]) / default["alone_s"], rel=2e-3)
+    assert data["ratios"]["slowdown_default_threads"] == default["slowdown"]
 
 
 def test_bench_thresholds_tiny(tmp_path, restore_threads):
@@ -217,7 +275,10 @@ def test_bench_pretrain_ablation_tiny(tmp_path, restore_threads):
                                              "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert [(v["patch"], v["steps"]) for v in data["variants"]] == [(14, 2), (7, 2)]
-    assert set(data["variants"][0]["exact_match"]) == {"DigitsCLS", "ShapesCLS"} and data["n_heldout"] > 0
+    assert set(data["variants"][0]["exact_match"]) == {"DigitsCLS", "ShapesCLS"}
+    assert data["n_heldout"] == 2 * 4 and data["n_train"] == 2 * 16  # --tiny: 4 held out and 16 of each world
+    for v in data["variants"]:  # equal worlds: the overall exact match is the mean of the two
+        assert v["overall"] == pytest.approx(np.mean(list(v["exact_match"].values())), abs=1e-3)
     import torch
     from PIL import Image
 
@@ -249,13 +310,31 @@ def test_bench_pretrain_ablation_sizes(tmp_path, restore_threads):
         _bench("pretrain_ablation").main(["--tiny", "--sizes", "256x4", "--json", str(out)])
 
 
-def test_bench_forgetting_tiny(tmp_path, restore_threads):
+def test_bench_forgetting_tiny(tmp_path, restore_threads, monkeypatch):
+    """The model really answers; its answers are then set to known ones (both DigitsR answers right, one with
+    other case and spaces, both ShapesCLS answers wrong), so the exact match per world and overall is known."""
+    import training.pretrain as P
+
+    real = P.generate_answers
+    asked = []
+
+    def known_answers(model, rows, *args, **kwargs):
+        answers = real(model, rows, *args, **kwargs)
+        assert len(answers) == len(rows)
+        asked.extend(rows)
+        digits = [i for i, r in enumerate(rows) if r["dataset"] == "DigitsR"]
+        return [("  " + r["response"].upper().rstrip(".") + " " if i == digits[0] else r["response"])
+                if r["dataset"] == "DigitsR" else "a wrong answer." for i, r in enumerate(rows)]
+
+    monkeypatch.setattr(P, "generate_answers", known_answers)
     out = tmp_path / "forgetting.json"
     assert _bench("forgetting").main(["--tiny", "--threads", "1", "--limit", "2", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["worlds"] == ["DigitsR", "ShapesCLS"] and data["n_heldout"] == 4
+    assert sorted(r["dataset"] for r in asked) == ["DigitsR", "DigitsR", "ShapesCLS", "ShapesCLS"]  # --limit 2
     (model,) = data["models"]
-    assert set(model["exact_match"]) == {"DigitsR", "ShapesCLS"} and 0 <= model["overall"] <= 100
+    assert model["exact_match"] == {"DigitsR": 100.0, "ShapesCLS": 0.0} and model["overall"] == 50.0
+    assert [e["reference"] for e in model["examples"]] == [r["response"] for r in asked]
     with pytest.raises(SystemExit, match="not a pretraining data folder"):
         _bench("forgetting").main(["--threads", "1", "--pretrain-data", str(tmp_path)])
 
@@ -295,8 +374,13 @@ def test_bench_gpu_check_tiny(tmp_path, restore_threads):
     assert enc["augment_rate"]["never"] == 0 and enc["augment_rate"]["always"] == 1
     assert enc["generated_tokens_mean"]["never"] == 2  # `/embed` + terminal, nothing generated
     assert set(enc["ms_per_query_batch16"]) == {"never", "always", "auto"}
+    assert (enc["queries"], enc["max_new_tokens"]) == (3, 4)  # --tiny
+    assert enc["augment_rate"]["auto"] * 3 == pytest.approx(round(enc["augment_rate"]["auto"] * 3), abs=0.02)
     prof = result["profile"]
-    assert prof["decode_steps"] == 4 and prof["bare_forward_ms"] > 0 and prof["stock_generate_ms_per_token"] > 0
+    assert prof["decode_steps"] == 4  # the untrained model never picks the terminal token: the cap ends the segment
+    # the decode loop is part of the query's time: its per-token figure times the steps fits in the total
+    assert prof["loop_ms_per_token"] * prof["decode_steps"] <= prof["query_ms"] + 0.1
+    assert prof["profiled_gpu_kernel_ms"] is None and prof["kernel_launches"] is None  # on the CPU: no GPU figures
 
 
 
@@ -320,5 +404,23 @@ def test_bench_grounding_on_tiny_data(tmp_path, restore_threads):
                                      "--predictions", f"m={preds}:auto", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["errors"]["m"] == {"top crop differs in background": 1, "right": 1}
+    # the cosines, recomputed here: the validation crops' embeddings, averaged over the pairs whose file names
+    # (BACKGROUND_COLOUR_SHAPE) differ in exactly one part
+    from msolomon.evaluation import open_benchmark, unique_candidates
+
+    crops, _ = unique_candidates(open_benchmark(data, split="val").read("ScenesGround"))
+    assert result["crops"] == len(crops) and result["split"] == "val"
+    vecs = np.asarray(MSolomon.from_pretrained(model).encode_candidates(crops, batch_size=32))
+    parts = [Path(str(c.image)).stem.split("_") for c in crops]
+    want: dict[str, list[float]] = {"background": [], "colour": [], "shape": []}
+    for i in range(len(crops)):
+        for j in range(i + 1, len(crops)):
+            differ = [k for k, a, b in zip(want, parts[i], parts[j]) if a != b]
+            if len(differ) == 1:
+                want[differ[0]].append(float(vecs[i] @ vecs[j]))
     cos = result["cosines"][str(model)]
-    assert -1 <= cos["background_only"] <= 1 and cos["background_only_pairs"] > 0
+    assert want["background"]  # the tiny split has crops that differ only in background
+    for k, values in want.items():
+        assert cos[f"{k}_only_pairs"] == len(values)
+        if values:
+            assert cos[f"{k}_only"] == pytest.approx(np.mean(values), abs=1e-3)

@@ -1,13 +1,20 @@
 """save_pretrained / from_pretrained round trips: full weights, LoRA adapters and bitsandbytes loads."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from msolomon import MSolomon, Query
 
+REPO = Path(__file__).resolve().parents[1]
 QUERIES = ["the number after six", "a red circle above a blue square", "how many stars?"]
 
 
@@ -40,11 +47,103 @@ def test_round_trip_is_identical(saved, sample_images):
     _same(model, loaded, sample_images)
 
 
-def test_saving_twice_replaces_atomically(saved):
-    model, path = saved
-    model.save_pretrained(path)
-    assert not list(path.parent.glob("*.tmp-*"))
-    MSolomon.from_pretrained(path)
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def _checkpoint_with_a_save_interrupted(tmp_path: Path, interrupt) -> tuple[Path, dict[str, bytes], MSolomon]:
+    """Save model A at tmp_path/ckpt/model, then start saving model B over it with `interrupt` in force (it makes
+    the save raise part-way). Returns the path, A's files and A."""
+    old = MSolomon.tiny(seed=3)
+    path = tmp_path / "ckpt" / "model"
+    old.save_pretrained(path)
+    before = _contents(path)
+    new = MSolomon.tiny(seed=5)
+    with interrupt(new), pytest.raises(OSError, match="interrupted"):
+        new.save_pretrained(path)
+    return path, before, old
+
+
+def _assert_old_checkpoint_intact(path: Path, before: dict[str, bytes], old: MSolomon) -> None:
+    assert _contents(path) == before  # every file of the old checkpoint, byte for byte, and nothing more
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model"]  # no staging or previous folder left
+    _same(old, MSolomon.from_pretrained(path))
+
+
+def test_save_interrupted_while_writing_leaves_the_old_checkpoint(tmp_path):
+    """The weights of the new model are written, then the tokenizer's save fails: the old checkpoint stays whole
+    and loadable as the old model, and the half-written new one is nowhere to be seen."""
+    staged: list[dict[str, bytes]] = []
+
+    @contextlib.contextmanager
+    def fail_at_the_tokenizer(model):
+        def boom(folder, *args, **kwargs):
+            staged.append(_contents(Path(folder)))
+            raise OSError("interrupted after the weights")
+
+        model.tokenizer.save_pretrained = boom
+        yield
+
+    path, before, old = _checkpoint_with_a_save_interrupted(tmp_path, fail_at_the_tokenizer)
+    (half,) = staged
+    assert "model.safetensors" in half and half["model.safetensors"] != before["model.safetensors"]  # truly midway
+    assert "msolomon.json" not in half
+    _assert_old_checkpoint_intact(path, before, old)
+
+
+def test_save_interrupted_between_its_renames_leaves_the_old_checkpoint(tmp_path, monkeypatch):
+    """The complete new folder is written, the old one moved aside, and the rename of the new one into place
+    fails (as a kill there would leave it): the next load puts the old checkpoint back, whole."""
+    import msolomon.files as F
+
+    @contextlib.contextmanager
+    def fail_at_the_second_rename(model):
+        real, calls = os.replace, []
+
+        def replace(src, dst):
+            calls.append((Path(src).name, Path(dst).name))
+            if len(calls) == 2:  # model -> model.old done; model.tmp -> model: interrupted
+                raise OSError("interrupted between the renames")
+            real(src, dst)
+
+        monkeypatch.setattr(F.os, "replace", replace)
+        yield
+        monkeypatch.undo()
+        assert calls == [("model", "model.old"), ("model.tmp", "model")]
+
+    path, before, old = _checkpoint_with_a_save_interrupted(tmp_path, fail_at_the_second_rename)
+    assert not path.exists() and (path.parent / "model.old").is_dir()  # the state a kill there leaves
+    loaded = MSolomon.from_pretrained(path)  # recovers the old folder before reading
+    _same(old, loaded)
+    _assert_old_checkpoint_intact(path, before, old)
+
+
+def test_save_killed_midway_leaves_the_old_checkpoint_and_the_next_save_replaces_it(tmp_path):
+    """A process killed (SIGKILL) in the middle of `save_pretrained`, after the new weights are on disk: the old
+    checkpoint is intact and loadable; the next save cleans up what the killed one left and replaces it."""
+    old = MSolomon.tiny(seed=3)
+    path = tmp_path / "ckpt" / "model"
+    old.save_pretrained(path)
+    before = _contents(path)
+    script = (
+        "import os, signal, sys\n"
+        "from msolomon import MSolomon\n"
+        "m = MSolomon.tiny(seed=5)\n"
+        "m.tokenizer.save_pretrained = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "m.save_pretrained(sys.argv[1])\n"
+        "print('not killed')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert "not killed" not in done.stdout
+    assert (path.parent / "model.tmp" / "model.safetensors").is_file()  # killed midway: the new weights were staged
+    assert _contents(path) == before
+    _same(old, MSolomon.from_pretrained(path))
+    new = MSolomon.tiny(seed=5)
+    new.save_pretrained(path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model"]
+    _same(new, MSolomon.from_pretrained(path))
 
 
 def test_lora_adapter_and_merged_checkpoint(saved, tmp_path):

@@ -83,8 +83,8 @@ def test_an_evaluation_in_three_modes_reports_its_decisions(tmp_path):
     import msolomon.evaluation as ev
 
     data, model, _ = _build(tmp_path, layout="minimmeb")
-    rep = ev.evaluate(model, data, modes=("auto", "never", "always"), out=tmp_path / "r.json",
-                      show_progress_bar=False)
+    rep = ev.evaluate(model, data, ev.EvalSettings(modes=("auto", "never", "always"), show_progress_bar=False),
+                      out=tmp_path / "r.json")
     preds = [json.loads(x) for x in (tmp_path / "r.predictions.jsonl").read_text().splitlines()]
     by = {(p["dataset"], p["index"], p["mode"]): p for p in preds}
     block = rep["decisions"]
@@ -97,7 +97,7 @@ def test_an_evaluation_in_three_modes_reports_its_decisions(tmp_path):
         assert d["embedded"]["saved"] == sum((not t) and e and not a for t, e, a in zip(took, never, always))
         assert d["oracle_p_at_1"] == pytest.approx(100 * sum(e or a for e, a in zip(never, always)) / len(idx))
     assert "## Decisions" in (tmp_path / "r.md").read_text()
-    one = ev.evaluate(model, data, modes=("auto",), show_progress_bar=False)
+    one = ev.evaluate(model, data, ev.EvalSettings(modes=("auto",), show_progress_bar=False))
     assert "decisions" not in one  # only when the three modes ran
 
 

@@ -195,8 +195,10 @@ def test_metrics_match_brute_force(tmp_path, layout):
         pytest.importorskip("pyarrow")
     data, model, rows = _build(tmp_path, layout=layout)
     image_root = tmp_path / "images_root" if layout == "mmeb" else None
-    rep = ev.evaluate(model, data, image_root=image_root, modes=("auto", "never", "always"), out=tmp_path / "r.json",
-                      show_progress_bar=False)
+    rep = ev.evaluate(model, data,
+                      ev.EvalSettings(image_root=image_root, modes=("auto", "never", "always"),
+                                      show_progress_bar=False),
+                      out=tmp_path / "r.json")
     assert rep["benchmark"] == {"minimmeb": "minimmeb", "mmeb": "mmeb-eval"}[layout]
     short = {v: k for k, v in MMEB_NAMES.items()} if layout == "mmeb" else {k: k for k in DATASETS}
     assert rep["split"] == "test" and set(rep["modes"]) == {"auto", "never", "always"}
@@ -233,7 +235,8 @@ def test_metrics_match_brute_force(tmp_path, layout):
 
 def test_each_unique_candidate_encoded_once(bench):
     data, model, rows = bench
-    ev.evaluate(model, data, modes="auto,never,always", thresholds=[0, 0.5, 1], show_progress_bar=False)
+    ev.evaluate(model, data,
+                ev.EvalSettings(modes="auto,never,always", thresholds=[0, 0.5, 1], show_progress_bar=False))
     assert model.candidate_calls == len(DATASETS)  # one call per dataset, shared by all modes and thresholds
     expected = set()
     for rs in rows.values():
@@ -251,24 +254,24 @@ def test_resume_skips_done_work_and_keeps_predictions_unique(bench, tmp_path):
     data, model, rows = bench
     out = tmp_path / "res" / "report.json"
     n_q = {n: len(r) for n, r in rows.items()}
-    ev.evaluate(model, data, modes=("auto",), datasets=["CatCls"], out=out, show_progress_bar=False)
+    ev.evaluate(model, data, ev.EvalSettings(modes=("auto",), datasets=["CatCls"], show_progress_bar=False), out=out)
     assert model.candidate_calls == 1
 
     model.query_calls.clear()
     model.candidate_calls = 0
-    rep = ev.evaluate(model, data, modes=("auto",), out=out, show_progress_bar=False)
+    rep = ev.evaluate(model, data, ev.EvalSettings(modes=("auto",), show_progress_bar=False), out=out)
     assert model.candidate_calls == 2  # CatCls was done: skipped
     assert not any(q.startswith("CatCls") for q, _ in model.query_calls)
     assert set(rep["modes"]["auto"]["datasets"]) == set(DATASETS)
 
     model.query_calls.clear()
     model.candidate_calls = 0
-    ev.evaluate(model, data, modes=("auto", "never"), out=out, show_progress_bar=False)
+    ev.evaluate(model, data, ev.EvalSettings(modes=("auto", "never"), show_progress_bar=False), out=out)
     assert model.candidate_calls == 3 and {m for _, m in model.query_calls} == {"never"}
 
     model.query_calls.clear()
     model.candidate_calls = 0
-    rep2 = ev.evaluate(model, data, modes=("auto", "never"), out=out, show_progress_bar=False)
+    rep2 = ev.evaluate(model, data, ev.EvalSettings(modes=("auto", "never"), show_progress_bar=False), out=out)
     assert model.candidate_calls == 0 and not model.query_calls  # all done: nothing re-encoded
     assert rep2["modes"]["auto"] == rep["modes"]["auto"]
 
@@ -279,7 +282,7 @@ def test_resume_skips_done_work_and_keeps_predictions_unique(bench, tmp_path):
     # an interrupted run can leave the predictions file out of step with the stored parts: it is repaired
     lines = preds_path.read_text().splitlines()
     preds_path.write_text("\n".join(lines[:-3] + lines[:2]) + "\n")
-    ev.evaluate(model, data, modes=("auto", "never"), out=out, show_progress_bar=False)
+    ev.evaluate(model, data, ev.EvalSettings(modes=("auto", "never"), show_progress_bar=False), out=out)
     keys = [(p["dataset"], p["index"], p["mode"]) for p in map(json.loads, preds_path.read_text().splitlines())]
     assert len(keys) == len(set(keys)) == 2 * sum(n_q.values())
 
@@ -290,23 +293,24 @@ def test_resume_skips_done_work_and_keeps_predictions_unique(bench, tmp_path):
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     model.query_calls.clear()
     model.candidate_calls = 0
-    ev.evaluate(model, data, modes=("auto", "never"), out=out, show_progress_bar=False)
+    ev.evaluate(model, data, ev.EvalSettings(modes=("auto", "never"), show_progress_bar=False), out=out)
     assert model.candidate_calls == 1 and {q.split("-")[0] for q, _ in model.query_calls} == {"CatCls"}
     keys = [(p["dataset"], p["index"], p["mode"]) for p in map(json.loads, preds_path.read_text().splitlines())]
     assert len(keys) == len(set(keys)) == 2 * sum(n_q.values())
 
     # other settings refuse to mix with stored results, unless asked to start over
     with pytest.raises(ev.EvaluationError, match="--fresh"):
-        ev.evaluate(model, data, modes=("auto",), limit=2, out=out, show_progress_bar=False)
-    rep3 = ev.evaluate(model, data, modes=("auto",), limit=2, out=out, resume=False, show_progress_bar=False)
+        ev.evaluate(model, data, ev.EvalSettings(modes=("auto",), limit=2, show_progress_bar=False), out=out)
+    rep3 = ev.evaluate(model, data, ev.EvalSettings(modes=("auto",), limit=2, fresh=True, show_progress_bar=False),
+                       out=out)
     assert all(d["n"] == 2 for d in rep3["modes"]["auto"]["datasets"].values())
     assert len(preds_path.read_text().splitlines()) == 2 * len(DATASETS)
 
 
 def test_threshold_sweep_without_reencoding(bench, tmp_path):
     data, model, rows = bench
-    rep = ev.evaluate(model, data, modes=("auto",), thresholds=[0, 0.5, 1.01], out=tmp_path / "t.json",
-                      show_progress_bar=False)
+    rep = ev.evaluate(model, data, ev.EvalSettings(modes=("auto",), thresholds=[0, 0.5, 1.01], show_progress_bar=False),
+                      out=tmp_path / "t.json")
     assert set(rep["modes"]) == {"auto", "never", "always"}  # the sweep ran the two paths it needs
     curve = {e["threshold"]: e for e in rep["thresholds"]}
     for t, mode in [(0.0, "always"), (1.01, "never"), (0.5, "auto")]:
@@ -323,7 +327,7 @@ def test_output_files_exist_and_parse(bench, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     data, model, rows = bench
-    monkeypatch.setattr(ev, "load_model", lambda path: model)
+    monkeypatch.setattr("msolomon.evaluation.cli.load_model", lambda path: model)
     out = tmp_path / "cli" / "rep.json"
     rc = ev.main(["--model", "stand-in", "--data", str(data), "--out", str(out), "--thresholds", "0,0.5,1",
                   "--quiet"])
@@ -379,8 +383,9 @@ def test_missing_data_folder_exits_2_from_the_command_line(tmp_path):
 def test_with_the_tiny_model(bench, tmp_path, tiny_model):
     """The harness against the real MSolomon API (untrained tiny model): auto agrees with the sweep at its threshold."""
     data, _, _ = bench
-    rep = ev.evaluate(tiny_model, data, limit=2, thresholds=[0, 0.5, 1.01], max_new_tokens=4,
-                      out=tmp_path / "tiny.json", show_progress_bar=False, model_name="tiny")
+    rep = ev.evaluate(tiny_model, data,
+                      ev.EvalSettings(limit=2, thresholds=[0, 0.5, 1.01], max_new_tokens=4, show_progress_bar=False),
+                      out=tmp_path / "tiny.json", model_name="tiny")
     curve = {e["threshold"]: e for e in rep["thresholds"]}
     auto = rep["modes"]["auto"]
     assert curve[0.5]["overall"] == pytest.approx(auto["overall"], abs=1e-3)
@@ -403,11 +408,13 @@ def test_interrupted_dataset_resumes_without_reencoding_candidates(bench, tmp_pa
 
     model.encode_queries = flaky
     with pytest.raises(KeyboardInterrupt):
-        ev.evaluate(model, data, modes=("auto", "never"), datasets=["CatCls"], out=out, show_progress_bar=False)
+        ev.evaluate(model, data, ev.EvalSettings(modes=("auto", "never"), datasets=["CatCls"], show_progress_bar=False),
+                    out=out)
     assert model.candidate_calls == 1
     model.encode_queries = real
     model.query_calls.clear()
-    rep = ev.evaluate(model, data, modes=("auto", "never"), datasets=["CatCls"], out=out, show_progress_bar=False)
+    rep = ev.evaluate(model, data,
+                      ev.EvalSettings(modes=("auto", "never"), datasets=["CatCls"], show_progress_bar=False), out=out)
     assert model.candidate_calls == 1  # the candidate embeddings were kept in the sidecar
     assert {m for _, m in model.query_calls} == {"never"}  # auto was already done
     assert rep["modes"]["never"]["datasets"]["CatCls"]["n"] == len(rows["CatCls"])
@@ -438,8 +445,8 @@ def test_report_carries_floors_and_intervals(tmp_path):
                  + [("another template", "label 4")] * 3)
     expected = {0: pos[0], 1: other}
     hits = [expected.get(i, "label 4") == p for i, p in enumerate(pos)]
-    rep = ev.evaluate(model, data, modes=("auto", "never", "always"), out=tmp_path / "r.json",
-                      show_progress_bar=False)
+    rep = ev.evaluate(model, data, ev.EvalSettings(modes=("auto", "never", "always"), show_progress_bar=False),
+                      out=tmp_path / "r.json")
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved == json.loads(json.dumps(rep))
     preds = [json.loads(x) for x in (tmp_path / "r.predictions.jsonl").read_text().splitlines()]
@@ -470,7 +477,8 @@ def test_report_carries_floors_and_intervals(tmp_path):
     with Image.open(tmp_path / "r.png") as im:
         assert im.size[0] > 1000  # two panels: accuracy vs latency, and per-dataset P@1 with floor and chance
     # the floor covers the evaluated queries: with --limit, the first N
-    rep2 = ev.evaluate(model, data, modes=("never",), limit=2, out=tmp_path / "l.json", show_progress_bar=False)
+    rep2 = ev.evaluate(model, data, ev.EvalSettings(modes=("never",), limit=2, show_progress_bar=False),
+                       out=tmp_path / "l.json")
     assert rep2["modes"]["never"]["datasets"]["CatCls"]["floor_text_only"] == pytest.approx(100 * np.mean(hits[:2]))
 
 
@@ -496,25 +504,48 @@ class HashModel:
 
 def test_floors_on_a_generated_minimmeb(tmp_path):
     """On MiniMMEB's own layout the train rows come from DIR/train/NAME/original.jsonl: a VQA set gets the majority
-    floor, an image-positive set (text-to-image retrieval) and an out-of-distribution set (no train) get chance."""
+    floor, an image-positive set (text-to-image retrieval) and an out-of-distribution set (no train) get chance.
+    The VQA floor is checked against a hand-made train split and three evaluated queries whose majority-per-template
+    answers are known: 2 of 3 right, 66.67."""
     from msolomon.data.minimmeb import generate
-    from msolomon.metrics import text_only_floor
 
     data = tmp_path / "mm"
     generate(data, seed=0, scale="tiny", datasets=["DigitsVQA", "ScenesT2I", "DigitsR"], progress=False)
-    rep = ev.evaluate(HashModel(), data, modes=("never",), out=tmp_path / "g.json", show_progress_bar=False,
-                      model_name="hash")
+    read = lambda p: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]  # noqa: E731
+    # the first three test queries get three templates of their own (their rows are otherwise as generated)
+    test_file = data / "test" / "DigitsVQA" / "test.jsonl"
+    test = read(test_file)
+    prefix = "<|image_1|> Represent the given image with the following question: "
+    for row, template in zip(test, ("How many rings?", "Which digit is larger?", "What is the product?")):
+        row["qry_text"] = prefix + template
+    test_file.write_text("".join(json.dumps(r) + "\n" for r in test))
+    pos = [r["tgt_text"][0] for r in test[:3]]
+    wrong = "not an answer"
+    assert wrong not in pos
+    # a hand-made train split: query 0's template answers its positive 2 times out of 3 (those two spelt with other
+    # case and spaces: the template is the normalised text), query 1's template answers something else 2 times out
+    # of 3, query 2's template is not in training and the answer seen most often overall (4 times) is query 2's
+    # positive. Right: queries 0 and 2, wrong: query 1.
+    train = ([(prefix + "how many   RINGS?", pos[0]), (prefix + " HOW MANY RINGS? ", f" {pos[0]} "),
+              (prefix + "How many rings?", wrong)]
+             + [(prefix + "Which digit is larger?", wrong)] * 2 + [(prefix + "Which digit is larger?", pos[1])]
+             + [(prefix + "Is it a digit?", pos[2])] * 4)
+    if pos[2] in (pos[0], pos[1], wrong):  # the fallback must stay query 2's positive
+        train += [(prefix + "Is it a digit?", pos[2])] * 3
+    (data / "train" / "DigitsVQA" / "original.jsonl").write_text("".join(
+        json.dumps({"id": f"DigitsVQA:train:{i}", "qry": q, "qry_image_path": "", "pos_text": a,
+                    "pos_image_path": "", "neg_text": "", "neg_image_path": ""}) + "\n"
+        for i, (q, a) in enumerate(train)))
+    rep = ev.evaluate(HashModel(), data, ev.EvalSettings(modes=("never",), limit=3, show_progress_bar=False),
+                      out=tmp_path / "g.json", model_name="hash")
     ds = rep["modes"]["never"]["datasets"]
     assert rep["metric"]["floor_rules"] == {"DigitsR": "chance", "DigitsVQA": "majority-per-template",
                                             "ScenesT2I": "chance"}
-    read = lambda p: [json.loads(x) for x in p.read_text().splitlines() if x.strip()]  # noqa: E731
-    train = read(data / "train" / "DigitsVQA" / "original.jsonl")
-    test = read(data / "test" / "DigitsVQA" / "test.jsonl")
-    floor = text_only_floor([(r["qry"], r["pos_text"]) for r in train],
-                            [(r["qry_text"], r["tgt_text"][0]) for r in test])
-    assert ds["DigitsVQA"]["floor_text_only"] == pytest.approx(floor, abs=1e-3)
+    assert ds["DigitsVQA"]["n"] == 3
+    assert ds["DigitsVQA"]["floor_text_only"] == pytest.approx(100 * 2 / 3, abs=1e-3)  # 66.67
     for name in ("ScenesT2I", "DigitsR"):
-        assert ds[name]["floor_text_only"] == ds[name]["chance"]
+        n_cands = [len(r["tgt_text"]) for r in read(data / "test" / name / "test.jsonl")[:3]]
+        assert ds[name]["floor_text_only"] == ds[name]["chance"] == pytest.approx(np.mean([100 / k for k in n_cands]))
     assert all(d["ci95"][0] <= d["p_at_1"] <= d["ci95"][1] for d in ds.values())
 
 
@@ -530,10 +561,12 @@ def test_batched_accuracy_with_a_timed_sample(bench, tmp_path):
     """--batch-size: the same correctness and decisions as one-at-a-time, but latency only from the timed queries
     (encoded alone), and the sweep and the report still work."""
     data, model, rows = bench
-    one = ev.evaluate(model, data, modes="auto,never,always", thresholds=[0, 0.5, 1.01], show_progress_bar=False)
+    one = ev.evaluate(model, data,
+                      ev.EvalSettings(modes="auto,never,always", thresholds=[0, 0.5, 1.01], show_progress_bar=False))
     model.batch_sizes.clear()
-    rep = ev.evaluate(model, data, modes="auto,never,always", thresholds=[0, 0.5, 1.01], show_progress_bar=False,
-                      batch_size=4, latency_queries=2, out=tmp_path / "b.json")
+    rep = ev.evaluate(model, data,
+                      ev.EvalSettings(modes="auto,never,always", thresholds=[0, 0.5, 1.01], show_progress_bar=False,
+                                      batch_size=4, latency_queries=2), out=tmp_path / "b.json")
     assert max(model.batch_sizes) == 4
     assert model.batch_sizes.count(1) == 3 * 2 * len(DATASETS)  # two timed queries per dataset and mode
     for mode in ("auto", "never", "always"):
@@ -556,9 +589,9 @@ def test_batched_accuracy_with_a_timed_sample(bench, tmp_path):
 def test_batched_evaluation_of_the_tiny_model_matches_one_at_a_time(bench, tiny_model):
     """The real MSolomon in batches (padding, decoding rows leaving the batch) decides and ranks as it does alone."""
     data, _, _ = bench
-    kw = dict(modes="auto,always", limit=4, max_new_tokens=4, show_progress_bar=False, model_name="tiny")
-    one = ev.evaluate(tiny_model, data, **kw)
-    batched = ev.evaluate(tiny_model, data, batch_size=4, latency_queries=1, **kw)
+    kw = dict(modes="auto,always", limit=4, max_new_tokens=4, show_progress_bar=False)
+    one = ev.evaluate(tiny_model, data, ev.EvalSettings(**kw), model_name="tiny")
+    batched = ev.evaluate(tiny_model, data, ev.EvalSettings(batch_size=4, latency_queries=1, **kw), model_name="tiny")
     for mode in ("auto", "always"):
         for name, d in one["modes"][mode]["datasets"].items():
             b = batched["modes"][mode]["datasets"][name]

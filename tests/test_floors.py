@@ -128,8 +128,8 @@ def _evaluated(tmp_path):
     from msolomon import evaluation as ev
 
     data, model, rows = _build(tmp_path)
-    rep = ev.evaluate(model, data, modes=("auto", "never", "always"), out=tmp_path / "r.json",
-                      show_progress_bar=False)
+    rep = ev.evaluate(model, data, ev.EvalSettings(modes=("auto", "never", "always"), show_progress_bar=False),
+                      out=tmp_path / "r.json")
     return rep
 
 
@@ -149,10 +149,26 @@ def test_reproduce_report_prints_gains_with_intervals(tmp_path):
     mirror = g[("ShapeOOD (ImageNet-R mirror)", "M-Solomon(auto) − NoAug(never)")]
     assert mirror["gain"] == pytest.approx(auto["datasets"]["ShapeOOD"]["p_at_1"]
                                            - never["datasets"]["ShapeOOD"]["p_at_1"], abs=1e-3)
-    assert all(c["gain_over_noaug_ci95"] is not None for c in claims(result))
+    for c in claims(result):
+        ci = c["gain_over_noaug_ci95"]
+        assert c["verdicts"]["over_noaug"] == ("holds" if ci[0] > 0 else "does not hold")
+        assert c["holds"] == (ci[0] > 0 and c["verdicts"]["against_alwaysaug"] in ("holds", "level")
+                              and c["verdicts"]["latency"] == "holds")
     md = markdown(result)
     assert "M-Solomon(auto) − AlwaysAug(always)" in md and "text-only floor" in md
     assert f"{over['gain']:+.1f} [{over['ci95'][0]:+.1f}, {over['ci95'][1]:+.1f}]" in md
     plot(result, tmp_path / "report.png")
     assert (tmp_path / "report.png").stat().st_size > 1000
     json.dumps(gains(result), allow_nan=False)
+
+
+def test_a_claim_holds_by_its_interval_not_its_point_estimate():
+    """FashionCIR's +1.8 [-1.6, +5.2] over AlwaysAug is no win: the interval decides, with a stated margin for
+    "level with"."""
+    from training.report import LEVEL_MARGIN, verdict
+
+    assert verdict([-1.6, 5.2]) == "does not hold"  # a positive point estimate, an interval across zero
+    assert verdict([-1.6, 5.2], LEVEL_MARGIN) == "level"
+    assert verdict([0.1, 2.7], LEVEL_MARGIN) == "holds"
+    assert verdict([-LEVEL_MARGIN - 0.1, 1.0], LEVEL_MARGIN) == "does not hold"
+    assert verdict(None) is None

@@ -214,6 +214,19 @@ def test_bug7_dataset_images_must_stay_inside_the_image_root(tmp_path, image_pat
     assert Path(rows[0].query.image).resolve() == secret.resolve()
 
 
+def test_an_image_outside_the_root_is_a_user_mistake_on_the_command_line(tmp_path, capsys):
+    """Exit 2 with one line, like every other mistake; the model is never loaded (no such folder is given)."""
+    from msolomon import evaluation as ev
+
+    (tmp_path / "data").mkdir()
+    _eval_dataset(tmp_path / "data", "D", [{"qry_text": "q", "qry_img_path": "../secret.png", "tgt_text": ["a"],
+                                           "tgt_img_path": [""]}])
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "r.json"), "--model", "/no/model"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "outside the image root" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bug7_training_rows_and_the_openai_teacher_keep_images_inside_the_root(tmp_path):
     from training.teachers import OpenAIBackend, OpenAISettings, TeacherItem
 
@@ -464,13 +477,13 @@ def custom_data(tmp_path_factory):
 def test_any_dataset_in_mmeb_layout_evaluates_as_custom(custom_data, tiny_model, tmp_path, caplog):
     from msolomon import evaluation as ev
 
-    rep = ev.evaluate(tiny_model, custom_data, modes="never", show_progress_bar=False)
+    rep = ev.evaluate(tiny_model, custom_data, ev.EvalSettings(modes="never", show_progress_bar=False))
     entry = rep["modes"]["never"]
     assert entry["datasets"]["MyPets"]["meta_task"] == "custom" and "custom" in entry["by_meta_task"]
     assert entry["overall"] == pytest.approx(entry["datasets"]["MyPets"]["p_at_1"])  # it counts in overall
     assert "--meta-task MyPets=TASK" in caplog.text
-    rep = ev.evaluate(tiny_model, custom_data, modes="never", show_progress_bar=False,
-                      meta_tasks=ev.parse_meta_tasks(["MyPets=classification"]))
+    rep = ev.evaluate(tiny_model, custom_data,
+                      ev.EvalSettings(modes="never", show_progress_bar=False, meta_task=("MyPets=classification",)))
     assert rep["modes"]["never"]["datasets"]["MyPets"]["meta_task"] == "classification"
     with pytest.raises(ev.EvaluationError, match="NAME=TASK"):
         ev.parse_meta_tasks(["MyPets"])
@@ -500,7 +513,7 @@ def test_every_cli_option_says_its_default(capsys):
     from msolomon import evaluation as ev
     from msolomon.data import minimmeb
 
-    for parser in (ev._parser(), _quickstart()._parser()):
+    for parser in (ev.cli.parser(), _quickstart()._parser()):
         for action in parser._actions:
             if action.dest == "help" or action.required:
                 continue

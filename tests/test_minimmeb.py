@@ -147,7 +147,7 @@ def test_rows_read_back_and_candidates_are_as_configured(bench: dict[str, Path])
 
 
 def test_candidate_zero_is_the_positive() -> None:
-    settings = M.Settings.make(seed=3, scale="tiny")
+    settings = M.MiniMMEBSettings.make(seed=3, scale="tiny")
     for spec in M.DATASETS.values():
         ctx = M.Ctx(settings, spec.name, "test", _NullStore(spec.name), M.rng_for(3, spec.name, "test"))
         items = spec.build(ctx, 12)

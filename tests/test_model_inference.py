@@ -122,9 +122,49 @@ def test_single_input_returns_single_result(tiny_model):
     assert set(r.timings) == {"preprocess", "decide", "generate", "embed", "total"}
 
 
-def test_decoding_stops_at_max_new_tokens(tiny_model):
-    r = tiny_model.encode_queries("count the circles", augment="always", max_new_tokens=5)
-    assert len(r.token_ids) <= 6 and r.token_ids[-1] == tiny_model.terminal_id
+def _steer_terminal(monkeypatch, model, at_step: int | None = None) -> list[int]:
+    """Patch `model.logits` (the decode loop's next-token scores): the terminal token never wins, except at decode
+    step `at_step` (1-based) where it always does. Returns the list the steps are counted in."""
+    real = model.logits
+    steps: list[int] = []
+
+    def logits(hidden):
+        out = real(hidden).clone()
+        steps.append(len(steps) + 1)
+        out[:, model.terminal_id] = float("inf") if steps[-1] == at_step else float("-inf")
+        return out
+
+    monkeypatch.setattr(model, "logits", logits)
+    return steps
+
+
+def test_decoding_stops_at_max_new_tokens(tiny_model, monkeypatch):
+    """With the terminal token never chosen, the cap ends the segment at exactly max_new_tokens tokens after
+    `/augment`'s place (the last one the terminal the cap forces); the embedding is the state there."""
+    steps = _steer_terminal(monkeypatch, tiny_model)
+    q = Query(text="count the circles")
+    r = tiny_model.encode_queries(q, augment="always", max_new_tokens=5)
+    assert len(r.token_ids) == 5 + 1 and r.token_ids[0] == tiny_model.augment_id
+    assert r.token_ids[-1] == tiny_model.terminal_id and tiny_model.terminal_id not in r.token_ids[:-1]
+    assert steps == [1, 2, 3, 4, 5]  # one scored step per token after /augment
+    monkeypatch.undo()
+    np.testing.assert_allclose(r.embedding, _full_pass(tiny_model, q, r.token_ids), atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_decoding_stops_where_the_model_picks_the_terminal_token(tiny_model, monkeypatch, k):
+    """The terminal token chosen at decode step k ends the segment there: k tokens after `/augment`, under the cap;
+    the augmentation is the text of the tokens before it (none for k = 1)."""
+    steps = _steer_terminal(monkeypatch, tiny_model, at_step=k)
+    q = Query(text="count the circles")
+    r = tiny_model.encode_queries(q, augment="always", max_new_tokens=8)
+    assert len(r.token_ids) == k + 1 and r.token_ids[0] == tiny_model.augment_id
+    assert r.token_ids[-1] == tiny_model.terminal_id and tiny_model.terminal_id not in r.token_ids[:-1]
+    assert steps == list(range(1, k + 1))  # no step is scored after the terminal token
+    text = tiny_model.tokenizer.decode(r.token_ids[1:-1], skip_special_tokens=True).strip()
+    assert r.augmentation == (text or None) and (k > 1 or r.augmentation is None)
+    monkeypatch.undo()
+    np.testing.assert_allclose(r.embedding, _full_pass(tiny_model, q, r.token_ids), atol=1e-4)
 
 
 def test_fallback_to_larger_decision_logit():

@@ -31,6 +31,7 @@ def _pair():
                     ood=("Mirror",))
     always = _report("always", {"Big": BIG_B, "Noisy": NOISY_B, "Worse": WORSE_B, "Mirror": "1" * 300},
                      ood=("Mirror",))
+    noaug["split"] = always["split"] = "val"
     return noaug, always
 
 
@@ -87,6 +88,32 @@ def test_the_split_records_where_the_pilot_measured_and_refuses_mixed_splits():
     always["split"] = "test"
     with pytest.raises(ValueError, match="different splits"):
         pilot_split(noaug, always)
+
+
+def test_the_command_refuses_test_reports_and_reproduce_a_test_pilot(tmp_path, capsys):
+    """Nothing is chosen on the test sets: the pilot's command and `reproduce --pilot-split` take validation only."""
+    from training.reproduce import main as reproduce_main
+
+    noaug, always = _pair()
+    noaug["split"] = always["split"] = "test"
+    (tmp_path / "n.json").write_text(json.dumps(noaug))
+    (tmp_path / "a.json").write_text(json.dumps(always))
+    with pytest.raises(SystemExit) as e:
+        main(["--noaug", str(tmp_path / "n.json"), "--alwaysaug", str(tmp_path / "a.json"),
+              "--out", str(tmp_path / "split.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "validation reports only" in err and not (tmp_path / "split.json").exists()
+    with pytest.raises(SystemExit) as e:
+        reproduce_main(["--out", str(tmp_path / "r"), "--pilot-split", "test"])
+    assert e.value.code == 2 and "--pilot-split" in capsys.readouterr().err
+
+
+def test_the_card_says_where_the_split_was_chosen():
+    from training.report import pilot_sentence
+
+    assert "validation split" in pilot_sentence("val") and "touched only by the final" in pilot_sentence("val")
+    assert "overstate" in pilot_sentence("test") and "touched only" not in pilot_sentence("test")
+    assert "does not record" in pilot_sentence(None)
 
 
 def _timed(report: dict, mode: str, ms: dict[str, float]) -> dict:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,7 +117,7 @@ def test_pretraining_digits_come_from_the_train_half_only(pdata):
     from msolomon.worlds.common import Ctx, Store, rng_for
 
     seen: list = []
-    ctx = Ctx(M.Settings.make(seed=0, scale="tiny"), "DigitsCLS", "train", Store(pdata.parent / "x", "d"),
+    ctx = Ctx(M.MiniMMEBSettings.make(seed=0, scale="tiny"), "DigitsCLS", "train", Store(pdata.parent / "x", "d"),
               rng_for(PD.PRETRAIN_SEED_OFFSET, "DigitsCLS", "train"))
     import msolomon.worlds.digits as digits
 
@@ -129,25 +130,66 @@ def test_pretraining_digits_come_from_the_train_half_only(pdata):
     assert len(seen) == 20 and set(seen) <= train_ids and not (set(seen) & test_only)
 
 
-def test_validation_split_is_disjoint_from_test_and_benchmark_fixes(bench):
+def _pixels(path: Path) -> tuple[tuple[int, ...], bytes]:
+    """An image's decoded content, computed here rather than with the generator's `PD.pixel_hash`: the RGB array's
+    shape and bytes. Two files showing the same picture give the same key, whatever their names or PNG encoding."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB"))
+    return arr.shape, arr.tobytes()
+
+
+def _query_content(root: Path, row: dict) -> tuple:
+    """What a validation or test query shows the model: its decoded image, or its text when it has no image."""
+    return ("image", _pixels(root / row["qry_img_path"])) if row["qry_img_path"] else ("text", row["qry_text"])
+
+
+def _shared_queries(root: Path, rows: list[dict], others: list[dict]) -> list[dict]:
+    """The rows of `rows` whose query content also is the content of a query in `others` (paths play no part)."""
+    seen = {_query_content(root, r) for r in others}
+    return [r for r in rows if _query_content(root, r) in seen]
+
+
+def test_validation_split_is_disjoint_from_test_and_benchmark_fixes(bench, tmp_path):
+    """No validation query shows the same content (decoded pixels, or the text of a text-only query) as a test
+    query; the check is shown to catch a test image copied under another name and re-encoded, and a repeated text."""
+    from PIL import Image
+
     meta = M.load_minimmeb(bench)["datasets"]
+    checked = 0
     for name, d in meta.items():
         if d["ood"]:
             continue
         assert d["splits"] == ["train", "val", "test"] and d["n_val"] == 20
-        val_q = {PD.pixel_hash(bench / r["qry_img_path"]) for r in _rows(bench, "val", name) if r["qry_img_path"]}
-        test_q = {PD.pixel_hash(bench / r["qry_img_path"]) for r in _rows(bench, "test", name) if r["qry_img_path"]}
-        assert not (val_q & test_q), name
-        val_text = {(r["qry_text"], r["qry_img_path"]) for r in _rows(bench, "val", name)}
-        test_text = {(r["qry_text"], r["qry_img_path"]) for r in _rows(bench, "test", name)}
-        assert not (val_text & test_text), name
-    # no ShapesCLS validation or test query equals a training query (same pixels)
-    train_q = {PD.pixel_hash(bench / r["qry_image_path"]) for r in _rows(bench, "train", "ShapesCLS")}
+        val, test = _rows(bench, "val", name), _rows(bench, "test", name)
+        assert len(val) == 20 and test
+        assert _shared_queries(bench, val, test) == [], name
+        checked += 1
+    assert checked >= 8
+    # the check is not vacuous: a test image saved again under a validation-like name (other bytes, same pixels)
+    # and a test text repeated in a validation row are both found
+    test_img = next(r for r in _rows(bench, "test", "ShapesCLS") if r["qry_img_path"])
+    copy = tmp_path / "val" / "ShapesCLS" / "copy.png"
+    copy.parent.mkdir(parents=True)
+    with Image.open(bench / test_img["qry_img_path"]) as img:
+        img.convert("RGB").save(copy, compress_level=0)
+    assert copy.read_bytes() != (bench / test_img["qry_img_path"]).read_bytes()
+    planted = {"qry_img_path": str(copy), "qry_text": "another question"}
+    test_txt = next(r for r in _rows(bench, "test", "ScenesT2I") if not r["qry_img_path"])
+    repeated = {"qry_img_path": "", "qry_text": test_txt["qry_text"]}
+    unrelated = {"qry_img_path": "", "qry_text": "a query no split holds"}
+    val = _rows(bench, "val", "ShapesCLS")
+    assert _shared_queries(bench, val + [planted], _rows(bench, "test", "ShapesCLS")) == [planted]
+    assert _shared_queries(bench, [unrelated, repeated], _rows(bench, "test", "ScenesT2I")) == [repeated]
+    # no ShapesCLS validation or test query shows a training query's pixels
+    train_q = {_pixels(bench / r["qry_image_path"]) for r in _rows(bench, "train", "ShapesCLS")}
     for split in ("val", "test"):
-        assert not ({PD.pixel_hash(bench / r["qry_img_path"]) for r in _rows(bench, split, "ShapesCLS")} & train_q)
+        shown = [_pixels(bench / r["qry_img_path"]) for r in _rows(bench, split, "ShapesCLS")]
+        assert shown and not (set(shown) & train_q), split
     # RefScenes (out of distribution) never shows a ScenesGround training image
-    ground = _hashes(bench, _images(bench, "train", "ScenesGround"))
-    assert not (_hashes(bench, _images(bench, "test", "RefScenes")) & ground)
+    ground = {_pixels(bench / p) for p in _images(bench, "train", "ScenesGround")}
+    assert not ({_pixels(bench / p) for p in _images(bench, "test", "RefScenes")} & ground)
 
 
 def test_shapes_test_queries_avoid_training_queries_even_when_the_stream_repeats_one(tmp_path):
@@ -155,7 +197,7 @@ def test_shapes_test_queries_avoid_training_queries_even_when_the_stream_repeats
     from msolomon.worlds.common import Ctx, Store, rng_for
     from msolomon.worlds.scenes import build_shapes_cls
 
-    settings = M.Settings.make(seed=0, scale="tiny")
+    settings = M.MiniMMEBSettings.make(seed=0, scale="tiny")
     taken: set = set()
     store = Store(tmp_path, "S")
     train = build_shapes_cls(Ctx(settings, "S", "train", store, rng_for(0, "same"), taken), 30)
@@ -293,7 +335,7 @@ def test_fine_tuning_starts_from_the_saved_base(tmp_path, monkeypatch):
     base = MSolomon.tiny(seed=3, **SMALL)
     base.save_pretrained(tmp_path / "base")
     monkeypatch.setattr(T, "DEFAULT_BASE_DIR", tmp_path / "base")
-    config = T.TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), model=T.ModelSettings(device="cpu"))
+    config = T.TrainSettings(data=str(tmp_path), out=str(tmp_path / "run"), model=T.ModelSettings(device="cpu"))
     assert config.model.init == "base"
     model = T.build_model(config, [], None)
     want = base.model.state_dict()

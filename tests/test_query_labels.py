@@ -40,7 +40,7 @@ def _labels(out) -> list[dict]:
 
 def test_labels_come_from_models_that_did_not_train_on_the_query(tiny_data, tmp_path):
     from training.collator import fold_of
-    from training.train import TrainConfig, load_rows
+    from training.train import TrainSettings, load_rows
 
     data, synth = tiny_data
     out = tmp_path / "labels"
@@ -60,7 +60,7 @@ def test_labels_come_from_models_that_did_not_train_on_the_query(tiny_data, tmp_
     for k in range(2):
         saved = json.loads((out / f"fold{k}" / "train_settings.json").read_text())["config"]
         assert saved["holdout"] == f"{k}/2" and saved["embedded_twins"] == 1.0
-        config = TrainConfig(data=saved["data"], out=str(out / f"fold{k}"), holdout=saved["holdout"],
+        config = TrainSettings(data=saved["data"], out=str(out / f"fold{k}"), holdout=saved["holdout"],
                              datasets=saved["datasets"], limit=saved["limit"], labeling=saved["labeling"])
         trained = {r.id for r in load_rows(config)}
         labelled = {r["id"] for r in records if r["evidence"]["fold"] == k}

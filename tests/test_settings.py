@@ -7,29 +7,38 @@ import shlex
 
 import pytest
 
-from msolomon.settings import add_settings_arguments, command_line, flat_settings, option, parse_settings
+from msolomon.settings import (
+    command_line,
+    flat_settings,
+    option,
+    parse_settings,
+    settings_parser,
+    threads_option,
+    usage_error,
+)
 
 
 def _commands():
-    from training.pilot import PilotCommand
+    from msolomon.data.minimmeb import MiniMMEBCommandSettings
+    from msolomon.demo.settings import DemoSettings
+    from training.pilot import PilotCommandSettings
     from training.pretrain import PretrainSettings
+    from training.query_labels import QueryLabelSettings
     from training.reproduce import ReproduceSettings
-    from training.synthesize import SynthesisSettings
-    from training.train import TrainConfig
+    from training.synthesize import SynthesisCommandSettings
+    from training.train import TrainCommandSettings
 
-    return {"training.train": TrainConfig, "training.reproduce": ReproduceSettings,
-            "training.pretrain": PretrainSettings, "training.synthesize": SynthesisSettings,
-            "training.pilot": PilotCommand}
+    return {"training.train": TrainCommandSettings, "training.reproduce": ReproduceSettings,
+            "training.pretrain": PretrainSettings, "training.synthesize": SynthesisCommandSettings,
+            "training.pilot": PilotCommandSettings, "training.query_labels": QueryLabelSettings, "app.py": DemoSettings,
+            "msolomon.data.minimmeb": MiniMMEBCommandSettings}
 
 
 @pytest.mark.parametrize("name", ["training.train", "training.reproduce", "training.pretrain", "training.synthesize",
-                                  "training.pilot"])
+                                  "training.pilot", "training.query_labels", "app.py", "msolomon.data.minimmeb"])
 def test_every_option_has_help_and_its_default(name, capsys):
-    import argparse
-
     cls = _commands()[name]
-    parser = argparse.ArgumentParser(prog=name)
-    leaves = add_settings_arguments(parser, cls)  # raises if a setting is declared twice in the tree
+    parser, leaves = settings_parser(cls, prog=name)  # raises if a setting is declared twice in the tree
     assert len({leaf.name for leaf in leaves}) == len(leaves)
     for leaf in leaves:
         assert leaf.help or leaf.hidden, f"{name} {leaf.flag}: no help text"
@@ -45,17 +54,17 @@ def test_every_option_has_help_and_its_default(name, capsys):
 def test_the_loop_settings_are_declared_once_and_shared_with_other_defaults():
     from training.pretrain import PretrainSettings
     from training.reproduce import ReproduceSettings
-    from training.train import TrainConfig
+    from training.train import TrainSettings
     from training.trainer import LoopSettings
 
     loop_fields = {f.name for f in dataclasses.fields(LoopSettings)}
-    for cls in (TrainConfig, ReproduceSettings, PretrainSettings):
+    for cls in (TrainSettings, ReproduceSettings, PretrainSettings):
         own = {f.name for f in dataclasses.fields(cls)}
         assert not (own & loop_fields), (cls.__name__, own & loop_fields)  # not copied: nested
     assert ReproduceSettings().loop.epochs == 2.0 and ReproduceSettings().loop.optim.lr == 5e-4
-    assert TrainConfig().loop.epochs == 1.0 and TrainConfig().loop.max_steps is None
+    assert TrainSettings().loop.epochs == 1.0 and TrainSettings().loop.max_steps is None
     assert PretrainSettings().loop.max_steps == 6000 and PretrainSettings().loop.optim.warmup_steps == 200
-    assert TrainConfig().loop.collator.max_segment_tokens == 48  # one default, where the collator declares it
+    assert TrainSettings().loop.collator.max_segment_tokens == 48  # one default, where the collator declares it
 
 
 @dataclasses.dataclass
@@ -111,3 +120,110 @@ def test_the_recorded_command_names_what_differs_from_the_defaults():
     assert parse_args(["--out", "o"]).loop.max_steps == 6000
     assert parse_args(["--out", "o", "--epochs", "2"]).loop.max_steps is None
     assert parse_args(["--out", "o", "--epochs=2", "--max-steps", "5"]).loop.max_steps == 5
+
+
+# --- what a command declares beyond flags: positionals, repeated flags, converters, threads, one-line errors -------
+
+def _entry(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        raise ValueError(f"{text!r}: expected NAME=PATH")
+    return name, path
+
+
+@dataclasses.dataclass
+class Command:
+    entries: list[tuple] = option(help="NAME=PATH entries", positional=True, metavar="NAME=PATH", parse=_entry)
+    runs: list[str] | None = option(None, "runs", flag="--run", repeat=True)
+    sizes: list[int] | None = option(None, "sizes", parse=int)
+    verbose: bool = option(False, "debug logging", flag=("-v", "--verbose"))
+    threads: int | None = threads_option("torch and faiss")  # msolomon.runtime's, declared once there
+
+    def __post_init__(self) -> None:
+        if self.sizes is not None and any(n < 1 for n in self.sizes):
+            raise ValueError(f"--sizes must be positive, got {self.sizes}")
+
+
+def test_positional_repeated_and_parsed_settings(tmp_path, capsys):
+    cls = Command
+    s, _ = parse_settings(cls, ["a=1", "b=2", "--run", "x,y", "--run", "z", "-v", "--sizes", "3, 4", "--threads", "2"],
+                          prog="cmd")
+    assert s.entries == [("a", "1"), ("b", "2")] and s.runs == ["x,y", "z"]  # a repeated flag is not split
+    assert s.verbose and s.sizes == [3, 4] and s.threads == 2
+    assert parse_settings(cls, ["a=1", "--verbose"], prog="cmd")[0].verbose
+    defaults, _ = parse_settings(cls, ["a=1"], prog="cmd")
+    assert defaults.runs is None and defaults.sizes is None and defaults.threads is None  # None: default_threads()
+    # the config file goes through the same converters and checks
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sizes: [5, '6']\nthreads: 3\n")
+    s, _ = parse_settings(cls, ["--config", str(cfg), "a=1"], prog="cmd")
+    assert s.sizes == [5, 6] and s.threads == 3
+    parser, _ = settings_parser(cls, prog="cmd")
+    text = parser.format_help()
+    assert "NAME=PATH" in text and "-v, --verbose" in text and "--run RUN" not in text and "--threads N" in text
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    ([], "the following arguments are required: NAME=PATH"),
+    (["a"], "argument NAME=PATH: 'a': expected NAME=PATH"),
+    (["a=1", "--threads", "0"], "argument --threads must be an integer of at least 1, got '0'"),
+    (["a=1", "--threads", "two"], "--threads must be an integer of at least 1"),
+    (["a=1", "--sizes", "1,x"], "argument --sizes: invalid literal for int()"),
+    (["a=1", "--sizes", "0"], "--sizes must be positive, got [0]"),  # the dataclass's own check
+    (["a=1", "--nope"], "unrecognized arguments: --nope"),
+])
+def test_every_mistake_exits_2_with_one_line(argv, fragment, capsys):
+    with pytest.raises(SystemExit, match="^cmd: error: ") as e:
+        parse_settings(Command, argv, prog="cmd", config_file=False)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and fragment in err and err.startswith("cmd: error: ")
+    assert len(err.strip().splitlines()) == 1  # no usage block: one line
+
+
+def test_a_bad_value_in_the_config_file_names_the_file(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"threads": 0}))
+    with pytest.raises(SystemExit) as e:
+        parse_settings(Command, ["--config", str(cfg), "a=1"], prog="cmd")
+    assert e.value.code == 2
+    assert f"--config {cfg}: --threads must be an integer of at least 1" in capsys.readouterr().err
+
+
+def test_usage_error_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit, match="no such file") as e:
+        usage_error("cmd", "--data x: no such file")
+    assert e.value.code == 2 and capsys.readouterr().err == "cmd: error: --data x: no such file\n"
+
+
+@dataclasses.dataclass
+class Needed:
+    data: str = option(help="a folder")
+    limit: int = option(3, "a limit")
+
+
+@dataclasses.dataclass
+class WithNeeded:
+    needed: Needed
+    names: list[str] = option(["x"], "names", positional=True)
+
+
+def test_an_optional_positional_and_a_required_nested_dataclass():
+    s, _ = parse_settings(WithNeeded, ["--data", "d"], prog="x", config_file=False)
+    assert s.needed == Needed("d", 3) and s.names == ["x"]  # no positional given: the default
+    assert parse_settings(WithNeeded, ["--data", "d", "a", "b"], prog="x")[0].names == ["a", "b"]
+    with pytest.raises(SystemExit, match="--data required"):
+        parse_settings(WithNeeded, [], prog="x")
+
+
+def test_every_command_parses_through_the_settings():
+    """No command builds its own argparse parser: msolomon.settings is the one place (issue 24)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    own = [root / "app.py"] + [p for d in ("msolomon", "training", "bench", "examples")
+                               for p in (root / d).rglob("*.py")]
+    builders = sorted(str(p.relative_to(root)) for p in own
+                      if re.search(r"ArgumentParser\(", p.read_text(encoding="utf-8"))
+                      and p.name != "settings.py" and "evaluation" not in (p.stem, *p.parts))
+    assert builders == []

@@ -21,6 +21,7 @@ import pytest
 
 from msolomon import prompts
 from msolomon.data import DataFormatError
+from msolomon.data.oracle import OracleTeacher
 from training import synthesize as syn
 from training.synthesize import SynthesisSettings, load_augmentations, read_results, summary_path, synthesize
 from training.teachers import OpenAIBackend, OpenAISettings, TeacherItem, TransformersBackend
@@ -248,25 +249,62 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
     return path
 
 
-def test_transformers_backend_on_tiny_model(tiny_checkpoint, tmp_path, sample_images):
+# Teacher replies and the augmentation each must give, written by hand: the answer is the text of the last
+# <answer>…</answer> (any case), whitespace runs collapsed; no tag, an empty one or an unclosed one gives none.
+CANNED_REPLIES = {
+    "<think>It shows two cats.</think> <answer>two cats</answer>": "two cats",
+    "<think>count</think><answer>  three \n\t circles </answer>": "three circles",
+    "<answer>a dog</answer> no, wait: <answer>a wolf</answer>": "a wolf",
+    "<ANSWER>A Red Car</ANSWER>": "A Red Car",
+    "<think>ok</think>\n<answer>\nthe number\nseven\n</answer>\nDone.": "the number seven",
+    "I cannot tell what the picture shows.": None,
+    "<answer>   </answer>": None,
+    "<think>long</think><answer>cut off by the token limit": None,
+    "answer: a cat": None,
+}
+
+
+def test_transformers_backend_on_tiny_model(tiny_checkpoint, tmp_path, sample_images, monkeypatch):
+    """The tiny model generates for every row but the broken image's; its decoded replies are then swapped for
+    hand-written ones, so each row's augmentation and status are known in advance."""
     data = write_mmeb_train(tmp_path / "mmeb", sample_images, broken_image=True)
     out = tmp_path / "aug.jsonl"
     settings = SynthesisSettings(data=str(data), out=str(out), backend="transformers", model=str(tiny_checkpoint),
                                  batch_size=3, max_new_tokens=6, device="cpu", progress=False)
+    canned = iter(CANNED_REPLIES)
+    real_init = TransformersBackend.__init__
+    generated: list[str] = []
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        real_decode = self.tokenizer.batch_decode
+
+        def batch_decode(tokens, *a, **k):
+            texts = real_decode(tokens, *a, **k)  # what the model wrote, decoded as usual
+            generated.extend(texts)
+            return [next(canned) for _ in texts]
+
+        self.tokenizer.batch_decode = batch_decode
+
+    monkeypatch.setattr(TransformersBackend, "__init__", init)
     summary = synthesize(settings)
     rows = rows_of(out)
     assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
+    assert len(generated) == 9 and all(isinstance(t, str) for t in generated)  # the model ran for the 9 others
     broken = next(r for r in rows if r["question"].startswith("broken"))
     assert broken["status"] == "error" and "broken.png" in broken["error"]  # a bad image fails its own row only
+    assert broken["reply"] is None and broken["augmentation"] is None
     others = [r for r in rows if r is not broken]
-    assert all(r["status"] in ("ok", "no_answer") and isinstance(r["reply"], str) for r in others)
-    for r in others:  # random text: whatever it is, the status follows the format module's extraction
-        assert r["augmentation"] == prompts.extract_answer(r["reply"])
-        assert r["status"] == ("ok" if r["augmentation"] else "no_answer")
+    assert sorted(r["reply"] for r in others) == sorted(CANNED_REPLIES)  # every canned reply reached one row
+    for r in others:
+        want = CANNED_REPLIES[r["reply"]]
+        assert r["augmentation"] == want, r["reply"]
+        assert r["status"] == ("no_answer" if want is None else "ok")
     t = summary["total"]
-    assert t["done"] == 10 and t["error"] == 1 and t["ok"] + t["no_answer"] == 9
-    assert t["ok"] == sum(r["status"] == "ok" for r in rows)
+    assert t["done"] == 10 and t["error"] == 1 and (t["ok"], t["no_answer"]) == (5, 4)
     assert summary["teacher"]["chat_template"] is False
+    assert load_augmentations(out) == {r["id"]: CANNED_REPLIES[r["reply"]] for r in others
+                                       if CANNED_REPLIES[r["reply"]] is not None}
 
 
 def test_transformers_prompt_layout(tiny_checkpoint, sample_images):
@@ -291,7 +329,6 @@ def test_transformers_prompt_layout(tiny_checkpoint, sample_images):
 # ------------------------------------------------------------------------------------------------ oracle backend
 
 def test_oracle_backend_on_minimmeb(minimmeb, tmp_path):
-    pytest.importorskip("msolomon.data.oracle")
     out = tmp_path / "aug.jsonl"
     settings = SynthesisSettings(data=str(minimmeb), out=str(out), backend="oracle", error_rate=0.0,
                                  no_answer_rate=0.25, seed=1, progress=False)
@@ -303,6 +340,10 @@ def test_oracle_backend_on_minimmeb(minimmeb, tmp_path):
     assert t["done"] == 36 and t["error"] == 0 and t["ok"] + t["no_answer"] == 36
     assert 0 < t["no_answer"] < 36  # some replies lack the answer tag: counted, not kept
     assert t["no_answer"] == sum(r["status"] == "no_answer" for r in rows)
+    # exactly the rows the oracle teacher (same seed and rates) answers without tags
+    oracle = OracleTeacher(minimmeb, error_rate=0.0, seed=1, no_answer_rate=0.25)
+    assert {r["id"] for r in rows if r["status"] == "no_answer"} == {
+        r["id"] for r in rows if oracle.outcome(r["id"]) == "no_answer"}
     assert all(r["augmentation"] is None for r in rows if r["status"] == "no_answer")
     augs = load_augmentations(out)
     assert len(augs) == t["ok"] and all(a.strip() for a in augs.values())
@@ -323,7 +364,6 @@ def test_oracle_needs_minimmeb(mmeb_train, tmp_path):
 
 
 def test_killed_run_resumes_without_loss_or_duplicates(minimmeb, tmp_path):
-    pytest.importorskip("msolomon.data.oracle")
     out = tmp_path / "aug.jsonl"
     cmd = [sys.executable, "-m", "training.synthesize", "--data", str(minimmeb), "--out", str(out),
            "--backend", "oracle", "--no-answer-rate", "0.1"]

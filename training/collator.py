@@ -32,7 +32,7 @@ QUERY_LABELS = ("augment", "embed")  # the label of a row in labels.jsonl
 
 
 @dataclass
-class Example:
+class TrainingExample:
     """One training row with its assigned segment."""
 
     row: TrainRow
@@ -103,7 +103,7 @@ def load_query_labels(path: str | Path) -> dict[str, str]:
 
 def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mapping[str, str] | None = None,
                   split: Mapping[str, Sequence[str]] | None = None, augmented_twins: float = 0.0,
-                  embedded_twins: float = 0.0, labels: Mapping[str, str] | None = None) -> list[Example]:
+                  embedded_twins: float = 0.0, labels: Mapping[str, str] | None = None) -> list[TrainingExample]:
     """Attach a segment to each row. Rows that should augment but have no usable teacher answer are left out
     (and counted in the log), never trained on an empty augmentation. `augmented_twins` (adaptive and query
     labelings): the share of `/embed` rows with a teacher answer also trained as an augmented twin (L_rep only);
@@ -139,16 +139,16 @@ def assign_labels(rows: Sequence[TrainRow], labeling: str, augmentations: Mappin
     for row in rows:
         text = augmentations.get(row.id)
         if not wants_augment(row):
-            examples.append(Example(row, prompts.EMBED))
+            examples.append(TrainingExample(row, prompts.EMBED))
             if text and augmented_twins and twin_chosen(row.id, augmented_twins):
-                examples.append(Example(row, prompts.AUGMENT, text, learn_segment=False))
+                examples.append(TrainingExample(row, prompts.AUGMENT, text, learn_segment=False))
             continue
         if not text:
             missing[row.dataset] += 1
             continue
-        examples.append(Example(row, prompts.AUGMENT, text))
+        examples.append(TrainingExample(row, prompts.AUGMENT, text))
         if embedded_twins and twin_chosen(row.id, embedded_twins):
-            examples.append(Example(row, prompts.EMBED, learn_segment=False))
+            examples.append(TrainingExample(row, prompts.EMBED, learn_segment=False))
     if missing:
         logger.warning("left out %d rows with no teacher augmentation: %s", sum(missing.values()), dict(missing))
     return examples
@@ -163,7 +163,7 @@ class CollatorSettings:
     use_negatives: bool = option(True, "encode the rows' hard negatives as extra targets")
 
 
-def target_keys(examples: Sequence[Example], use_negatives: bool = True) -> torch.Tensor:
+def target_keys(examples: Sequence[TrainingExample], use_negatives: bool = True) -> torch.Tensor:
     """A content key per target (positives, then negatives): equal keys mark the same candidate, so a
     query is not pushed away from another copy of its own positive (e.g. a shared class label)."""
     def key(c) -> int:  # stable across processes (Python's hash() is salted per process)
@@ -183,7 +183,7 @@ class Collator:
         self.encoder = encoder
         self.settings = settings or CollatorSettings()
 
-    def __call__(self, examples: Sequence[Example]) -> dict:
+    def __call__(self, examples: Sequence[TrainingExample]) -> dict:
         enc = self.encoder
         s = self.settings
         queries = [enc.encode_query_with_segment(ex.row.query, ex.decision, ex.augmentation, s.max_segment_tokens)

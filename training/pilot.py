@@ -22,7 +22,6 @@ then takes the most accurate split within R x AlwaysAug's latency that augments 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -30,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from msolomon.files import atomic_write_json
+from msolomon.files import atomic_file, atomic_write_json
 from msolomon.metrics import correct_by_dataset, paired_gain_ci
 from msolomon.model import AUGMENT_MODES
-from msolomon.settings import option, parse_settings
+from msolomon.settings import option, parse_settings, usage_error
 
 logger = logging.getLogger("training.pilot")
 
@@ -55,7 +54,7 @@ class PilotSettings:
 
 
 @dataclass
-class PilotCommand:
+class PilotCommandSettings:
     """`python -m training.pilot`: the two reports in, the split file out."""
 
     noaug: str = option(help="evaluation report of the NoAug model (JSON)", metavar="FILE")
@@ -224,34 +223,39 @@ def plot_frontier(result: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
     atomic_write_json(path, data, sort_keys=True)
 
 
+PROG = "python -m training.pilot"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m training.pilot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    args, _ = parse_settings(PilotCommand, argv, prog=parser.prog, parser=parser)
+    args, _ = parse_settings(PilotCommandSettings, argv, prog=PROG, description=__doc__)
     reports = []
     for flag in ("noaug", "alwaysaug"):
         path = Path(getattr(args, flag))
         if not path.is_file():
-            parser.error(f"--{flag} {path}: no such file")
+            usage_error(PROG, f"--{flag} {path}: no such file")
         try:
             reports.append(json.loads(path.read_text()))
         except json.JSONDecodeError as err:
-            parser.error(f"--{flag} {path}: not JSON ({err})")
+            usage_error(PROG, f"--{flag} {path}: not JSON ({err})")
+    splits = {r.get("split") for r in reports}
+    if splits != {"val"}:  # the test sets are kept for the end: nothing is chosen on them
+        shown = ", ".join(map(str, sorted(splits, key=str)))
+        usage_error(PROG, f"the pilot reads validation reports only (these are of split {shown}); evaluate NoAug "
+                          "and AlwaysAug with --split val")
     try:
         result = pilot_split(reports[0], reports[1], args.pilot)
     except ValueError as err:
-        parser.error(str(err))
+        usage_error(PROG, str(err))
     front = None
     if args.pilot.latency_budget is not None or args.frontier:
         try:
@@ -259,11 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.pilot.latency_budget is not None:
                 result = budget_split(result, front, args.pilot.latency_budget)
         except ValueError as err:
-            parser.error(str(err))
+            usage_error(PROG, str(err))
     result["sources"] = {"noaug": str(args.noaug), "alwaysaug": str(args.alwaysaug)}
-    if result["pilot_on"] == "test":
-        logger.warning("these reports are of the test split: a split chosen there is chosen on the test sets; "
-                       "evaluate NoAug and AlwaysAug with --split val instead")
     write_json_atomic(Path(args.out), result)
     for name, ev in result["datasets"].items():
         logger.info("%-24s NoAug %5.1f  AlwaysAug %5.1f  delta %+5.1f -> %s", name, ev["noaug_p_at_1"],

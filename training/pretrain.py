@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from msolomon.files import append_jsonl, atomic_file, atomic_write_json, read_json, read_jsonl
-from msolomon.settings import command_line, flat_settings, option, parse_settings, process_environment
+from msolomon.settings import (
+    command_line,
+    flat_settings,
+    option,
+    parse_settings,
+    process_environment,
+    threads_option,
+    usage_error,
+)
 from training.trainer import FINAL, LoopSettings, OptimSettings
 
 logger = logging.getLogger("training.pretrain")
@@ -70,10 +78,10 @@ class PretrainSettings:
     datasets: list[str] | None = option(None, "world builders to draw from (default: every benchmark world; the "
                                         "pretraining-only Reading task only when named, e.g. "
                                         "DocVQA,SignVQA,Reading)")
-    backbone: dict[str, Any] = option(dict(BASE_BACKBONE), "TinyConfig fields (merged over the default backbone)")
+    backbone: dict[str, Any] = option(dict(BASE_BACKBONE), "TinySettings fields (merged over the default backbone)")
     max_response_tokens: int = option(48, "answer tokens trained on per example")
     max_new_tokens: int = option(48, "generated tokens per held-out answer")
-    threads: int | None = option(None, "CPU threads for torch and faiss (default: msolomon.runtime's)", metavar="N")
+    threads: int | None = threads_option("torch and faiss")
     ship: str | None = option(None, "copy the base here in half precision with its model card (e.g. assets/base)",
                               metavar="DIR")
     data_only: bool = option(False, "make the pretraining data (OUT/data) and stop, without training: the folder "
@@ -86,11 +94,14 @@ PRETRAIN_UNUSED = ("temperature", "gen_weight", "mask_false_negatives", "max_seg
                    "use_negatives")
 
 
+PROG = "python -m training.pretrain"
+
+
 def parse_args(argv: Sequence[str] | None = None) -> PretrainSettings:
-    settings, _ = parse_settings(PretrainSettings, argv, prog="python -m training.pretrain", description=__doc__,
+    settings, _ = parse_settings(PretrainSettings, argv, prog=PROG, description=__doc__,
                                  unused=PRETRAIN_UNUSED)
     if not settings.out:
-        raise SystemExit("python -m training.pretrain: error: --out is required")
+        usage_error(PROG, "--out is required")
     settings.backbone = {**BASE_BACKBONE, **settings.backbone}
     given = typed_flags(argv)
     if "--epochs" in given and "--max-steps" not in given:  # the default step budget must not silently win
@@ -289,15 +300,14 @@ def keep_earlier(out: Path, steps: int) -> None:
     `report-STEPS.json`, so the shorter base stays at hand."""
     import shutil
 
+    from msolomon.files import atomic_write_bytes, replace_dir
+
     kept = out / f"{FINAL}-{steps}"
     if not kept.exists():
-        tmp = out / f".{kept.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(out / FINAL, tmp)
-        tmp.rename(kept)
+        replace_dir(kept, lambda staging: shutil.copytree(out / FINAL, staging, dirs_exist_ok=True))
     report = out / "report.json"
     if report.is_file() and not (out / f"report-{steps}.json").exists():
-        shutil.copyfile(report, out / f"report-{steps}.json")
+        atomic_write_bytes(out / f"report-{steps}.json", report.read_bytes())
 
 
 def record_command(out: Path, command: str, end: int | None, prior: int | None, prior_command: str | None

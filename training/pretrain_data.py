@@ -175,16 +175,16 @@ PRETRAIN_TASKS = {"Reading": build_reading}
 
 
 def _build_part(name: str, part: str, n: int, settings: PretrainDataSettings, root: Path) -> list[dict]:
-    from msolomon.data.minimmeb import DATASETS, Ctx, Settings, Store, rng_for
+    from msolomon.data.minimmeb import DATASETS, Ctx, MiniMMEBSettings, Store, rng_for
 
     if name in OWN_TASKS or name in PRETRAIN_TASKS:
         task, build = OWN_TASKS[name] if name in OWN_TASKS else (name, PRETRAIN_TASKS[name])
-        ctx = Ctx(Settings.make(seed=settings.benchmark_seed), task, "train", Store(root, f"{task}/{part}"),
+        ctx = Ctx(MiniMMEBSettings.make(seed=settings.benchmark_seed), task, "train", Store(root, f"{task}/{part}"),
                   rng_for(settings.seed + PRETRAIN_SEED_OFFSET, task, part))
         return [{"id": f"{task}:{part}:{i}", "dataset": task, "image": image, "prompt": prompt, "response": response}
                 for i, (image, prompt, response) in enumerate(build(ctx, n))]
     spec = DATASETS[name]
-    bench = Settings.make(seed=settings.benchmark_seed, scale=settings.benchmark_scale)
+    bench = MiniMMEBSettings.make(seed=settings.benchmark_seed, scale=settings.benchmark_scale)
     # split "train": builders draw from train-side pools only (digits) and build train-style rows; the random
     # stream and the image folder are pretraining's own
     store = Store(root, f"{name}/{part}")

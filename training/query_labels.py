@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from msolomon.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
-from msolomon.settings import option, parse_settings, process_environment
+from msolomon.settings import option, parse_settings, process_environment, threads_option, usage_error
 from training.rehearsal import RehearsalSettings
 from training.train import ModelSettings
 from training.trainer import LoopSettings, OptimSettings
@@ -89,6 +89,7 @@ class QueryLabelSettings:
     datasets: list[str] | None = option(None, "training datasets to label (default: all)")
     max_new_tokens: int = option(32, "generated tokens per augmentation in the always runs")
     eval_batch_size: int = option(32, "queries per batch when ranking")
+    threads: int | None = threads_option()
     model: ModelSettings = field(default_factory=ModelSettings)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     loop: LoopSettings = field(default_factory=fold_loop)
@@ -111,14 +112,14 @@ def settings_problem(s: QueryLabelSettings) -> str | None:
 def train_fold(s: QueryLabelSettings, k: int, out: Path) -> Path:
     """Fold k's model: both paths trained on every row of the other folds (resumes; skips a finished one)."""
     from training.rehearsal import check_run_matches
-    from training.train import TrainConfig, run
+    from training.train import TrainSettings, run
 
     run_dir = out / f"fold{k}"
     final = run_dir / "final"
     check_run_matches(run_dir, s.rehearsal)
     if (final / "config.json").is_file():
         return final
-    config = TrainConfig(data=s.data, out=str(run_dir), labeling="alwaysaug", augmentations=s.augmentations,
+    config = TrainSettings(data=s.data, out=str(run_dir), labeling="alwaysaug", augmentations=s.augmentations,
                          embedded_twins=1.0, holdout=f"{k}/{s.rule.folds}", datasets=s.datasets, model=s.model,
                          rehearsal=s.rehearsal, loop=s.loop)
     logger.info("fold %d of %d: training its model on the other folds", k, s.rule.folds)
@@ -179,19 +180,21 @@ def rank_both_ways(model_dir: Path, data: str | Path, image_root: Path, names: S
                    ) -> dict[str, dict[str, list[dict]]]:
     """Rank `names` in never and always mode with one model (resumable); per dataset and mode, each query's
     {correct, margin, rank} in row order, read from the evaluation's predictions file."""
-    from msolomon.evaluation import StaleResultsError, evaluate
+    from dataclasses import replace
+
+    from msolomon.evaluation import EvalSettings, StaleResultsError, evaluate
     from msolomon.files import read_jsonl
     from msolomon.report import output_paths
 
-    kwargs = dict(modes=("never", "always"), out=report, datasets=list(names), max_new_tokens=s.max_new_tokens,
-                  show_progress_bar=False, model_name=str(model_dir), split=split, batch_size=s.eval_batch_size,
-                  latency_queries=0, meta_tasks={n: m["meta_task"] for n, m in (meta or {}).items() if n in names},
-                  image_root=image_root)
+    settings = EvalSettings(modes=("never", "always"), datasets=tuple(names), max_new_tokens=s.max_new_tokens,
+                            show_progress_bar=False, split=split, batch_size=s.eval_batch_size, latency_queries=0,
+                            meta_task=tuple(f"{n}={m['meta_task']}" for n, m in (meta or {}).items() if n in names),
+                            image_root=str(image_root))
     try:
-        evaluate(str(model_dir), data, **kwargs)
+        evaluate(str(model_dir), data, settings, out=report, model_name=str(model_dir))
     except StaleResultsError as err:
         logger.warning("%s; ranking again", err)
-        evaluate(str(model_dir), data, resume=False, **kwargs)
+        evaluate(str(model_dir), data, replace(settings, fresh=True), out=report, model_name=str(model_dir))
     out: dict[str, dict[str, list[dict]]] = {n: {"never": [], "always": []} for n in names}
     for p in sorted(read_jsonl(output_paths(report)["predictions"]), key=lambda p: (p["dataset"], p["index"])):
         if p["dataset"] in out and p["mode"] in ("never", "always"):
@@ -401,20 +404,16 @@ def run(s: QueryLabelSettings) -> Path:
     return out / "labels.jsonl"
 
 
+PROG = "python -m training.query_labels"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import argparse
-
-    from msolomon.runtime import add_threads_argument
-
-    parser = argparse.ArgumentParser(prog="python -m training.query_labels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    settings, args = parse_settings(QueryLabelSettings, argv, prog=parser.prog, parser=parser,
-                                    extra=add_threads_argument)
+    settings, _ = parse_settings(QueryLabelSettings, argv, prog=PROG, description=__doc__)
     problem = settings_problem(settings)
     if problem:
-        raise SystemExit(f"python -m training.query_labels: error: {problem}")
-    process_environment(args.threads)
+        usage_error(PROG, problem)
+    process_environment(settings.threads)
     try:
         path = run(settings)
     except ValueError as err:

@@ -32,7 +32,7 @@ from typing import Sequence
 from msolomon.files import accumulate_timings, atomic_write_text, read_json
 from msolomon.model import AUGMENT_MODES
 from msolomon.settings import command_line as settings_command_line
-from msolomon.settings import flat_settings, option, parse_settings, process_environment
+from msolomon.settings import flat_settings, option, parse_settings, process_environment, threads_option, usage_error
 from training.query_labels import LabelRule
 from training.rehearsal import RehearsalSettings
 from training.train import ModelSettings
@@ -79,9 +79,10 @@ class ReproduceSettings:
     eval_batch_size: int = option(32, "queries per batch at evaluation, for accuracy (1: every query alone and timed)")
     latency_queries: int = option(100, "test queries per dataset timed one at a time, batch size 1 (with "
                                   "--eval-batch-size > 1); the pilot times none")
-    threads: int | None = option(None, "CPU threads for torch and faiss (default: msolomon.runtime's)", metavar="N")
+    threads: int | None = threads_option("torch and faiss")
     datasets: list[str] | None = option(None, "a subset of MiniMMEB's datasets (default: all 15)")
-    pilot_split: str = option("val", "where the pilot measures (the validation split carved from train; never test)")
+    pilot_split: str = option("val", "where the pilot measures: the validation split carved from train (test is "
+                                     "kept for the final evaluation and refused)", choices=("val",))
     all_modes: bool = option(False, "evaluate every model in every mode (default: each in its own mode)")
     ship: str | None = option(None, "assets folder to write model/ and baselines/{noaug,alwaysaug}/ into (half "
                               "precision, with model cards)", metavar="DIR")
@@ -115,7 +116,7 @@ def stage_synthesis(s: ReproduceSettings, data: Path, out: Path) -> Path:
 def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, split: Path | None, out: Path,
                 labels: Path | None = None) -> Path:
     from training.rehearsal import check_run_matches
-    from training.train import TrainConfig, run
+    from training.train import TrainSettings, run
 
     final = out / name / "final"
     check_run_matches(out / name, s.rehearsal)
@@ -126,7 +127,7 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
                          f"{labeling} (--decisions {s.decisions}): use a new --out, or delete {out / name}")
     if (final / "config.json").is_file():
         return final
-    config = TrainConfig(data=str(data), out=str(out / name), labeling=labeling,
+    config = TrainSettings(data=str(data), out=str(out / name), labeling=labeling,
                          augmentations=str(synthesis), split=str(split) if split else None,
                          labels=str(labels) if labels and name == "msolomon" else None,
                          augmented_twins=s.augmented_twins if name == "msolomon" else 0.0,
@@ -142,19 +143,20 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
 def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out: Path, modes: Sequence[str],
                datasets: Sequence[str] | None = None, tag: str = "", split: str = "test", timed: bool = True) -> dict:
     """Evaluate one model; `timed=False` (the pilot) measures accuracy only, in batches."""
-    from msolomon.evaluation import StaleResultsError, evaluate
+    from dataclasses import replace
+
+    from msolomon.evaluation import EvalSettings, StaleResultsError, evaluate
 
     report_path = out / "eval" / f"{name}{tag}.json"
     batched = s.eval_batch_size > 1
-    kwargs = dict(modes=tuple(modes), limit=s.eval_limit, out=report_path, datasets=datasets,
-                  max_new_tokens=s.max_new_tokens, show_progress_bar=False, model_name=name, split=split,
-                  batch_size=s.eval_batch_size,
-                  latency_queries=(s.latency_queries if timed else 0) if batched else None)
+    settings = EvalSettings(modes=tuple(modes), limit=s.eval_limit, datasets=datasets, split=split,
+                            max_new_tokens=s.max_new_tokens, show_progress_bar=False, batch_size=s.eval_batch_size,
+                            latency_queries=(s.latency_queries if timed else 0) if batched else None)
     try:
-        return evaluate(str(model_dir), data, **kwargs)
+        return evaluate(str(model_dir), data, settings, out=report_path, model_name=name)
     except StaleResultsError as err:  # the model or settings changed since: evaluate again from scratch
         logger.warning("%s; evaluating %s again", err, name)
-        return evaluate(str(model_dir), data, resume=False, **kwargs)
+        return evaluate(str(model_dir), data, replace(settings, fresh=True), out=report_path, model_name=name)
 
 
 def stage_labels(s: ReproduceSettings, data: Path, synthesis: Path, out: Path) -> Path:
@@ -281,20 +283,21 @@ def ship_models(result: dict, finals: dict[str, Path], assets: Path, command: st
         logger.info("shipped %s to %s", name, dest)
 
 
+PROG = "python -m training.reproduce"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings, args = parse_settings(ReproduceSettings, argv, prog="python -m training.reproduce", description=__doc__)
+    settings, args = parse_settings(ReproduceSettings, argv, prog=PROG, description=__doc__)
     if not settings.out:
-        raise SystemExit("python -m training.reproduce: error: --out is required")
+        usage_error(PROG, "--out is required")
     if settings.eval_batch_size < 1 or settings.latency_queries < 0:  # fail now, not after the fine-tuning
-        raise SystemExit("python -m training.reproduce: error: --eval-batch-size must be >= 1 and "
-                         "--latency-queries >= 0")
+        usage_error(PROG, "--eval-batch-size must be >= 1 and --latency-queries >= 0")
     if settings.latency_budget is not None and not 0 < settings.latency_budget <= 1:
-        raise SystemExit("python -m training.reproduce: error: --latency-budget must be in (0, 1], a fraction of "
-                         f"AlwaysAug's latency, got {settings.latency_budget}")
+        usage_error(PROG, "--latency-budget must be in (0, 1], a fraction of AlwaysAug's latency, got "
+                          f"{settings.latency_budget}")
     if settings.latency_budget is not None and settings.latency_queries < 1 and settings.eval_batch_size > 1:
-        raise SystemExit("python -m training.reproduce: error: --latency-budget needs --latency-queries >= 1 (the "
-                         "pilot times each dataset)")
+        usage_error(PROG, "--latency-budget needs --latency-queries >= 1 (the pilot times each dataset)")
     from training.collator import augmented_twins_problem, embedded_twins_problem
     from training.query_labels import rule_problem
 
@@ -302,14 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = (augmented_twins_problem(settings.augmented_twins, labeling)
                or embedded_twins_problem(settings.embedded_twins, labeling) or rule_problem(settings.labels))
     if problem:
-        raise SystemExit(f"python -m training.reproduce: error: {problem}")
+        usage_error(PROG, problem)
     if settings.data and not Path(settings.data).is_dir():
-        raise SystemExit(f"python -m training.reproduce: error: --data {settings.data}: no such folder")
+        usage_error(PROG, f"--data {settings.data}: no such folder")
     from training.rehearsal import rehearsal_problem
 
     problem = rehearsal_problem(settings.rehearsal)
     if problem:
-        raise SystemExit(f"python -m training.reproduce: error: {problem}")
+        usage_error(PROG, problem)
     process_environment(settings.threads)
     try:
         run(settings)

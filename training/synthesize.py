@@ -25,7 +25,6 @@ from msolomon.settings import option, parse_settings, process_environment
 
 process_environment(set_threads=False)  # before transformers is imported (the teachers import it)
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -39,7 +38,7 @@ from typing import Any  # noqa: E402
 from msolomon import prompts  # noqa: E402
 from msolomon.data import DataFormatError  # noqa: E402
 from msolomon.files import atomic_write_text  # noqa: E402
-from msolomon.runtime import add_threads_argument  # noqa: E402
+from msolomon.settings import threads_option  # noqa: E402
 from training.teachers import (  # noqa: E402
     BACKENDS,
     OpenAIBackend,
@@ -332,7 +331,7 @@ def _empty_counts() -> dict[str, int]:
     return {"total": 0, "skipped": 0, "done": 0, "ok": 0, "no_answer": 0, "error": 0}
 
 
-def _progress(total: int, backend: str, show: bool | None):
+def _progress_bar(total: int, backend: str, show: bool | None):
     from tqdm.auto import tqdm
 
     disable = (not sys.stderr.isatty()) if show is None else not show
@@ -370,7 +369,7 @@ def synthesize(settings: SynthesisSettings, teacher: Teacher | None = None) -> d
         if pending and teacher is None:
             teacher = make_teacher(settings)
         backend = teacher.name if teacher is not None else settings.backend
-        bar = _progress(len(pending), backend, settings.progress)
+        bar = _progress_bar(len(pending), backend, settings.progress)
         replies = _replies(teacher, pending)
         errors_in_row = total_errors = 0
         try:
@@ -464,15 +463,20 @@ def _report(summary: dict[str, Any], out: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------- the command
 
-def _process_arguments(parser: argparse.ArgumentParser) -> None:
-    add_threads_argument(parser, what="the teacher model (transformers backend)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (every error and retry)")
+@dataclass
+class SynthesisCommandSettings:
+    """`python -m training.synthesize`: the run's settings, and how this process runs (not recorded)."""
+
+    synthesis: SynthesisSettings
+    threads: int | None = threads_option("the teacher model (transformers backend)")
+    verbose: bool = option(False, "debug logging (every error and retry)", flag=("-v", "--verbose"))
 
 
-def parse_command_line(argv: list[str] | None = None) -> tuple[SynthesisSettings, argparse.Namespace]:
-    return parse_settings(SynthesisSettings, argv, prog="python -m training.synthesize", config_file=True,
-                          description="Synthesise answer-style query augmentations with a teacher MLLM (resumable "
-                                      "JSONL output).", extra=_process_arguments)
+def parse_command_line(argv: list[str] | None = None) -> tuple[SynthesisSettings, SynthesisCommandSettings]:
+    command, _ = parse_settings(SynthesisCommandSettings, argv, prog="python -m training.synthesize",
+                                description="Synthesise answer-style query augmentations with a teacher MLLM "
+                                            "(resumable JSONL output).")
+    return command.synthesis, command
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ DistributedDataParallel). Settings come from the command line or one YAML/JSON f
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from msolomon.settings import option, parse_settings, process_environment
+from msolomon.settings import option, parse_settings, process_environment, threads_option, usage_error
 from training.collator import LABELINGS, augmented_twins_problem, embedded_twins_problem
 from training.rehearsal import RehearsalSettings
 from training.trainer import LoopSettings
@@ -38,7 +37,7 @@ class ModelSettings:
 
     init: str = option("base", "the starting point: base (the shipped pretrained base, assets/base), tiny (the "
                        "small Qwen2-VL from scratch) or a checkpoint path", metavar="base|tiny|PATH")
-    tiny: dict[str, Any] = option({}, "TinyConfig overrides for --init tiny")
+    tiny: dict[str, Any] = option({}, "TinySettings overrides for --init tiny")
     model_seed: int | None = option(None, "seed of the weights of --init tiny (default: --seed)")
     lora: bool = option(False, "train a LoRA adapter on a checkpoint")
     qlora: bool = option(False, "train a LoRA adapter on a 4-bit checkpoint (needs bitsandbytes and CUDA)")
@@ -51,7 +50,7 @@ class ModelSettings:
 
 
 @dataclass
-class TrainConfig:
+class TrainSettings:
     """Every setting of a training run: the data here, the model and the loop (`training.trainer`) nested, all on
     one flat command line and in one config file."""
 
@@ -78,37 +77,48 @@ class TrainConfig:
     loop: LoopSettings = field(default_factory=LoopSettings)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+PROG = "python -m training.train"
+
+
+@dataclass
+class TrainCommandSettings:
+    """`python -m training.train`: the run's settings and the process's threads (a process setting, not a training
+    setting: not recorded in the run)."""
+
+    threads: int | None = threads_option()
+    settings: TrainSettings = field(default_factory=TrainSettings)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainSettings:
     return parse_command_line(argv)[0]
 
 
-def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainConfig, int | None]:
-    """The settings and the `--threads` value (a process setting, not a training setting: not in TrainConfig)."""
-    from msolomon.runtime import add_threads_argument
-
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    config, args = parse_settings(TrainConfig, argv, prog=parser.prog, parser=parser, extra=add_threads_argument)
-    if not config.data or not config.out:
-        parser.error("--data and --out are required (on the command line or in --config)")
-    if not Path(config.data).is_dir():
-        parser.error(f"--data {config.data}: no such folder")
-    if config.labeling != "noaug" and not config.augmentations:
-        parser.error(f"--labeling {config.labeling} needs --augmentations (the output of training.synthesize)")
-    if config.labeling == "adaptive" and not config.split:
-        parser.error("--labeling adaptive needs --split (the output of training.pilot)")
-    if config.labeling == "query" and not config.labels:
-        parser.error("--labeling query needs --labels (the labels.jsonl of training.query_labels)")
-    problem = (augmented_twins_problem(config.augmented_twins, config.labeling)
-               or embedded_twins_problem(config.embedded_twins, config.labeling) or holdout_problem(config.holdout))
+def parse_command_line(argv: Sequence[str] | None = None) -> tuple[TrainSettings, int | None]:
+    """The settings and the `--threads` value."""
+    command, _ = parse_settings(TrainCommandSettings, argv, prog=PROG, description=__doc__)
+    problem = settings_problem(command.settings)
     if problem:
-        parser.error(problem)
+        usage_error(PROG, problem)
+    return command.settings, command.threads
+
+
+def settings_problem(config: TrainSettings) -> str | None:
+    """What is wrong with the settings of a run, or None (checked before anything is loaded)."""
+    if not config.data or not config.out:
+        return "--data and --out are required (on the command line or in --config)"
+    if not Path(config.data).is_dir():
+        return f"--data {config.data}: no such folder"
+    if config.labeling != "noaug" and not config.augmentations:
+        return f"--labeling {config.labeling} needs --augmentations (the output of training.synthesize)"
+    if config.labeling == "adaptive" and not config.split:
+        return "--labeling adaptive needs --split (the output of training.pilot)"
+    if config.labeling == "query" and not config.labels:
+        return "--labeling query needs --labels (the labels.jsonl of training.query_labels)"
     from training.rehearsal import rehearsal_problem
 
-    problem = rehearsal_problem(config.rehearsal)
-    if problem:
-        parser.error(problem)
-    return config, args.threads
+    return (augmented_twins_problem(config.augmented_twins, config.labeling)
+            or embedded_twins_problem(config.embedded_twins, config.labeling) or holdout_problem(config.holdout)
+            or rehearsal_problem(config.rehearsal))
 
 
 def parse_holdout(spec: str | None) -> tuple[int, int] | None:
@@ -132,7 +142,7 @@ def holdout_problem(spec: str | None) -> str | None:
     return None
 
 
-def load_rows(config: TrainConfig):
+def load_rows(config: TrainSettings):
     """Training rows from a MiniMMEB folder or an MMEB-train folder (less the held-out fold, with --holdout)."""
     from msolomon.data.minimmeb import is_minimmeb
     from msolomon.data.mmeb import list_train_datasets, read_train_dataset
@@ -169,7 +179,7 @@ def init_distributed() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def build_model(config: TrainConfig, corpus: Sequence[str], resume_dir: Path | None):
+def build_model(config: TrainSettings, corpus: Sequence[str], resume_dir: Path | None):
     """The model to train: a fresh tiny one, a checkpoint (full, LoRA or QLoRA), or the run's own last
     checkpoint when resuming."""
     import torch
@@ -220,7 +230,7 @@ def resolve_init(init: str) -> str:
     return str(DEFAULT_BASE_DIR)
 
 
-def run(config: TrainConfig) -> Path:
+def run(config: TrainSettings) -> Path:
     """Train and return the folder of the final model."""
     from msolomon import prompts
     from training.collator import assign_labels, load_query_labels, load_split
@@ -263,7 +273,7 @@ def run(config: TrainConfig) -> Path:
     return trainer.train()
 
 
-def rehearsal_parts(model, config: TrainConfig, replay_rows: list[dict]):
+def rehearsal_parts(model, config: TrainSettings, replay_rows: list[dict]):
     """The collator and loss of a run that replays pretraining examples (`training.rehearsal`)."""
     from training.collator import Collator
     from training.pretrain import PretrainCollator

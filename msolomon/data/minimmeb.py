@@ -25,7 +25,6 @@ decides which datasets augmentation helps: that is what the pilot study measures
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -41,7 +40,7 @@ from msolomon import prompts
 from msolomon.data import META_TASKS
 from msolomon.data.mmeb import MINIMMEB_META
 from msolomon.files import atomic_write_text, install_dir
-from msolomon.settings import split_list
+from msolomon.settings import option, parse_settings, usage_error
 from msolomon.worlds.charts import build_chart_vqa
 from msolomon.worlds.common import Ctx, Item, Store, Target, rng_for, same_words
 from msolomon.worlds.digits import (
@@ -67,8 +66,8 @@ from msolomon.worlds.scenes import (
 
 # What other code imports from here, the world builders' names included (they live in msolomon.worlds).
 __all__ = ["BENCHMARK_NAME", "DATASETS", "META_FILE", "SCALES", "VERSION", "Ctx", "DatasetSpec", "Item",
-           "PHOTO_PHRASES", "Scale", "Settings", "Store", "Target", "build_dataset", "digit_pools", "digit_split",
-           "generate", "is_minimmeb", "load_digits", "load_minimmeb", "main", "rng_for"]
+           "MiniMMEBSettings", "PHOTO_PHRASES", "Scale", "Store", "Target", "build_dataset", "digit_pools",
+           "digit_split", "generate", "is_minimmeb", "load_digits", "load_minimmeb", "main", "rng_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ SCALES: dict[str, Scale] = {
 
 
 @dataclass(frozen=True)
-class Settings:
+class MiniMMEBSettings:
     """Everything that determines the generated files."""
 
     seed: int = 0
@@ -114,7 +113,7 @@ class Settings:
     @classmethod
     def make(cls, seed: int = 0, scale: str = "small", n_candidates: int | None = None, n_train: int | None = None,
              n_test: int | None = None, datasets: Sequence[str] | None = None,
-             n_val: int | None = None) -> "Settings":
+             n_val: int | None = None) -> "MiniMMEBSettings":
         if scale not in SCALES:
             raise ValueError(f"unknown scale {scale!r}; expected one of {sorted(SCALES)}")
         sc = SCALES[scale]
@@ -211,7 +210,7 @@ def _oracle_row(qid: str, name: str, split: str, it: Item) -> dict:
             "answer": it.answer, "wrong_answers": wrong, "facts": it.facts}
 
 
-def build_dataset(spec: DatasetSpec, settings: Settings, root: Path) -> dict:
+def build_dataset(spec: DatasetSpec, settings: MiniMMEBSettings, root: Path) -> dict:
     """Generate one dataset's splits under `root`; returns its entry of minimmeb.json."""
     store = Store(root, spec.name)
     entry: dict[str, Any] = {"meta_task": spec.meta_task, "ood": spec.ood, "splits": spec.splits,
@@ -258,7 +257,7 @@ def generate(out: str | Path, seed: int = 0, scale: str = "small", n_candidates:
     The tree is built in a temporary sibling folder and renamed into place, so `out` is always either the old
     benchmark or the complete new one. An existing `out` is replaced only if it is empty or a MiniMMEB folder.
     """
-    settings = Settings.make(seed=seed, scale=scale, n_candidates=n_candidates, datasets=datasets, **overrides)
+    settings = MiniMMEBSettings.make(seed=seed, scale=scale, n_candidates=n_candidates, datasets=datasets, **overrides)
     out = Path(out)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or is_minimmeb(out))):
         raise FileExistsError(f"{out} exists and is not a MiniMMEB folder; refusing to overwrite it")
@@ -313,36 +312,40 @@ def load_minimmeb(path: str | Path) -> dict:
     return data
 
 
+PROG = "python -m msolomon.data.minimmeb"
+
+
+@dataclass
+class MiniMMEBCommandSettings:
+    """`python -m msolomon.data.minimmeb`: where to write and what (`generate`'s arguments)."""
+
+    out: str = option(help="output folder (created; replaced only if it is empty or a MiniMMEB folder)")
+    seed: int = option(0, "random seed: the same seed writes the same files")
+    scale: str = option("small", "size of each dataset", choices=sorted(SCALES))
+    n_candidates: int | None = option(None, "candidates per retrieval/grounding query (default: the scale's, 100 "
+                                            "for small/full)")
+    n_train: int | None = option(None, "override the scale's train rows per dataset (default: the scale's)")
+    n_test: int | None = option(None, "override the scale's test rows per dataset (default: the scale's)")
+    n_val: int | None = option(None, "override the scale's validation rows per in-distribution dataset (default: "
+                                     "the scale's)")
+    datasets: list[str] | None = option(None, "subset (default: all) of: " + ",".join(DATASETS))
+    quiet: bool = option(False, "no progress bar or log lines (default: shown)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m msolomon.data.minimmeb", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True,
-                        help="output folder (created; replaced only if it is empty or a MiniMMEB folder)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same files "
-                                                             "(default: 0)")
-    parser.add_argument("--scale", choices=sorted(SCALES), default="small",
-                        help="size of each dataset (default: small)")
-    parser.add_argument("--n-candidates", type=int, default=None,
-                        help="candidates per retrieval/grounding query (default: the scale's, 100 for small/full)")
-    parser.add_argument("--n-train", type=int, default=None, help="override the scale's train rows per dataset")
-    parser.add_argument("--n-test", type=int, default=None, help="override the scale's test rows per dataset")
-    parser.add_argument("--n-val", type=int, default=None,
-                        help="override the scale's validation rows per in-distribution dataset")
-    parser.add_argument("--datasets", default=None,
-                        help="comma-separated subset (default: all) of: " + ",".join(DATASETS))
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines (default: shown)")
-    args = parser.parse_args(argv)
+    args, _ = parse_settings(MiniMMEBCommandSettings, argv, prog=PROG, description=__doc__.split("\n")[0],
+                             config_file=False)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     overrides = {k: v for k, v in (("n_train", args.n_train), ("n_val", args.n_val),
-                                                 ("n_test", args.n_test)) if v is not None}
+                                   ("n_test", args.n_test)) if v is not None}
     try:
         meta = generate(args.out, seed=args.seed, scale=args.scale, n_candidates=args.n_candidates,
-                        datasets=split_list(args.datasets) or None,
-                        progress=False if args.quiet else None, **overrides)
+                        datasets=args.datasets or None, progress=False if args.quiet else None, **overrides)
     except FileExistsError as err:  # an existing folder that is not MiniMMEB: never overwritten
-        parser.exit(2, f"{parser.prog}: error: --out {err}; choose a new or empty folder\n")
+        usage_error(PROG, f"--out {err}; choose a new or empty folder")
     except (ValueError, KeyError) as err:  # bad --datasets, sizes
-        parser.exit(2, f"{parser.prog}: error: {str(err).strip(chr(39))}\n")
+        usage_error(PROG, str(err).strip(chr(39)))
     ds = meta["datasets"]
     sys.stdout.write(f"MiniMMEB seed={meta['seed']} scale={meta['scale']}: {len(ds)} datasets "
           f"({sum(not d['ood'] for d in ds.values())} IND, {sum(d['ood'] for d in ds.values())} OOD), "

@@ -186,13 +186,13 @@ def minimmeb_payloads(bench: Any, cache_file: Path | None = None) -> list[dict]:
                 return saved["payloads"]
         except (ValueError, KeyError, TypeError):
             logger.info("rebuilding the unreadable candidate list %s", cache_file)
-    payloads = _read_payloads(bench)
+    payloads = _benchmark_payloads(bench)
     if cache_file is not None:
         atomic_write_text(cache_file, json.dumps({"stamp": stamp, "folder": str(bench.folder), "payloads": payloads}))
     return payloads
 
 
-def _read_payloads(bench: Any) -> list[dict]:
+def _benchmark_payloads(bench: Any) -> list[dict]:
     by_key: dict[str, dict] = {}
     for name in bench.names:
         for row in bench.read(name):

@@ -117,18 +117,18 @@ def query_rows(records: Sequence[dict], limit: int = 500) -> list[list[Any]]:
             for i, r in enumerate(records[:limit])]
 
 
-def run_evaluation(model: Any, data_dir: Path, datasets: Sequence[str], limit: int, modes: Sequence[str],
-                   out_root: Path) -> Path:
+def evaluate_from_page(model: Any, data_dir: Path, datasets: Sequence[str], limit: int, modes: Sequence[str],
+                       out_root: Path) -> Path:
     """Evaluate on a few queries of a few MiniMMEB datasets; returns the predictions file it wrote."""
-    from msolomon.evaluation import evaluate
+    from msolomon.evaluation import EvalSettings, evaluate
 
     if not datasets:
         raise ValueError("choose at least one dataset")
     if not modes:
         raise ValueError("choose at least one mode")
     out = Path(out_root) / time.strftime("run-%Y%m%d-%H%M%S") / "report.json"
-    evaluate(model, data_dir, modes=list(modes), limit=int(limit), datasets=list(datasets), out=out,
-             resume=False, model_name="the demo's model")
+    settings = EvalSettings(modes=tuple(modes), limit=int(limit), datasets=tuple(datasets), fresh=True)
+    evaluate(model, data_dir, settings, out=out, model_name="the demo's model")
     return out.with_name("report" + SUFFIX)
 
 

@@ -180,8 +180,8 @@ class Handlers:
             raise DemoInputError(f"unknown dataset(s): {', '.join(unknown)}")
         if progress is not None:
             progress(0.0, desc="evaluating")
-        path = explorer.run_evaluation(LockedModel(s.model, s.lock), s.data_dir, datasets or [], limit,
-                                       modes or [], s.settings.cache_dir / "evals")
+        path = explorer.evaluate_from_page(LockedModel(s.model, s.lock), s.data_dir, datasets or [], limit,
+                                           modes or [], s.settings.cache_dir / "evals")
         files = explorer.find_files(self.explorer_folders())
         label = next(k for k, v in files.items() if v == path)
         return list(files), label

@@ -71,12 +71,12 @@ def card_figures(path: str) -> list[list[Any]]:
             if not isinstance(r, dict) or "overall" not in r:
                 continue
             lat = (r.get("latency_ms") or {}).get("mean")
-            rows.append([name, mode, *(_round(r.get(k)) for k in ("overall", "ind", "ood")),
-                         _round(r.get("augment_rate"), 2), _round(lat)])
+            rows.append([name, mode, *(_rounded_cell(r.get(k)) for k in ("overall", "ind", "ood")),
+                         _rounded_cell(r.get("augment_rate"), 2), _rounded_cell(lat)])
     return rows
 
 
-def _round(x: Any, nd: int = 1) -> Any:
+def _rounded_cell(x: Any, nd: int = 1) -> Any:
     return round(float(x), nd) if isinstance(x, (int, float)) else x
 
 

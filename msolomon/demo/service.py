@@ -215,13 +215,14 @@ class SearchService:
             raise DemoInputError(f"top-k must be between 1 and {limits.max_top_k}, got {top_k}")
         if req.corpus not in self.corpora:
             raise DemoInputError(f"unknown corpus {req.corpus!r}; choose one of the list")
-        if req.image is not None:
+        image = None
+        if req.image is not None:  # decoded once, here: the model gets the checked image, not the file again
             name = Path(str(req.image)).name
             try:
-                load_image(req.image)
+                image = load_image(req.image)
             except ValueError as err:
                 raise DemoInputError(str(err).replace(str(req.image), name)) from None
-        return Query(text=text, image=req.image, instruction=instruction)
+        return Query(text=text, image=image, instruction=instruction)
 
     def _example_for(self, req: SearchRequest) -> Example | None:
         ex = self._examples_by_id.get(req.example_id or "")

@@ -5,6 +5,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from msolomon.runtime import check_threads, default_threads
+from msolomon.settings import option, threads_option
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BASELINES = ROOT / "assets" / "baselines"
 
@@ -31,34 +34,37 @@ class Limits:
 
 @dataclass
 class DemoSettings:
-    """Everything `python app.py` can change; tests build the demo with small values."""
+    """Everything `python app.py` can change (its flags are these fields); tests build the demo with small values."""
 
-    model: str | None = None  # None: the shipped default model (assets/model)
-    adapter: str | None = None
-    quantization: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 7860
-    threads: int = 1
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    reports_dir: Path | None = None  # where the error explorer looks for *.predictions.jsonl
-    baselines_dir: Path = DEFAULT_BASELINES  # noaug/ and alwaysaug/ when present
-    corpus_seed: int = 0
-    corpus_scale: str = "small"  # MiniMMEB scale of the default corpus: tiny | small | full
-    sample_photos: bool = True
-    max_new_tokens: int = 64
-    max_batch: int = 16  # concurrent searches served by one encode_queries call
-    batch_wait_ms: float = 4.0  # how long the first request waits for others to join its batch
-    queue_size: int = 64  # pending searches beyond this get "busy, try again"
-    n_examples_per_dataset: int = 1
-    limits: Limits = field(default_factory=Limits)
+    model: str | None = option(None, "a checkpoint folder the library loads (default: assets/model)")
+    adapter: str | None = option(None, "a LoRA adapter folder on top of --model")
+    quantization: str | None = option(None, "bitsandbytes quantization", choices=["8bit", "4bit"])
+    host: str = option("127.0.0.1", "address to bind (default 127.0.0.1: this machine only)")
+    port: int = option(7860, "port to serve on")
+    threads: int | None = threads_option()  # None: msolomon.runtime.default_threads(), resolved here
+    reports_dir: Path | None = option(None, "folder of evaluation outputs for the error explorer",
+                                      flag="--reports")
+    cache_dir: Path | None = option(None, "generated data and cached indexes (default: $MSOLOMON_CACHE, else "
+                                          "~/.cache/msolomon)")
+    baselines_dir: Path = option(DEFAULT_BASELINES, "folder with noaug/ and alwaysaug/ (default assets/baselines)",
+                                 flag="--baselines")
+    max_batch: int = option(16, "concurrent searches served by one model call (1: one at a time)")
+    batch_wait_ms: float = option(4.0, "how long the first of concurrent searches waits for others to join its model "
+                                       "call (default 4)")
+    corpus_scale: str = option("small", "MiniMMEB scale of the default corpus", choices=["tiny", "small", "full"])
+    corpus_seed: int = option(0, "seed of the default corpus", cli=False)
+    sample_photos: bool = option(True, "the sample photos in the default corpus", cli=False)
+    max_new_tokens: int = option(64, "cap on a search's augmentation", cli=False)
+    queue_size: int = option(64, "pending searches beyond this get 'busy, try again'", cli=False)
+    n_examples_per_dataset: int = option(1, "example queries per dataset", cli=False)
+    limits: Limits = field(default_factory=Limits, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        self.cache_dir = Path(self.cache_dir)
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else default_cache_dir()
         if self.reports_dir is not None:
             self.reports_dir = Path(self.reports_dir)
         self.baselines_dir = Path(self.baselines_dir)
-        if self.threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.threads}")
+        self.threads = default_threads() if self.threads is None else check_threads(self.threads)
         if self.max_batch < 1 or self.queue_size < 1:
             raise ValueError("max_batch and queue_size must be at least 1")
         if not 0 <= self.batch_wait_ms <= 1000:

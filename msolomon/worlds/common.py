@@ -8,13 +8,10 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from msolomon import prompts
 from msolomon.worlds.canvas import BACKGROUNDS, save_png
-
-if TYPE_CHECKING:
-    from msolomon.data.minimmeb import Settings
 
 INSTR = prompts.MMEB_INSTRUCTIONS
 TARGET_IMAGE = INSTR["target_image"]
@@ -61,11 +58,19 @@ class Store:
         return rel
 
 
+class WorldSettings(Protocol):
+    """What a builder reads of a benchmark's settings (`msolomon.data.minimmeb.MiniMMEBSettings` has both): the
+    worlds know nothing of the benchmark built on them, so nothing here imports it."""
+
+    seed: int
+    n_candidates: int
+
+
 @dataclass
 class Ctx:
     """What a dataset builder gets: the settings, its image store and its own random stream."""
 
-    settings: Settings
+    settings: WorldSettings
     name: str
     split: str
     store: Store

@@ -1,0 +1,6 @@
+"""`python -m msolomon.evaluation`."""
+import sys
+
+from msolomon.evaluation.cli import main
+
+sys.exit(main())
