@@ -109,7 +109,7 @@ def claims(result: Mapping[str, Any]) -> list[dict]:
         no, al, ms = get("noaug", "never"), get("alwaysaug", "always"), get("msolomon", "auto")
         g_no = gain_interval(result, ("msolomon", "auto"), ("noaug", "never"), datasets)
         g_al = gain_interval(result, ("msolomon", "auto"), ("alwaysaug", "always"), datasets)
-        ratio = None if not al[1] or ms[1] is None else round(ms[1] / al[1], 3)
+        ratio = None if not al[1] or ms[1] is None else round(ms[1] / al[1], 4)
         verdicts = {"over_noaug": verdict(g_no and g_no["ci95"]),
                     "against_alwaysaug": verdict(g_al and g_al["ci95"], LEVEL_MARGIN),
                     "latency": None if ratio is None else "holds" if ratio <= LATENCY_CLAIM else "does not hold"}
@@ -341,7 +341,7 @@ pretrained tiny base MLLM (`assets/base`, `python -m training.pretrain`), as the
 classes and code path as Qwen2-VL-2B. It only knows MiniMMEB's small world (digits, drawn shapes and scenes, charts,
 forms, signs, garments, a few photos). Weights are stored in float16 and computed in float32 on a CPU.
 
-Made by (the three models of the paper in one run):
+{made_by}
 
 ```bash
 {command}
@@ -368,7 +368,8 @@ def pilot_sentence(pilot_on: str | None) -> str:
             "helped choose the split, so they overstate what a new split of the same data would give.")
 
 
-def write_model_card(result: Mapping[str, Any], model_dir: Path, command: str, model_key: str = "msolomon") -> None:
+def write_model_card(result: Mapping[str, Any], model_dir: Path, command: str, model_key: str = "msolomon",
+                     made_by: str = "Made by (the three models of the paper in one run):") -> None:
     """README.md (how the model was made, the pilot split, the measured table) and report.json, for any of the
     three shipped models (assets/model, assets/baselines/noaug, assets/baselines/alwaysaug)."""
     from msolomon.report import atomic_write_text
@@ -379,7 +380,8 @@ def write_model_card(result: Mapping[str, Any], model_dir: Path, command: str, m
                 "`L_rep + λ·L_gen` on per-query labels: each training query labelled by whether augmenting helped its "
                 "own retrieval under a fold model that never saw it (`training.query_labels`)")
     head = f"# {title}\n" + MODEL_CARD_BODY.format(
-        what=what, command=command, path=path, pilot_sentence=pilot_sentence(result["split"].get("pilot_on")),
+        what=what, command=command, path=path, made_by=made_by,
+        pilot_sentence=pilot_sentence(result["split"].get("pilot_on")),
         default="; it is the default of every command that takes `--model`" if model_key == "msolomon" else "")
     atomic_write_text(model_dir / "README.md", head + markdown(result).split("\n", 1)[1])
     data = dict(result)
