@@ -205,3 +205,22 @@ def test_the_report_states_the_rule_that_made_the_split():
     budgeted = pilot_rule({"margin": 1.0, "latency_budget": 0.5,
                            "predicted": {"ind_p_at_1": 67.697, "latency_ratio": 0.4624}})
     assert "latency budget of 0.5x" in budgeted and "IND 67.7 at 0.46x" in budgeted
+
+
+def test_the_card_names_a_split_trained_otherwise_than_the_pilot_chose():
+    """The split block states the pilot's choice and the trained split, each once; a difference is named."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    from training.report import markdown
+
+    result = _json.loads((_Path(__file__).resolve().parents[1] / "assets/model/report.json").read_text())
+    chosen = {n for n, ev in result["split"]["datasets"].items() if ev["assignment"] == "augment"}
+    text = markdown(result)
+    if chosen == set(result["split"]["augment"]):
+        assert "they agree" in text
+    result["split"]["augment"] = sorted(chosen) + ["DocVQA"]
+    text = markdown(result)
+    assert "they differ on DocVQA" in text
+    row = next(line for line in text.splitlines() if line.startswith("| DocVQA |"))
+    assert row.endswith("| D^E (embed) | D^A (augment) |")

@@ -26,9 +26,10 @@ def pilot_rule(split: dict) -> str:
         rule += (f" Then, for a latency budget of {budget}x AlwaysAug's, datasets moved from D^A to D^E: the most "
                  "accurate split predicted within the budget")
         if predicted:
-            rule += (f" (predicted on {split.get('pilot_on') or 'the pilot reports'}: IND "
-                     f"{predicted.get('ind_p_at_1', float('nan')):.1f} at "
-                     f"{predicted.get('latency_ratio', float('nan')):.2f}x)")
+            ratio = predicted.get("latency_ratio", float("nan"))
+            rule += (f" (the trained split, predicted on {split.get('pilot_on') or 'the pilot reports'}: IND "
+                     f"{predicted.get('ind_p_at_1', float('nan')):.1f} at {ratio:.2f}x")
+            rule += "; over the budget on these reports: see `split.note`)" if ratio > budget else ")"
         rule += "."
     return rule
 
@@ -184,13 +185,23 @@ def markdown(result: Mapping[str, Any]) -> str:
             lines.append(f"| {g['scope']} | {g['comparison']} | {_fmt_gain(g['gain'], g['ci95'])} | "
                          f"{'–' if g['ci_above_0'] is None else ('yes' if g['ci_above_0'] else 'no')} |")
     split = result["split"]
+    trained = set(split.get("augment") or ())
+    differ = sorted(n for n, ev in split["datasets"].items() if (ev["assignment"] == "augment") != (n in trained))
     lines += ["", "## Pilot split (from the NoAug and AlwaysAug pilot evaluations)", "",
               pilot_rule(split), "",
-              "| dataset | meta-task | NoAug | AlwaysAug | delta [95% CI] | split |", "|---|---|---|---|---|---|"]
+              "`pilot` is what the pilot chose on the reports below; `trained` is the split M-Solomon was trained on "
+              "(`split.augment` / `split.embed`)" + (f"; they differ on {', '.join(differ)} (`split.note` says why)."
+                                                     if differ else "; they agree."), "",
+              "| dataset | meta-task | NoAug | AlwaysAug | delta [95% CI] | pilot | trained |",
+              "|---|---|---|---|---|---|---|"]
+
+    def side(augment: bool) -> str:
+        return "D^A (augment)" if augment else "D^E (embed)"
+
     for name, ev in sorted(split["datasets"].items()):
         lines.append(f"| {name} | {ev.get('meta_task')} | {fmt(ev['noaug_p_at_1'])} | {fmt(ev['alwaysaug_p_at_1'])} "
-                     f"| {_fmt_gain(ev['delta'], ev.get('delta_ci95'))} | "
-                     f"{'D^A (augment)' if ev['assignment'] == 'augment' else 'D^E (embed)'} |")
+                     f"| {_fmt_gain(ev['delta'], ev.get('delta_ci95'))} | {side(ev['assignment'] == 'augment')} | "
+                     f"{side(name in trained)} |")
     lines += ["", "## Per dataset (native mode of each model)", "",
               "Text-only floor: the most frequent training answer per question template, without the image "
               "('majority'); 'chance' where the positives are images or the set has no train split. "
