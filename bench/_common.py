@@ -24,11 +24,7 @@ from msolomon.settings import process_environment  # noqa: E402
 process_environment(set_threads=False)
 
 from msolomon.runtime import available_cores  # noqa: E402
-from msolomon.settings import (  # noqa: E402
-    option,
-    parse_settings,
-    threads_option,  # noqa: E402
-)
+from msolomon.settings import option, parse_settings, threads_option  # noqa: E402
 
 TINY_DATASETS = ("ScenesVQA", "DigitsCLS", "ScenesT2I")  # an augmenting VQA set, an image and a text query set
 

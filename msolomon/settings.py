@@ -171,7 +171,7 @@ def _leaves(cls, default_instance, path: tuple[str, ...] = ()) -> list[_Leaf]:
 def _show(value: Any) -> str:
     if value is _MISSING:
         return "required"
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "none"
     if isinstance(value, dict):
         return json.dumps(value) if value else "{}"

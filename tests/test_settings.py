@@ -227,3 +227,12 @@ def test_every_command_parses_through_the_settings():
                       if re.search(r"ArgumentParser\(", p.read_text(encoding="utf-8"))
                       and p.name != "settings.py" and "evaluation" not in (p.stem, *p.parts))
     assert builders == []
+
+
+def test_a_tuple_default_reads_as_the_flag_takes_it():
+    """`--modes` shows `auto,never,always`, the form the flag accepts, not a Python tuple."""
+    from msolomon.evaluation import cli
+
+    text = cli.parser().format_help()
+    assert "(default: auto,never,always)" in " ".join(text.split())
+    assert "('auto'" not in text
