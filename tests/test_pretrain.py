@@ -72,6 +72,49 @@ def test_pretraining_images_are_disjoint_from_every_benchmark_image(pdata, bench
         planted.unlink()
 
 
+def _variant(src: Path, dst: Path, how: str) -> Path:
+    """A copy of a benchmark image, changed as a near duplicate would be: one pixel inverted, or shifted right."""
+    from PIL import Image
+
+    with Image.open(src) as img:
+        a = np.asarray(img.convert("RGB")).copy()
+    if how == "pixel":
+        a[a.shape[0] // 2, a.shape[1] // 2] = 255 - a[a.shape[0] // 2, a.shape[1] // 2]
+    else:
+        a = np.concatenate([a[:, :1], a[:, :-1]], axis=1)  # one pixel right, the left column repeated
+    Image.fromarray(a).save(dst)
+    return dst
+
+
+def test_near_duplicates_of_validation_and_test_images_are_kept_out(pdata, bench, tmp_path):
+    """A changed pixel or a one-pixel shift passes a byte-exact filter; the signature filter catches both, and does
+    not call a different picture near."""
+    scene = next(p for p in PD.held_out_images(bench) if "/ScenesVQA/test/" in str(p))
+    other = next(p for p in PD.held_out_images(bench) if "/ChartVQA/test/" in str(p))
+    near = PD.NearDuplicates([scene])
+    pixel, shifted = _variant(scene, tmp_path / "pixel.png", "pixel"), _variant(scene, tmp_path / "shift.png", "shift")
+    assert PD.pixel_hash(pixel) != PD.pixel_hash(scene) and PD.pixel_hash(shifted) != PD.pixel_hash(scene)
+    assert near.nearest(pixel)[0] < 1.0 and near.is_near(pixel) and near.is_near(shifted)
+    assert near.nearest(other)[0] > PD.NEAR_DUPLICATE_RMS and not near.is_near(other)
+    assert not PD.NearDuplicates([scene], rms=0).is_near(pixel)  # 0: exact matches only
+    # the written data hold none, and the meta says how many each world lost
+    meta = json.loads((pdata / PD.META_FILE).read_text())
+    assert meta["signature"] == {"side": PD.SIGNATURE_SIDE, "near_duplicate_rms": PD.NEAR_DUPLICATE_RMS}
+    assert all("train_dropped_near_duplicates" in c for c in meta["counts"].values())
+    # a near duplicate planted into the data is found by the check
+    planted = _variant(scene, pdata / "images" / "planted_near.png", "shift")
+    with open(pdata / "train.jsonl", "a") as fh:
+        fh.write(json.dumps({"id": "x", "dataset": "x", "image": "images/planted_near.png", "prompt": "q",
+                             "response": "a"}) + "\n")
+    try:
+        assert PD.check_disjoint(pdata, [bench]) == [str(planted)]
+        assert PD.check_disjoint(pdata, [bench], near_duplicate_rms=0) == []  # what the exact filter alone saw
+    finally:
+        lines = (pdata / "train.jsonl").read_text().splitlines()[:-1]
+        (pdata / "train.jsonl").write_text("".join(line + "\n" for line in lines))
+        planted.unlink()
+
+
 def test_fashion_world_builder_would_collide_so_garments_are_drawn_on_other_backdrops(pdata, bench):
     """Every FashionCIR garment on white is a gallery image: the world builder's own items would all be dropped."""
     rows = [r for r in PD.load_rows(pdata, "train") if r["dataset"] == "Garments"]

@@ -20,9 +20,17 @@ def test_reproduce_smoke(tmp_path):
     out = tmp_path / "rep"
     settings = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
                                              eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET,
-                                             ship=str(tmp_path / "assets")))  # flat names, as on the command line
+                                             ship=str(tmp_path / "assets"), force_ship=True))  # flat names
     result = run(settings)
     report = json.loads((out / "report.json").read_text())
+    # the comparison that decides shipping was made on validation and written before any test evaluation
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["split"] == "val" and set(validation["gains"]) == {"noaug", "alwaysaug"}
+    assert json.loads((out / "eval" / "msolomon.val.json").read_text())["split"] == "val"
+    first_test = min((out / "eval" / f"{k}.json").stat().st_mtime_ns for k in ("noaug", "alwaysaug", "msolomon"))
+    assert (out / "validation.json").stat().st_mtime_ns < first_test
+    assert report["validation"] == validation and report["shipping"]["shipped"] is True
+    assert "## Validation, before test" in (out / "report.md").read_text()
     assert set(report["models"]) == {"noaug", "alwaysaug", "msolomon"}
     # each baseline in its own mode (the paper's comparison); M-Solomon in all three, for its decisions block
     assert {k: set(v["modes"]) for k, v in report["models"].items()} == {
@@ -52,6 +60,9 @@ def test_reproduce_smoke(tmp_path):
         folder = tmp_path / "assets" / sub
         assert (folder / "README.md").read_text().startswith(f"# {title} tiny")
         assert "validation split" in (folder / "README.md").read_text()
+        # the card says why it shipped, from the comparison the run recorded (here: forced, if the rule failed)
+        assert ("the rule for shipping held" if validation["ship"] else "--force-ship") in (
+            folder / "README.md").read_text()
         with safe_open(str(folder / "model.safetensors"), "pt") as fh:
             assert {str(fh.get_tensor(k).dtype) for k in fh.keys()} == {"torch.float16"}
     always = report["models"]["alwaysaug"]["modes"]["always"]
@@ -158,3 +169,39 @@ def test_reproduce_with_per_query_decisions(tmp_path):
                                           eval_batch_size=4, latency_queries=1))
     with pytest.raises(SystemExit, match="labeling query"):
         run(other)
+
+
+def _mode_entry(bits_by_dataset: dict[str, str]) -> dict:
+    return {"datasets": {n: {"correct_bits": b} for n, b in bits_by_dataset.items()}}
+
+
+def _report(mode: str, bits_by_dataset: dict[str, str]) -> dict:
+    return {"modes": {mode: _mode_entry(bits_by_dataset)}}
+
+
+def test_the_validation_rule_ships_only_a_model_that_beats_noaug_and_is_level_with_alwaysaug():
+    from training.report import shipping_sentence, validation_comparison
+    from training.reproduce import shipping_record
+
+    n = 200
+    noaug = _report("never", {"A": "1" * 100 + "0" * 100, "B": "1" * 60 + "0" * 140})
+    always = _report("always", {"A": "1" * 140 + "0" * 60, "B": "1" * 100 + "0" * 100})
+    # M-Solomon: right wherever AlwaysAug is, and on 10 more queries per set: beats both
+    good = _report("auto", {"A": "1" * 150 + "0" * 50, "B": "1" * 110 + "0" * 90})
+    v = validation_comparison(good, noaug, always, "val")
+    assert v["p_at_1"] == {"msolomon": 65.0, "noaug": 40.0, "alwaysaug": 60.0}
+    assert v["gains"]["noaug"]["verdict"] == "holds" and v["gains"]["alwaysaug"]["verdict"] == "holds"
+    assert v["ship"] is True
+    # as good as NoAug only: 20 points below AlwaysAug, far outside the level margin
+    weak = _report("auto", {"A": "1" * 100 + "0" * 100, "B": "1" * 60 + "0" * 140})
+    w = validation_comparison(weak, noaug, always, "val")
+    assert w["gains"]["alwaysaug"]["verdict"] == "does not hold" and w["ship"] is False
+    settings = build(ReproduceSettings, dict(out="x", ship="assets"))
+    assert shipping_record(settings, w)["shipped"] is False
+    assert "not shipped" in shipping_sentence(w, shipped=False)
+    assert "scored 65.0 against NoAug's 40.0" in shipping_sentence(v) and "shipping held" in shipping_sentence(v)
+    assert shipping_record(build(ReproduceSettings, dict(out="x", ship="assets", force_ship=True)), w)["shipped"]
+    assert shipping_record(build(ReproduceSettings, dict(out="x")), v)["shipped"] is False  # nothing asked
+    # reports of different queries cannot be compared
+    with pytest.raises(ValueError, match="different queries"):
+        validation_comparison(_report("auto", {"A": "1" * (n - 1)}), noaug, always, "val")

@@ -19,11 +19,21 @@ def _trace():
 
 
 def _copy(tmp_path: Path) -> Path:
-    for rel in ("README.md", "docs/perf/latency.json", *(f"{c}/{f}" for c in _trace().CARDS
+    files = [str(p.relative_to(ROOT)) for folder in ("docs/results", "docs/decisions", "docs/perf")
+             for p in (ROOT / folder).glob("*.json")]
+    for rel in ("README.md", "docs/results.md", *files, *(f"{c}/{f}" for c in _trace().CARDS
                                                          for f in ("README.md", "report.json"))):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / rel, tmp_path / rel)
     return tmp_path
+
+
+def _edit_row(path: Path, starts: str, old: str, new: str) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines) if line.startswith(starts))
+    assert old in lines[i]
+    lines[i] = lines[i].replace(old, new, 1)
+    path.write_text("".join(lines), encoding="utf-8")
 
 
 def test_the_committed_figures_trace(capsys):
@@ -31,6 +41,27 @@ def test_the_committed_figures_trace(capsys):
     assert trace.main(["--root", str(ROOT)]) == 0
     out = capsys.readouterr().out
     assert "every figure traces" in out and "assets/model: 4" in out  # dozens of card rows were compared
+    assert "docs/results.md: 44 rows" in out  # every table of the results page
+
+
+def test_each_table_of_the_results_page_is_checked_against_its_file(tmp_path):
+    trace = _trace()
+    root = _copy(tmp_path)
+    results = root / "docs/results.md"
+    _edit_row(results, "| AlwaysAug, 4 epochs |", "| 61.7 |", "| 61.9 |")  # a latency, from trio-4ep
+    _edit_row(results, "| 2 epochs (`trio-2ep", "| level |", "| holds |")  # a verdict its interval does not give
+    _edit_row(results, "| NoAug | `noaug.val.json`", "58.1 [56.7, 59.5]", "58.1 [56.7, 59.6]")
+    _edit_row(results, "| 6 epochs | `trio-6ep.test.json`", "| 52.1 |", "| 53.1 |")  # the pilot's input
+    _edit_row(results, "| **M-Solomon, shipped (rehearsal", "| 41.7 |", "| 47.1 |")  # held-out exact match
+    problems, counted = trace.trace(root)
+    assert len(problems) == 5, problems
+    assert ["61.9" in problems[0], "holds" in problems[1], "59.6" in problems[2], "53.1" in problems[3],
+            "47.1" in problems[4]] == [True] * 5
+    # a row whose file says something else is caught too: the file, not the page, is the reference
+    report = root / "docs/results/trio-4ep.test.json"
+    report.write_text(report.read_text(encoding="utf-8").replace('"noaug_p_at_1": 24.3333', '"noaug_p_at_1": 99.0', 1),
+                      encoding="utf-8")
+    assert len(trace.trace(root)[0]) == 6
 
 
 def test_a_changed_figure_and_a_stale_verdict_are_caught(tmp_path):

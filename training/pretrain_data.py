@@ -10,7 +10,12 @@ Disjointness from the benchmark is checked, not assumed:
 - handwritten digits come only from the *train* half of scikit-learn's digits under the benchmark seed, so no
   test digit is ever drawn, in any jitter;
 - every image is hashed by its decoded pixels, and an example whose image equals any MiniMMEB image (train, val
-  or test, at the benchmark's seed and scale) is dropped; `check_disjoint` proves it on the written files.
+  or test, at the benchmark's seed and scale) is dropped;
+- an example whose image is a *near* duplicate of a validation or test image is dropped too: its 8×8 grey-level
+  signature lies within `near_duplicate_rms` grey levels (root mean square) of one (`NearDuplicates`). A changed
+  pixel moves a signature by under one level and a shift by one pixel by one to five in the scene, shape, chart and
+  form worlds, so both are caught. Training images may be near: fine-tuning trains on them anyway.
+`check_disjoint` proves both on the written files.
 
 Layout of OUT:
     OUT/pretrain.json                 meta: settings, counts per family, the dropped collisions
@@ -27,7 +32,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from msolomon import prompts
 from msolomon.files import atomic_write_jsonl, atomic_write_text, install_dir
@@ -37,6 +45,8 @@ logger = logging.getLogger(__name__)
 META_FILE = "pretrain.json"
 DESCRIBE = "Describe the image."
 PRETRAIN_SEED_OFFSET = 1_000_003  # pretraining streams are keyed by (seed + offset, name, part): never a benchmark's
+SIGNATURE_SIDE = 8  # the grey-level thumbnail's side: a cell spans 7-10 pixels of MiniMMEB's 56-84 pixel images
+NEAR_DUPLICATE_RMS = 4.0  # grey levels (0-255): a changed pixel moves a signature < 1, a 1-pixel shift 1-5 (scenes)
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,64 @@ class PretrainDataSettings:
     benchmark_seed: int = 0  # the MiniMMEB seed whose digit split is respected and whose images are excluded
     benchmark_scale: str = "small"
     datasets: tuple[str, ...] | None = None  # a subset of the world builders (default: all)
+    near_duplicate_rms: float = NEAR_DUPLICATE_RMS  # drop images this near a val/test image's signature (0: exact only)
+
+
+def image_signature(path: str | Path) -> "np.ndarray":
+    """The image's perceptual signature: its grey levels averaged over an SIGNATURE_SIDE² grid (float32)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        grey = img.convert("L").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BOX)
+    return np.asarray(grey, dtype=np.float32).reshape(-1)
+
+
+class NearDuplicates:
+    """The signatures of a set of images (a benchmark's validation and test images) in an exact faiss index: which
+    other image lies within `rms` grey levels (root mean square over the signature) of one of them."""
+
+    def __init__(self, paths: Iterable[str | Path], rms: float = NEAR_DUPLICATE_RMS):
+        import faiss
+        import numpy as np
+
+        self.paths = [str(p) for p in paths]
+        self.rms = rms
+        self.index = faiss.IndexFlatL2(SIGNATURE_SIDE * SIGNATURE_SIDE)
+        if self.paths:
+            self.index.add(np.stack([image_signature(p) for p in self.paths]))
+
+    def search(self, signatures: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
+        """For each row of `signatures`: the RMS distance (grey levels) to the nearest indexed image and its index
+        in `paths` (inf and -1 when nothing is indexed)."""
+        import numpy as np
+
+        if not self.paths:
+            return np.full(len(signatures), np.inf), np.full(len(signatures), -1)
+        dist, ids = self.index.search(np.ascontiguousarray(signatures, dtype=np.float32), 1)
+        return np.sqrt(np.maximum(dist[:, 0], 0) / (SIGNATURE_SIDE * SIGNATURE_SIDE)), ids[:, 0]
+
+    def nearest(self, path: str | Path) -> tuple[float, str | None]:
+        """(RMS distance in grey levels, path) of the indexed image nearest to `path`'s."""
+        dist, ids = self.search(image_signature(path)[None, :])
+        return float(dist[0]), (self.paths[int(ids[0])] if ids[0] >= 0 else None)
+
+    def is_near(self, path: str | Path) -> bool:
+        return self.rms > 0 and self.nearest(path)[0] <= self.rms
+
+
+def held_out_images(benchmark: str | Path) -> list[Path]:
+    """Every image a MiniMMEB folder's validation and test rows show (queries and candidates, wherever stored)."""
+    root = Path(benchmark)
+    paths: set[Path] = set()
+    for rows in sorted(root.glob("val/*/val.jsonl")) + sorted(root.glob("test/*/test.jsonl")):
+        with open(rows, encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                for key in ("qry_img_path", "tgt_img_path"):
+                    value = row.get(key)
+                    paths |= {root / v for v in (value if isinstance(value, list) else [value]) if v}
+    return sorted(paths)
 
 
 def pixel_hash(path: str | Path) -> str:
@@ -213,7 +281,9 @@ def generate(out: str | Path, settings: PretrainDataSettings, benchmark: str | P
                          f"{', '.join([*DATASETS, *PRETRAIN_TASKS])}")
     t0 = time.perf_counter()
     banned = image_hashes(benchmark)
-    logger.info("%d benchmark images hashed in %.1fs", len(banned), time.perf_counter() - t0)
+    near = NearDuplicates(held_out_images(benchmark), settings.near_duplicate_rms)
+    logger.info("%d benchmark images hashed, %d validation and test signatures indexed in %.1fs", len(banned),
+                len(near.paths), time.perf_counter() - t0)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     counts: dict[str, dict[str, int]] = {}
@@ -225,11 +295,14 @@ def generate(out: str | Path, settings: PretrainDataSettings, benchmark: str | P
             counts[world] = {}
             for part, n in (("train", settings.n_per_dataset), ("heldout", settings.n_heldout_per_dataset)):
                 rows = _build_part(name, part, n, settings, tmp)
-                kept, dropped = [], 0
+                kept, dropped, dropped_near = [], 0, 0
                 for row in rows:
                     h = pixel_hash(tmp / row["image"])
                     if h in banned or (part == "heldout" and h in seen_train):
                         dropped += 1
+                        continue
+                    if near.is_near(tmp / row["image"]):
+                        dropped_near += 1
                         continue
                     if part == "train":
                         seen_train.add(h)
@@ -237,6 +310,7 @@ def generate(out: str | Path, settings: PretrainDataSettings, benchmark: str | P
                 splits[part] += kept
                 counts[world][part] = len(kept)
                 counts[world][f"{part}_dropped_collisions"] = dropped
+                counts[world][f"{part}_dropped_near_duplicates"] = dropped_near
         used = {row["image"] for rows in splits.values() for row in rows}
         for path in list((tmp / "images").rglob("*.png")):  # galleries a builder drew but no example shows
             if str(path.relative_to(tmp)) not in used:
@@ -245,7 +319,9 @@ def generate(out: str | Path, settings: PretrainDataSettings, benchmark: str | P
             atomic_write_jsonl(tmp / f"{part}.jsonl", rows)
         meta = {"name": "M-Solomon pretraining data", "settings": asdict(settings), "counts": counts,
                 "n_train": len(splits["train"]), "n_heldout": len(splits["heldout"]),
-                "benchmark": str(benchmark), "benchmark_images": len(banned)}
+                "benchmark": str(benchmark), "benchmark_images": len(banned),
+                "held_out_signatures": len(near.paths), "signature": {"side": SIGNATURE_SIDE,
+                                                                      "near_duplicate_rms": near.rms}}
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         install_dir(tmp, out, mode=0o755)
     except BaseException:
@@ -278,14 +354,19 @@ def is_pretrain_data(root: str | Path) -> bool:
     return (Path(root) / META_FILE).is_file() and (Path(root) / "train.jsonl").is_file()
 
 
-def check_disjoint(pretrain_root: str | Path, benchmark_roots: Iterable[str | Path]) -> list[str]:
-    """Images of pretraining examples (train and held-out) whose pixels equal a benchmark image; an empty list
-    proves disjointness."""
+def check_disjoint(pretrain_root: str | Path, benchmark_roots: Iterable[str | Path],
+                   near_duplicate_rms: float = NEAR_DUPLICATE_RMS) -> list[str]:
+    """Images of pretraining examples (train and held-out) whose pixels equal a benchmark image, or whose signature
+    lies within `near_duplicate_rms` of a validation or test image's (0: exact only); an empty list proves
+    disjointness."""
     banned: set[str] = set()
+    held_out: list[Path] = []
     for root in benchmark_roots:
         banned |= image_hashes(root)
+        held_out += held_out_images(root)
+    near = NearDuplicates(held_out, near_duplicate_rms)
     images = sorted({row["image"] for part in ("train", "heldout") for row in load_rows(pretrain_root, part)})
-    return [p for p in images if pixel_hash(p) in banned]
+    return [p for p in images if pixel_hash(p) in banned or near.is_near(p)]
 
 
 def normalise_answer(text: str | None) -> str:

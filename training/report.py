@@ -184,6 +184,12 @@ def markdown(result: Mapping[str, Any]) -> str:
         for g in g_rows:
             lines.append(f"| {g['scope']} | {g['comparison']} | {_fmt_gain(g['gain'], g['ci95'])} | "
                          f"{'–' if g['ci_above_0'] is None else ('yes' if g['ci_above_0'] else 'no')} |")
+    if result.get("validation"):
+        lines += ["", "## Validation, before test", "",
+                  shipping_sentence(result["validation"], bool((result.get("shipping") or {}).get("shipped")))]
+        shipping = result.get("shipping")
+        if shipping:
+            lines += ["", f"Shipping: {shipping['note']}"]
     split = result["split"]
     trained = set(split.get("augment") or ())
     differ = sorted(n for n, ev in split["datasets"].items() if (ev["assignment"] == "augment") != (n in trained))
@@ -363,9 +369,51 @@ tokenizer (Qwen2-VL special tokens + `/augment`, `/embed`), the image processor 
 settings), `report.json` (the reproduce report: `{{"split": ..., "models": {{"noaug": ..., "alwaysaug": ...,
 "msolomon": ...}}}}`).
 
-{pilot_sentence}
+{pilot_sentence}{shipping_sentence}
 
 """
+
+
+def validation_comparison(msolomon: Mapping[str, Any], noaug: Mapping[str, Any], alwaysaug: Mapping[str, Any],
+                          split: str) -> dict[str, Any]:
+    """Whether M-Solomon may ship, judged on validation reports only (M-Solomon in auto against the pilot's NoAug
+    in never and AlwaysAug in always, on the queries all three evaluated) by the claims' rule: it must beat NoAug
+    (interval above 0) and be level with or above AlwaysAug (interval above -LEVEL_MARGIN)."""
+    runs = {"msolomon": msolomon["modes"]["auto"], "noaug": noaug["modes"]["never"],
+            "alwaysaug": alwaysaug["modes"]["always"]}
+    bits = {k: correct_by_dataset(v) for k, v in runs.items()}
+    names = sorted(set.intersection(*(set(b) for b in bits.values())))
+    if not names or any(len({len(b[n]) for b in bits.values()}) > 1 for n in names):
+        raise ValueError("the validation reports of M-Solomon, NoAug and AlwaysAug cover different queries: "
+                         "evaluate them on the same split and limit")
+    ms = {n: bits["msolomon"][n] for n in names}
+    out: dict[str, Any] = {"split": split, "datasets": names, "p_at_1": {}, "gains": {}}
+    for key in runs:
+        out["p_at_1"][key] = round(100.0 * sum(sum(bits[key][n]) / len(bits[key][n]) for n in names) / len(names), 4)
+    for key, margin in (("noaug", None), ("alwaysaug", LEVEL_MARGIN)):
+        g = paired_gain_ci(ms, {n: bits[key][n] for n in names})
+        out["gains"][key] = {"gain": round(g["gain"], 4), "ci95": [round(v, 4) for v in g["ci95"]],
+                             "verdict": verdict(g["ci95"], margin)}
+    out["ship"] = (out["gains"]["noaug"]["verdict"] == "holds"
+                   and out["gains"]["alwaysaug"]["verdict"] in ("holds", "level"))
+    return out
+
+
+def shipping_sentence(validation: Mapping[str, Any] | None, shipped: bool = True) -> str:
+    """The card's sentence on why this model ships, generated from the validation comparison the run recorded
+    before it read test (never a fixed claim)."""
+    if not validation:
+        return "The report does not record a validation comparison made before the test evaluation."
+    no, al = validation["gains"]["noaug"], validation["gains"]["alwaysaug"]
+    said = (f"On the {validation['split']} split, before any test evaluation (`validation.json`), M-Solomon scored "
+            f"{validation['p_at_1']['msolomon']:.1f} against NoAug's {validation['p_at_1']['noaug']:.1f} "
+            f"({_fmt_gain(no['gain'], no['ci95'])}: {no['verdict']}) and AlwaysAug's "
+            f"{validation['p_at_1']['alwaysaug']:.1f} ({_fmt_gain(al['gain'], al['ci95'])}: {al['verdict']})")
+    if validation["ship"]:
+        return said + ": the rule for shipping held."
+    if shipped:
+        return said + ": the rule for shipping did not hold, and it was shipped anyway (`--force-ship`)."
+    return said + ": the rule for shipping did not hold, so it was not shipped; its test figures are a record."
 
 
 def pilot_sentence(pilot_on: str | None) -> str:
@@ -393,6 +441,7 @@ def write_model_card(result: Mapping[str, Any], model_dir: Path, command: str, m
     head = f"# {title}\n" + MODEL_CARD_BODY.format(
         what=what, command=command, path=path, made_by=made_by,
         pilot_sentence=pilot_sentence(result["split"].get("pilot_on")),
+        shipping_sentence=(" " + shipping_sentence(result["validation"], True)) if result.get("validation") else "",
         default="; it is the default of every command that takes `--model`" if model_key == "msolomon" else "")
     atomic_write_text(model_dir / "README.md", head + markdown(result).split("\n", 1)[1])
     data = dict(result)

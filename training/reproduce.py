@@ -9,12 +9,15 @@
     5. fine-tune M-Solomon with the pilot's split     DIR/msolomon/
        (`--decisions query`: with per-query labels instead, from cross-fitted fold models   DIR/labels/,
        `training.query_labels`; the pilot's split is still made and reported beside them)
+    5b. validation: M-Solomon on the pilot's validation split against the pilot's NoAug and AlwaysAug, the rule
+       for shipping judged by paired intervals, written before any test evaluation   DIR/validation.json
     6. evaluate on test, each model in its own mode (NoAug never, AlwaysAug always), M-Solomon in auto, never and
        always (its decisions block: the per-query oracle and how good its decisions were; `--all-modes`: every model
        in every mode, for threshold curves)   DIR/eval/{noaug,alwaysaug,msolomon}.json (+ .md, .png)
     7. the report                                     DIR/report.json, DIR/report.md, DIR/report.png
     8. `--ship assets`: the three models in half precision, with model cards: assets/model (M-Solomon),
-       assets/baselines/noaug, assets/baselines/alwaysaug
+       assets/baselines/noaug, assets/baselines/alwaysaug; only when the validation rule held (or `--force-ship`);
+       otherwise the report records the test figures as those of a candidate that was not shipped
 
 The three models fine-tune the shipped pretrained base (assets/base, `training.pretrain`) as the paper fine-tunes
 Qwen2-VL; `--init tiny` trains them from scratch instead, for comparison. Every stage skips what is already done,
@@ -85,7 +88,10 @@ class ReproduceSettings:
                                      "kept for the final evaluation and refused)", choices=("val",))
     all_modes: bool = option(False, "evaluate every model in every mode (default: each in its own mode)")
     ship: str | None = option(None, "assets folder to write model/ and baselines/{noaug,alwaysaug}/ into (half "
-                              "precision, with model cards)", metavar="DIR")
+                              "precision, with model cards), when validation says M-Solomon beats NoAug and is level "
+                              "with or above AlwaysAug (validation.json, written before test)", metavar="DIR")
+    force_ship: bool = option(False, "with --ship: ship even when that validation rule does not hold (the cards and "
+                              "the report say so)")
     labels: LabelRule = field(default_factory=LabelRule)
     model: ModelSettings = field(default_factory=ModelSettings)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
@@ -205,6 +211,51 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
     return path
 
 
+def stage_validation(s: ReproduceSettings, data: Path, out: Path, msolomon: Path) -> dict:
+    """M-Solomon on the pilot's validation split against the pilot's NoAug and AlwaysAug reports: the comparison
+    that decides whether the run ships, written to DIR/validation.json before any model is evaluated on test."""
+    from msolomon.data.minimmeb import load_minimmeb
+    from training.pilot import write_json_atomic
+    from training.report import validation_comparison
+
+    meta = load_minimmeb(data)["datasets"]
+    ind = sorted(n for n, m in meta.items() if not m["ood"])
+    report = stage_eval(s, "msolomon", msolomon, data, out, ["auto"], ind, tag=".val", split=s.pilot_split,
+                        timed=False)
+    pilots = {k: read_json(out / "eval" / f"{k}.pilot.json") for k in ("noaug", "alwaysaug")}
+    comparison = validation_comparison(report, pilots["noaug"], pilots["alwaysaug"], s.pilot_split)
+    comparison["reports"] = {"msolomon": "eval/msolomon.val.json", "noaug": "eval/noaug.pilot.json",
+                             "alwaysaug": "eval/alwaysaug.pilot.json"}
+    path = out / "validation.json"
+    before = read_json(path, {}) or {}
+    if {k: v for k, v in before.items() if k != "written_at"} == comparison:
+        return before  # a rerun: the record and its time stay as first written
+    if any((out / "eval" / f"{name}.json").is_file() for name in MODELS):
+        logger.warning("%s: test evaluations exist from an earlier M-Solomon of this folder; this comparison is "
+                       "written after them", out / "eval")
+    comparison["written_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    write_json_atomic(path, comparison)
+    gain = comparison["gains"]["alwaysaug"]
+    logger.info("validation: M-Solomon %.1f, against AlwaysAug %+.1f [%+.1f, %+.1f] (%s): %s",
+                comparison["p_at_1"]["msolomon"], gain["gain"], *gain["ci95"], gain["verdict"],
+                "may ship" if comparison["ship"] else "does not ship")
+    return comparison
+
+
+def shipping_record(s: ReproduceSettings, validation: dict) -> dict:
+    """What happens to this run's models, decided from the validation comparison before test is read."""
+    if not s.ship:
+        return {"asked": False, "shipped": False, "note": "not asked to ship (no --ship); a candidate's record."}
+    if validation["ship"]:
+        return {"asked": True, "shipped": True, "note": f"shipped to {s.ship}: the validation rule held."}
+    if s.force_ship:
+        return {"asked": True, "shipped": True,
+                "note": f"shipped to {s.ship} with --force-ship although the validation rule did not hold."}
+    return {"asked": True, "shipped": False,
+            "note": f"not shipped to {s.ship}: the validation rule did not hold (--force-ship ships anyway); "
+                    "the test evaluation below is the record of a candidate that was not shipped."}
+
+
 def run(s: ReproduceSettings) -> dict:
     if s.threads:
         process_environment(s.threads)
@@ -233,6 +284,10 @@ def run(s: ReproduceSettings) -> dict:
     t = time.perf_counter()
     finals["msolomon"] = stage_train(s, "msolomon", data, synthesis, split, out, labels)
     timings["train_msolomon_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    validation = stage_validation(s, data, out, finals["msolomon"])
+    shipping = shipping_record(s, validation)
+    timings["validation_s"] = time.perf_counter() - t
     reports = {}
     for name in MODELS:
         t = time.perf_counter()
@@ -249,11 +304,14 @@ def run(s: ReproduceSettings) -> dict:
         split_data = dict(split_data, labels=read_json(labels.parent / "labels.summary.json"),
                           labels_file=str(labels.relative_to(out)))
     result = {"split": split_data, "models": reports, "settings": flat_settings(s), "decisions": s.decisions,
+              "validation": validation, "shipping": shipping,
               "mirrors": mirror_sets(load_minimmeb(data)["datasets"]),
               "timings_s": accumulate_timings(out / "timings.json", timings)}
     write_reproduce_report(result, out)
-    if s.ship:
+    if shipping["shipped"]:
         ship_models(result, finals, Path(s.ship), command_line(s))
+    elif shipping["asked"]:
+        logger.warning("%s", shipping["note"])
     return result
 
 
