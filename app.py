@@ -12,8 +12,10 @@ from msolomon.settings import parse_settings, process_environment
 
 process_environment(set_threads=False)  # before gradio and transformers are imported: they read these at import
 
+import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -31,6 +33,25 @@ logger = logging.getLogger("app")
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                           font_mono=["ui-monospace", "Consolas", "monospace"])
 CSS = "#decision {margin: 4px 0} .latency {max-width: 640px} footer {display: none !important}"
+VISITOR_STORAGE_KEY = "msolomon-visitor"  # where the browser keeps its visitor key (encrypted by gradio)
+
+
+def judged_by_the_demo(image: gr.Image) -> gr.Image:
+    """Let the demo, not gradio, judge an uploaded image: gradio's own preprocessing opens the file with PIL and fails
+    with its internal message ("Could not preprocess input ... UnidentifiedImageError") on an empty, broken or huge
+    file; wrapped, the file goes on to `SearchService.check`, whose message names the problem. (The instance's
+    method is wrapped, not the class subclassed: gradio writes a .pyi stub beside any module that subclasses a
+    component.)"""
+    original = image.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        try:
+            return original(payload)
+        except Exception:  # noqa: BLE001 - any decoding failure: the handler decodes again and explains
+            return str(payload.path) if payload is not None and getattr(payload, "path", None) else None
+
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 def build_demo(model: Any, settings: DemoSettings | None = None, service: SearchService | None = None) -> gr.Blocks:
@@ -40,15 +61,17 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
     h = Handlers(service)
     limits = settings.limits
     with gr.Blocks(title="M-Solomon: adaptive query augmentation") as demo:
+        visitor = gr.BrowserState(None, storage_key=VISITOR_STORAGE_KEY)
         gr.Markdown("# M-Solomon · adaptive query augmentation\nThe model decides per query whether to write an "
                     "augmentation (`/augment`) or embed at once (`/embed`), then retrieves from a corpus.")
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
                 with gr.Row():
                     with gr.Column(scale=2):
-                        image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], height=200,
-                                         label="Image (optional: upload, paste or webcam)", elem_id="query-image")
-                        text = gr.Textbox(label="Query text", lines=2, max_length=limits.max_query_chars,
+                        image = judged_by_the_demo(gr.Image(
+                            type="filepath", sources=["upload", "clipboard", "webcam"], height=200,
+                            label="Image (optional: upload, paste or webcam)", elem_id="query-image"))
+                        text = gr.Textbox(label=f"Query text (at most {limits.max_query_chars} characters)", lines=2,
                                           elem_id="query-text")
                         instruction = gr.Dropdown([""] + INSTRUCTION_PRESETS, value="", allow_custom_value=True,
                                                   label="Instruction (MMEB-style preset, or type your own)")
@@ -58,7 +81,7 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                             threshold = gr.Slider(0, 1, value=model.settings.default_threshold, step=0.05,
                                                   label="Threshold (auto: augment when p ≥ it)")
                             top_k = gr.Slider(1, limits.max_top_k, value=10, step=1, label="Top-k")
-                        corpus = gr.Dropdown(h.corpus_names(), value=ALL_MINIMMEB, label="Corpus")
+                        corpus = gr.Dropdown(h.corpus_names(), value=ALL_MINIMMEB, label="Corpus", elem_id="corpus")
                         example_id = gr.Textbox(visible=False)
                         go = gr.Button("Search", variant="primary", elem_id="search-button")
                     with gr.Column(scale=3):
@@ -77,11 +100,11 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                             example_labels=[e.label for e in examples],
                             label=f"{len(examples)} held-out MiniMMEB test queries with known answers: click one, "
                                   "then Search (the answer is marked when found)", examples_per_page=20)
-                inputs = [text, image, instruction, mode, threshold, top_k, corpus, example_id]
+                inputs = [text, image, instruction, mode, threshold, top_k, corpus, example_id, visitor]
                 outputs = [gauge, decision, augmentation, gallery, hits, latency]
-                go.click(h.search, inputs, outputs, api_name="ui_search", api_visibility="private", concurrency_limit=4)
-                text.submit(h.search, inputs, outputs, api_name="ui_search_enter", api_visibility="private",
-                            concurrency_limit=4)
+                for trigger, name in ((go.click, "ui_search"), (text.submit, "ui_search_enter")):
+                    trigger(h.cleared, None, outputs, queue=False, api_visibility="private").then(
+                        h.search, inputs, outputs, api_name=name, api_visibility="private", concurrency_limit=4)
 
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown("The query of the Search tab through M-Solomon's three paths, and through the trained "
@@ -90,33 +113,51 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                 compare_go = gr.Button("Compare the Search tab's query", variant="primary", elem_id="compare-button")
                 compare_out = gr.HTML(elem_id="compare-box")
 
-                def compare(t, i, ins, th, k, c, ex, progress=gr.Progress()):
-                    return h.compare(t, i, ins, th, k, c, ex, progress)
+                def compare(t, i, ins, th, k, c, ex, v, progress=gr.Progress()):
+                    return h.compare(t, i, ins, th, k, c, ex, v, progress)
 
-                compare_go.click(compare, [text, image, instruction, threshold, top_k, corpus, example_id],
-                                 compare_out, api_visibility="private")
+                compare_go.click(lambda: "", None, compare_out, queue=False, api_visibility="private").then(
+                    compare, [text, image, instruction, threshold, top_k, corpus, example_id, visitor], compare_out,
+                    api_visibility="private")
 
             with gr.Tab("Corpora", id="corpora"):
                 corpora = gr.Dataframe(h.corpora_rows(), headers=["corpus", "items", "images", "what"],
-                                       interactive=False, wrap=True)
+                                       interactive=False, wrap=True, elem_id="corpora-table")
                 gr.Markdown(f"**Your own corpus**: images (at most {limits.max_image_mb:g} MB each) and/or a UTF-8 "
-                            f"text file with one candidate per line; at most {limits.max_corpus_items} items. "
-                            "Indexes are cached on disk by model and content, so a restart does not re-encode.")
+                            f"text file with one candidate per line; at most {limits.max_corpus_items} items, "
+                            f"{limits.max_custom_corpora} corpora per browser. Your corpora are yours: only this "
+                            f"browser sees them (it keeps a key), they survive a restart, and they are removed "
+                            f"{settings.keep_corpora:g} days after their last use.")
                 with gr.Row():
                     up_images = gr.File(file_count="multiple", file_types=["image"], label="Images", type="filepath",
                                         elem_id="corpus-images")
                     up_text = gr.File(file_count="single", file_types=[".txt"], label="Text file", type="filepath",
                                       elem_id="corpus-text")
-                up_name = gr.Textbox(label="Corpus name", value="my corpus")
-                up_go = gr.Button("Index", variant="primary")
-                up_status = gr.Markdown()
+                up_name = gr.Textbox(label="Corpus name", value="my corpus", elem_id="corpus-name")
+                up_go = gr.Button("Index", variant="primary", elem_id="index-button")
+                up_status = gr.Markdown(elem_id="corpus-status")
+                with gr.Row():
+                    del_name = gr.Dropdown([], label="One of your corpora", allow_custom_value=False, scale=3)
+                    del_go = gr.Button("Delete it", scale=1)
 
-                def index_corpus(n, imgs, txt, progress=gr.Progress()):
-                    status, names, new, rows = h.index_corpus(n, imgs, txt, progress)
-                    return status, gr.update(choices=names, value=new), rows
+                def own(names):
+                    return [n for n in names if n not in service.corpora]
 
-                up_go.click(index_corpus, [up_name, up_images, up_text], [up_status, corpus, corpora],
-                            api_visibility="private")
+                def index_corpus(n, imgs, txt, v, progress=gr.Progress()):
+                    status, names, new, rows = h.index_corpus(n, imgs, txt, v, progress)
+                    return (status, gr.update(choices=names, value=new) if new else gr.update(choices=names), rows,
+                            gr.update(choices=own(names)))
+
+                up_go.click(index_corpus, [up_name, up_images, up_text, visitor],
+                            [up_status, corpus, corpora, del_name], api_visibility="private")
+
+                def delete_corpus(n, v):
+                    status, names, rows = h.delete_corpus(n, v)
+                    return status, gr.update(choices=names, value=ALL_MINIMMEB), rows, gr.update(choices=own(names),
+                                                                                                  value=None)
+
+                del_go.click(delete_corpus, [del_name, visitor], [up_status, corpus, corpora, del_name],
+                             api_visibility="private")
 
             with gr.Tab("Error explorer", id="explorer"):
                 gr.Markdown("Predictions of `python -m msolomon.evaluation` (`*.predictions.jsonl`) from the folder "
@@ -183,23 +224,33 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                 model_tab.select(h.panel, None, [facts, card, live], api_visibility="private")
 
         with gr.Row(visible=False):  # the /search API endpoint (batched), also usable from gradio_client
-            a_text, a_ins, a_corpus = gr.Textbox(), gr.Textbox(), gr.Textbox(value=ALL_MINIMMEB)
+            # gr.JSON inputs: each value arrives as sent, so the handler refuses a wrong type instead of gradio
+            # coercing it (a list stringified as text, 2.5 rounded to 2) or failing with its own message
+            # (defaults are given as JSON text: gr.JSON parses a str value)
+            a_text, a_ins, a_corpus = gr.JSON(None), gr.JSON(None), gr.JSON(json.dumps(ALL_MINIMMEB))
             a_image = gr.File(type="filepath")  # not gr.Image: the handler, not gradio, judges the file
-            a_mode = gr.Textbox(value="auto")
-            a_threshold, a_k = gr.Number(value=model.settings.default_threshold), gr.Number(value=10, precision=0)
+            a_mode, a_visitor = gr.JSON(json.dumps("auto")), gr.JSON(None)
+            a_threshold, a_k = gr.JSON(json.dumps(model.settings.default_threshold)), gr.JSON("10")
             a_out, a_go = gr.JSON(), gr.Button()
-        a_go.click(h.api_search, [a_text, a_image, a_ins, a_mode, a_threshold, a_k, a_corpus], a_out,
+        a_go.click(h.api_search, [a_text, a_image, a_ins, a_mode, a_threshold, a_k, a_corpus, a_visitor], a_out,
                    api_name="search", queue=False)  # plain HTTP: the Batcher is the bounded queue
+
+        def start_visitor(key):
+            key, names, rows, files_now = h.visitor_start(key)
+            return key, gr.update(choices=names), rows, gr.update(choices=own(names)), gr.update(choices=files_now)
+
+        demo.load(start_visitor, visitor, [visitor, corpus, corpora, del_name, files], api_visibility="private")
     demo.msolomon_service = service
     return demo
 
 
 def launch(demo: gr.Blocks, settings: DemoSettings, **kwargs: Any) -> Any:
-    """Queue (bounded) and serve the page on settings.host:port, serving only the cache folder's files."""
+    """Queue (bounded) and serve the page on settings.host:port. Nothing of the cache folder is served (answers,
+    indexes, other visitors' uploads): images reach the page as image data that gradio copies into its own cache."""
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=2)
     return demo.launch(server_name=settings.host, server_port=settings.port, theme=THEME, css=CSS,
-                       allowed_paths=[str(settings.cache_dir)], max_file_size=settings.limits.max_upload,
-                       footer_links=["api"], show_error=True, **kwargs)
+                       blocked_paths=[str(Path(settings.cache_dir).resolve())],
+                       max_file_size=settings.limits.max_upload, footer_links=["api"], show_error=True, **kwargs)
 
 
 PROG = "python app.py"

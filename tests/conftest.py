@@ -31,3 +31,20 @@ def sample_images(tmp_path_factory):
         img.save(path)
         paths.append(str(path))
     return paths
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model, settings):
+    """The demo's service on the tiny model, with the `settings` fixture of the requesting test module."""
+    from msolomon.demo.service import SearchService
+
+    svc = SearchService(tiny_model, settings).start()
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def handlers(service):
+    from msolomon.demo.handlers import Handlers
+
+    return Handlers(service)

@@ -13,10 +13,13 @@ import pytest
 
 from msolomon.demo import corpus as C
 from msolomon.demo.batching import Batcher, BusyError
-from msolomon.demo.handlers import Handlers
 from msolomon.demo.service import SearchRequest, SearchService
 from msolomon.demo.settings import DemoSettings
+from msolomon.demo.visitors import visitor_id
 from msolomon.prompts import AUGMENT, EMBED
+
+VISITOR_A = "visitor-a-0123456789abcdef"
+VISITOR_B = "visitor-b-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -24,18 +27,6 @@ def settings(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     return DemoSettings(cache_dir=root / "cache", corpus_scale="tiny", baselines_dir=root / "baselines",
                         reports_dir=root / "reports", max_new_tokens=8, threads=1)
-
-
-@pytest.fixture(scope="module")
-def service(tiny_model, settings):
-    svc = SearchService(tiny_model, settings).start()
-    yield svc
-    svc.close()
-
-
-@pytest.fixture(scope="module")
-def handlers(service):
-    return Handlers(service)
 
 
 def test_build_demo_has_the_search_api_and_the_five_tabs(tiny_model, settings, service):
@@ -46,21 +37,26 @@ def test_build_demo_has_the_search_api_and_the_five_tabs(tiny_model, settings, s
 
     demo = app.build_demo(tiny_model, settings, service)
     assert isinstance(demo, gr.Blocks) and demo.msolomon_service is service
+    from pathlib import Path
+
+    assert not Path(app.__file__).with_suffix(".pyi").exists()  # no component subclass: gradio writes no stub
     tabs = [c["props"]["label"] for c in demo.config["components"] if c.get("type") == "tabitem"]
     assert tabs == ["Search", "Compare", "Corpora", "Error explorer", "Model"]
     public = [fn for fn in demo.fns.values() if fn.api_visibility == "public"]
     assert [fn.api_name for fn in public] == ["search"]
     (search,) = public
     assert search.fn.__name__ == "api_search" and search.fn.__self__.service is service
-    assert [type(c) for c in search.inputs] == [gr.Textbox, gr.File, gr.Textbox, gr.Textbox, gr.Number, gr.Number,
-                                                gr.Textbox]
+    # JSON inputs: values arrive as sent and the handler refuses wrong types (gradio would coerce or fail)
+    assert [type(c) for c in search.inputs] == [gr.JSON, gr.File, gr.JSON, gr.JSON, gr.JSON, gr.JSON, gr.JSON,
+                                                gr.JSON]
     assert [type(c) for c in search.outputs] == [gr.JSON] and search.queue is False
     assert search.inputs[4].value == tiny_model.settings.default_threshold and search.inputs[5].value == 10
     (dep,) = [d for d in demo.config["dependencies"] if d["api_name"] == "search"]
     assert dep["api_visibility"] == "public" and dep["queue"] is False
     ui = {fn.api_name: fn for fn in demo.fns.values() if fn.fn is not None and fn.fn.__name__ == "search"}
     assert set(ui) == {"ui_search", "ui_search_enter"}  # the button and Enter in the query box
-    assert all(fn.api_visibility == "private" and fn.inputs[0].label == "Query text" for fn in ui.values())
+    assert all(fn.api_visibility == "private" and fn.inputs[0].label.startswith("Query text") for fn in ui.values())
+    assert all(isinstance(fn.inputs[-1], gr.BrowserState) for fn in ui.values())  # the visitor's key goes along
     assert [type(c) for c in ui["ui_search"].outputs][:4] == [gr.Label, gr.HTML, gr.Textbox, gr.Gallery]
     streamed = {d["api_name"]: d["types"]["generator"] for d in demo.config["dependencies"]}
     assert streamed["ui_search"] is True and streamed["search"] is False  # the page streams, the API answers once
@@ -239,33 +235,33 @@ def test_custom_corpus_is_indexed_cached_and_limited(tiny_model, handlers, servi
                                                      tmp_path):
     lines = tmp_path / "cands.txt"
     lines.write_text("a cat on a sofa\nan astronaut\n\ncoffee in a cup\n", encoding="utf-8")
-    status, names, new, rows = handlers.index_corpus("pets", sample_images, str(lines))
+    status, names, new, rows = handlers.index_corpus("pets", sample_images, str(lines), VISITOR_A)
     assert new == "custom: pets" and new in names and "3 images and 3 texts" in status
-    out = service.search(SearchRequest("a cup of coffee", top_k=6, corpus=new, mode="never"))
+    out = service.search(SearchRequest("a cup of coffee", top_k=6, corpus=new, mode="never", visitor=VISITOR_A))
     assert len(out.hits) == 6
     # a fresh service finds the index on disk instead of encoding again
     fresh = SearchService(tiny_model, settings)
     calls = []
     fresh.encode_candidates = lambda c, model=None: calls.append(len(c))
-    payloads = C.custom_payloads(sample_images, str(lines), settings.cache_dir / "uploads", settings.limits)
+    payloads = C.custom_payloads(sample_images, str(lines), service.store.upload_dir(visitor_id(VISITOR_A)),
+                                 settings.limits)
     index, cached = fresh.cache.get(payloads, fresh.encode_candidates, fresh.model_key)
     fresh.close()
     assert cached and not calls and len(index) == 6
-    # limits and bad files
+    # limits and bad files: refused in the status line, the corpora table left as it was
     big = tmp_path / "big.txt"
     big.write_text("\n".join(f"line {i}" for i in range(settings.limits.max_corpus_items + 1)))
-    with pytest.raises(gr.Error, match="at most"):
-        handlers.index_corpus("big", None, str(big))
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(gr.Error, match="UTF-8"):
-        handlers.index_corpus("bin", None, str(binary))
     fake = tmp_path / "fake.png"
     fake.write_bytes(b"nope")
-    with pytest.raises(gr.Error, match="fake.png"):
-        handlers.index_corpus("fake", [str(fake)], None)
-    with pytest.raises(gr.Error, match="nothing to index"):
-        handlers.index_corpus("empty", None, None)
+    for args, message in (((None, str(big)), "at most"), ((None, str(binary)), "UTF-8"),
+                          (([str(fake)], None), "fake.png"), ((None, None), "nothing to index")):
+        status, names_after, selected, rows_after = handlers.index_corpus("bad", *args, VISITOR_A)
+        assert status.startswith("⚠ Not indexed") and message in status and selected is None
+        assert rows_after == handlers.corpora_rows(VISITOR_A) and "custom: bad" not in names_after
+    # without a visitor key nothing is indexed
+    assert "reload the page" in handlers.index_corpus("x", None, str(lines), None)[0]
 
 
 def test_index_cache_keys_follow_model_and_content(tiny_model):
@@ -285,9 +281,7 @@ def test_error_explorer_runs_opens_filters_and_shows_a_query(handlers, service):
     assert label in names and label in handlers.explorer_choices()
     table, plot, datasets, rows = handlers.explorer_open(label)
     assert sorted(datasets) == sorted(sets) and len(table) == 4 and len(rows) == 12
-    from pathlib import Path
-
-    assert Path(plot).is_file() and Path(plot).stat().st_size > 1000
+    assert plot.size[0] > 300  # the plot as an image: the page gets a copy, not a path under the cache
     right = handlers.explorer_filter(label, "all", "always", "all", "right")
     wrong = handlers.explorer_filter(label, "all", "always", "all", "wrong")
     assert len(right) + len(wrong) == 6

@@ -25,9 +25,14 @@ def start_server(cache_dir: Path, *extra: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e") / "cache"
+
+
+@pytest.fixture(scope="module")
+def server(cache) -> Iterator[str]:
     # a 30 ms window (the default is 4 ms): with 20 clients on 2 cores, searches then reliably meet in one model call
-    with start_server(tmp_path_factory.mktemp("e2e") / "cache", "--batch-wait-ms", "30") as url:
+    with start_server(cache, "--batch-wait-ms", "30") as url:
         yield url
 
 
@@ -133,3 +138,32 @@ def test_twenty_clients_five_queries_each(server):
     assert max(a["batch_size"] for a in flat) > 1  # concurrent searches shared model calls
     logger.info("20 x 5 queries in %.1f s (%.1f queries/s), largest batch %d", wall, 100 / wall,
                 max(a["batch_size"] for a in flat))
+
+
+def test_the_cache_folder_is_not_served_and_no_answer_names_a_server_path(server, client, cache):
+    """Answers, indexes, images of the cache: none of them is served over HTTP; a search's JSON names images by
+    their own file names only."""
+    import httpx
+
+    answers = next(cache.rglob("oracle.jsonl"))
+    index = next(cache.rglob("index.faiss"))
+    image = next(cache.rglob("*.png"))
+    for path in (answers, index, image, cache / "indexes"):
+        got = httpx.get(f"{server.rstrip('/')}/gradio_api/file={path}")
+        assert got.status_code == 403, (path, got.status_code)
+    out = client.predict("a red circle", None, "", "never", 0.5, 10, api_name="/search")
+    text = str(out)
+    assert str(cache) not in text and str(Path.home()) not in text and "/tmp/" not in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (("x", None, "", "auto", 0.5, "ten"), "top_k must be a number"),
+    (("x", None, "", "auto", 0.5, 2.5), "top_k must be a whole number"),
+    ((["a", "list"], None, "", "auto", 0.5, 5), "text must be a string"),
+    (("x", None, "", "auto", "high", 5), "threshold must be a number"),
+])
+def test_wrong_types_over_http_are_refused_by_name(client, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name="/search")

@@ -76,6 +76,16 @@ def test_every_tab_in_chromium(tmp_path, sample_images):
             expect(page.locator(".latency")).to_contain_text("total")
             page.screenshot(path=str(SHOTS / "1-search.png"), full_page=True)
 
+            # an empty file as the image: the demo names it (not gradio's "Could not preprocess input"), and the
+            # previous results are cleared, not left under the error
+            empty = tmp_path / "empty.png"
+            empty.write_bytes(b"")
+            page.locator("#query-image input[type=file]").set_input_files(str(empty))
+            page.click("#search-button")
+            expect(page.get_by_text("empty.png").first).to_be_visible()
+            expect(page.locator("#hits table")).to_have_count(0)
+            page.screenshot(path=str(SHOTS / "1b-search-bad-image.png"), full_page=True)
+
             # an example with its known answer: judged right or wrong
             page.get_by_text("ScenesVQA (vqa").click()
             expect(page.locator("#query-text textarea")).not_to_have_value(typed)  # the example has loaded
@@ -97,7 +107,24 @@ def test_every_tab_in_chromium(tmp_path, sample_images):
             page.locator("#corpus-text input[type=file]").set_input_files(str(text_file))
             page.get_by_role("button", name="Index").click()
             expect(page.get_by_text("Indexed")).to_be_visible()
+            expect(page.locator("#corpora-table")).to_contain_text("custom: my corpus")
             page.screenshot(path=str(SHOTS / "4-corpora.png"), full_page=True)
+
+            # a second visitor (another browser profile: its own storage) never sees the first one's corpus
+            other = browser.new_context(viewport={"width": 1400, "height": 1000})
+            other.on("request", lambda r: requests.append(r.url))
+            second = other.new_page()
+            second.set_default_timeout(60_000)
+            second.goto(url)
+            _tab(second, "Corpora")
+            expect(second.locator("#corpora-table")).to_contain_text("MiniMMEB: ScenesT2I")
+            expect(second.locator("#corpora-table")).not_to_contain_text("custom: my corpus")
+            second.screenshot(path=str(SHOTS / "4b-corpora-other-visitor.png"), full_page=True)
+            other.close()
+            # the first visitor's reload finds it again
+            page.reload()
+            _tab(page, "Corpora")
+            expect(page.locator("#corpora-table")).to_contain_text("custom: my corpus")
 
             _tab(page, "Error explorer")
             page.get_by_text("Run the evaluation on a small MiniMMEB subset").click()
@@ -114,6 +141,7 @@ def test_every_tab_in_chromium(tmp_path, sample_images):
             browser.close()
     assert requests, "no requests were recorded"
     assert not _outside(requests), f"requests left the machine: {_outside(requests)}"
-    for name in ("1-search", "2-search-example", "3-compare", "4-corpora", "5-error-explorer", "6-model"):
+    for name in ("1-search", "1b-search-bad-image", "2-search-example", "3-compare", "4-corpora",
+                 "4b-corpora-other-visitor", "5-error-explorer", "6-model"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
     shutil.copy(SHOTS / "1-search.png", tmp_path / "last-search.png")  # keep one beside the test's logs

@@ -264,6 +264,7 @@ def custom_payloads(images: Sequence[str] | None, text_file: str | None, store: 
         raise CorpusError(f"{total} items; a custom corpus holds at most {limits.max_corpus_items}")
     store.mkdir(parents=True, exist_ok=True)
     out = [payload(line, None, ["custom"]) for line in dict.fromkeys(lines)]
+    seen: set[str] = set()
     for path in images:
         name = Path(path).name
         if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
@@ -276,6 +277,9 @@ def custom_payloads(images: Sequence[str] | None, text_file: str | None, store: 
         except ValueError as err:
             raise CorpusError(f"{name}: {err}") from None
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        if digest in seen:  # the same picture uploaded twice (under any name) is one candidate
+            continue
+        seen.add(digest)
         target = store / f"{digest}{Path(path).suffix.lower()}"
         if not target.exists():
             shutil.copyfile(path, target)

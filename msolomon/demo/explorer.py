@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from msolomon.report import MODE_ORDER, plot_report, read_jsonl
+from msolomon.report import MODE_ORDER, plot_report
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,43 @@ def find_files(folders: Iterable[Path | None]) -> dict[str, Path]:
     return found
 
 
+NUMBER_FIELDS = ("latency_ms", "p_augment", "positive_score")
+
+
+def _check_record(r: Any, name: str, line: int) -> dict[str, Any] | None:
+    """One predictions line as the explorer reads it, or None to skip it (not a prediction); a field of the wrong
+    type is refused naming the file, the line and the field."""
+    import math
+
+    if not isinstance(r, dict) or "dataset" not in r or "mode" not in r:
+        return None
+    for key in ("dataset", "mode"):
+        if not isinstance(r[key], str):
+            raise ValueError(f"{name}, line {line}: {key} must be text, got {r[key]!r}")
+    for key in NUMBER_FIELDS:
+        v = r.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"{name}, line {line}: {key} must be a number, got {v!r}")
+    if r.get("top") is not None and not isinstance(r["top"], list):
+        raise ValueError(f"{name}, line {line}: top must be a list of candidates, got {type(r['top']).__name__}")
+    return r
+
+
 def load(path: Path) -> list[dict[str, Any]]:
-    records = [r for r in read_jsonl(path) if isinstance(r, dict) and "dataset" in r and "mode" in r]
+    """The predictions of a file; a line cut by a run killed mid-way is skipped, a malformed one named."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except ValueError:
+                logger.info("%s, line %d: not JSON (a run cut while writing?); skipped", path.name, n)
+                continue
+            r = _check_record(raw, path.name, n)
+            if r is not None:
+                records.append(r)
     if not records:
         raise ValueError(f"{path.name} holds no predictions (expected the .predictions.jsonl of an evaluation)")
     return records
@@ -66,9 +101,9 @@ def summary_report(records: Sequence[dict], name: str) -> dict[str, Any]:
     modes = {}
     for mode, per in by_mode.items():
         lat = [float(r["latency_ms"]) for rs in per.values() for r in rs if r.get("latency_ms") is not None]
-        modes[mode] = {"overall": float(np.mean([100 * np.mean([bool(r.get("correct")) for r in rs])
-                                                 for rs in per.values()])),
-                       "latency_ms": {"mean": float(np.mean(lat)) if lat else None}}
+        datasets = {d: {"p_at_1": float(100 * np.mean([bool(r.get("correct")) for r in rs]))} for d, rs in per.items()}
+        modes[mode] = {"overall": float(np.mean([d["p_at_1"] for d in datasets.values()])),
+                       "latency_ms": {"mean": float(np.mean(lat)) if lat else None}, "datasets": datasets}
     return {"model": name, "modes": modes}
 
 
@@ -80,8 +115,11 @@ def plot(path: Path, records: Sequence[dict], out: Path) -> Path:
     if report_file.is_file():
         try:
             report = json.loads(report_file.read_text(encoding="utf-8"))
-            report["modes"] = {m: v for m, v in report["modes"].items() if "overall" in v}
-        except (ValueError, KeyError, TypeError):
+            report["modes"] = {m: v for m, v in report["modes"].items()
+                               if isinstance(v, dict) and "overall" in v and isinstance(v.get("datasets"), dict)}
+            if not report["modes"]:
+                report = None
+        except (ValueError, KeyError, TypeError, AttributeError):
             report = None
     if report is None:
         report = summary_report(records, path.name[: -len(SUFFIX)])
@@ -112,9 +150,13 @@ def query_rows(records: Sequence[dict], limit: int = 500) -> list[list[Any]]:
         text = " ".join(str(text or "").replace("<|image_1|>", " ").split())
         return text if len(text) <= 90 else text[:87] + "…"
 
-    return [[i, r["dataset"], r["mode"], r.get("decision"), "yes" if r.get("correct") else "no",
+    rows = [[i, r["dataset"], r["mode"], r.get("decision"), "yes" if r.get("correct") else "no",
              None if r.get("p_augment") is None else round(float(r["p_augment"]), 3), short(r.get("query"))]
             for i, r in enumerate(records[:limit])]
+    if len(records) > limit:  # said in the list itself, so nobody takes the first rows for all of them
+        rows.append(["…", "", "", "", "", None, f"{len(records) - limit} more not listed: filter by dataset, mode, "
+                                               "decision or outcome to see them"])
+    return rows
 
 
 def evaluate_from_page(model: Any, data_dir: Path, datasets: Sequence[str], limit: int, modes: Sequence[str],

@@ -26,6 +26,7 @@ def readable(err: BaseException) -> Exception:
     if isinstance(err, gr.Error):
         return err
     if isinstance(err, USER_ERRORS):
+        logger.info("refused (%s): %s", type(err).__name__, str(err).splitlines()[0] if str(err) else "")
         return gr.Error(str(err) or type(err).__name__)
     logger.error("handler failed", exc_info=err)
     return gr.Error(f"Something went wrong on the server ({type(err).__name__}); it was logged and the demo keeps "
@@ -58,19 +59,53 @@ def _progress(progress: Any) -> Callable[[float, str], None] | None:
     return lambda fraction, text: progress(fraction, desc=text)
 
 
+def _strict_text(what: str, value: Any) -> str | None:
+    """An API text field: a string or nothing; anything else is refused, not turned into its repr."""
+    if value is None or isinstance(value, str):
+        return value
+    raise DemoInputError(f"{what} must be a string (or null), got {type(value).__name__}")
+
+
+def _strict_number(what: str, value: Any, whole: bool = False) -> float | int:
+    """An API number: a JSON number (not a string, not true/false), finite, and whole where asked."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DemoInputError(f"{what} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise DemoInputError(f"{what} must be a finite number, got {value!r}")
+    if whole:
+        if float(value) != int(value):
+            raise DemoInputError(f"{what} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
+
+
 class Handlers:
-    """What the page's buttons call; tests call these directly."""
+    """What the page's buttons call; tests call these directly. `visitor` is the browser's key (`gr.BrowserState`):
+    it opens that visitor's own corpora and no one else's."""
 
     def __init__(self, service: SearchService):
         self.service = service
         self.records: dict[str, list[dict]] = {}  # loaded predictions files, by label
 
+    # ------------------------------------------------------------------ visitors
+    def visitor_start(self, key: str | None) -> tuple[str, list[str], list[list[Any]], list[str]]:
+        """On page load: the visitor's key (a new one for a new browser), and their lists: corpora (shared and
+        their own), the corpora table and the explorer's files, as they are now (not as at server start)."""
+        from msolomon.demo.visitors import KEY_PATTERN, new_key
+
+        if not isinstance(key, str) or not KEY_PATTERN.match(key):
+            key = new_key()
+        return key, self.corpus_names(key), self.corpora_rows(key), self.explorer_choices()
+
     # ------------------------------------------------------------------ search
     def _request(self, text: str | None, image: str | None, instruction: str | None, mode: str, threshold: Any,
-                 top_k: Any, corpus: str, example_id: str | None = None) -> SearchRequest:
+                 top_k: Any, corpus: str, example_id: str | None = None, visitor: str | None = None) -> SearchRequest:
         return SearchRequest(text=text, image=image or None, instruction=instruction, mode=mode,
                              threshold=threshold if threshold is not None else 0.5,
-                             top_k=top_k if top_k is not None else 10, corpus=corpus, example_id=example_id or None)
+                             top_k=top_k if top_k is not None else 10, corpus=corpus, example_id=example_id or None,
+                             visitor=visitor)
 
     @staticmethod
     def view(out: SearchOutcome) -> tuple:
@@ -82,44 +117,82 @@ class Handlers:
                 gr.update(value=images, visible=bool(images)), render.hits_html(out),
                 render.latency_html(out.timings, "server time per step") if out.final else "")
 
+    @staticmethod
+    def cleared() -> tuple:
+        """The search tab's outputs emptied: shown at once when a search starts, so that the results of the last
+        query never sit under a new query's error."""
+        import gradio as gr
+
+        return (None, "<div id='decision' style='color:#777'>searching…</div>", "", gr.update(value=[], visible=False),
+                "", "")
+
     @guarded
     def search(self, text: str | None, image: str | None, instruction: str | None, mode: str, threshold: float,
-               top_k: int, corpus: str, example_id: str | None = None) -> Iterator[tuple]:
-        req = self._request(text, image, instruction, mode, threshold, top_k, corpus, example_id)
+               top_k: int, corpus: str, example_id: str | None = None, visitor: str | None = None) -> Iterator[tuple]:
+        req = self._request(text, image, instruction, mode, threshold, top_k, corpus, example_id, visitor)
         for out in self.service.stream(req):
             yield self.view(out)
 
     @guarded
-    def api_search(self, text: str | None, image: str | None, instruction: str | None, mode: str = "auto",
-                   threshold: float = 0.5, top_k: int = 10, corpus: str | None = None) -> dict:
-        """The `/search` endpoint: batched with other concurrent searches; the outcome as JSON."""
+    def api_search(self, text: Any = None, image: str | None = None, instruction: Any = None, mode: Any = "auto",
+                   threshold: Any = 0.5, top_k: Any = 10, corpus: Any = None, visitor: Any = None) -> dict:
+        """The `/search` endpoint: batched with other concurrent searches; the outcome as JSON. Every field is
+        taken as sent (JSON) and refused when it has the wrong type, never coerced."""
         from msolomon.demo.corpus import ALL_MINIMMEB
 
-        req = self._request(text, image, instruction, mode, threshold, top_k, corpus or ALL_MINIMMEB)
+        text = _strict_text("text", text)
+        instruction = _strict_text("instruction", instruction)
+        mode = _strict_text("mode", mode) or "auto"
+        corpus = _strict_text("corpus", corpus) or ALL_MINIMMEB
+        visitor = _strict_text("visitor", visitor)
+        threshold = _strict_number("threshold", 0.5 if threshold is None else threshold)
+        top_k = _strict_number("top_k", 10 if top_k is None else top_k, whole=True)
+        req = self._request(text, image, instruction, mode, threshold, top_k, corpus, None, visitor)
         return self.service.search(req).to_json()
 
     @guarded
     def compare(self, text: str | None, image: str | None, instruction: str | None, threshold: float, top_k: int,
-                corpus: str, example_id: str | None = None, progress: Any = None) -> str:
-        req = self._request(text, image, instruction, "auto", threshold, top_k, corpus, example_id)
+                corpus: str, example_id: str | None = None, visitor: str | None = None, progress: Any = None) -> str:
+        req = self._request(text, image, instruction, "auto", threshold, top_k, corpus, example_id, visitor)
         runs, note = self.service.compare(req, _progress(progress))
         return render.compare_html(runs, note)
 
     # ------------------------------------------------------------------ corpora
-    def corpus_names(self) -> list[str]:
-        return list(self.service.corpora)
+    def corpus_names(self, visitor: str | None = None) -> list[str]:
+        return list(self.service.corpora_for(visitor))
 
-    def corpora_rows(self) -> list[list[Any]]:
-        return [[c.name, len(c), sum(p["image"] is not None for p in c.payloads), c.note]
-                for c in self.service.corpora.values()]
+    def corpora_rows(self, visitor: str | None = None) -> list[list[Any]]:
+        shared = set(self.service.corpora)
+        return [[c.name, len(c), sum(p["image"] is not None for p in c.payloads),
+                 c.note + ("" if c.name in shared else " (yours: only this browser sees it)")]
+                for c in self.service.corpora_for(visitor).values()]
 
-    @guarded
     def index_corpus(self, name: str | None, images: list[str] | None, text_file: str | None,
-                     progress: Any = None) -> tuple[str, list[str], str, list[list[Any]]]:
-        """Returns (status, corpus names, the new corpus name, corpora table)."""
-        corpus = self.service.add_custom_corpus(name or "", images, text_file, _progress(progress))
-        status = f"Indexed **{corpus.name}**: {corpus.note}. It is now in the corpus list of the Search tab."
-        return status, self.corpus_names(), corpus.name, self.corpora_rows()
+                     visitor: str | None = None, progress: Any = None) -> tuple[str, list[str], str | None,
+                                                                                list[list[Any]]]:
+        """Returns (status, corpus names, the corpus to select, corpora table). A refused upload says why in the
+        status and leaves the lists and the table as they were."""
+        try:
+            corpus = self.service.add_custom_corpus(visitor, name or "", images, text_file, _progress(progress))
+        except USER_ERRORS as err:
+            logger.info("corpus refused: %s", err)
+            return (f"⚠ Not indexed: {err}", self.corpus_names(visitor), None, self.corpora_rows(visitor))
+        except Exception as err:
+            raise readable(err) from None
+        status = (f"Indexed **{corpus.name}**: {corpus.note}. It is in the corpus list of the Search tab, for this "
+                  "browser only.")
+        return status, self.corpus_names(visitor), corpus.name, self.corpora_rows(visitor)
+
+    def delete_corpus(self, name: str | None, visitor: str | None = None) -> tuple[str, list[str], list[list[Any]]]:
+        """Delete one of the visitor's own corpora; returns (status, corpus names, corpora table)."""
+        try:
+            if not name or name in self.service.corpora:
+                raise DemoInputError("choose one of your own corpora (the shared ones cannot be deleted)")
+            done = self.service.delete_custom_corpus(visitor, name)
+            status = f"Deleted **{name}**." if done else f"⚠ {name!r} is not one of your corpora."
+        except USER_ERRORS as err:
+            status = f"⚠ {err}"
+        return status, self.corpus_names(visitor), self.corpora_rows(visitor)
 
     # ------------------------------------------------------------------ error explorer
     def explorer_folders(self) -> list[Path | None]:
@@ -142,7 +215,9 @@ class Handlers:
         name = hashlib.sha1(str(path).encode()).hexdigest()[:12]
         plot = explorer.plot(path, records, self.service.settings.cache_dir / "plots" / f"{name}.png")
         datasets = sorted({r["dataset"] for r in records})
-        return explorer.dataset_table(records), str(plot), datasets, explorer.query_rows(records)
+        from msolomon.processing import load_image
+
+        return explorer.dataset_table(records), load_image(plot), datasets, explorer.query_rows(records)
 
     def _selected(self, label: str | None, dataset: str, mode: str, decision: str, outcome: str) -> list[dict]:
         if not label or label not in self.records:
@@ -182,6 +257,7 @@ class Handlers:
             progress(0.0, desc="evaluating")
         path = explorer.evaluate_from_page(LockedModel(s.model, s.lock), s.data_dir, datasets or [], limit,
                                            modes or [], s.settings.cache_dir / "evals")
+        s.prune()
         files = explorer.find_files(self.explorer_folders())
         label = next(k for k, v in files.items() if v == path)
         return list(files), label

@@ -65,10 +65,22 @@ def hits_html(out: SearchOutcome) -> str:
             "<th align='left'>candidate</th><th></th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
-def gallery_items(out: SearchOutcome) -> list[tuple[str, str]]:
-    """(image path, caption) for the image candidates among the hits."""
-    return [(h.image, f"#{h.rank} · {h.score:.3f}" + (" · ✓ answer" if h.correct else ""))
-            for h in out.hits if h.image]
+def gallery_items(out: SearchOutcome) -> list[tuple[object, str]]:
+    """(image, caption) for the image candidates among the hits: the decoded image, not its path, so the page
+    gets a copy in gradio's own cache and the server's folders stay unserved; the caption names the file."""
+    from msolomon.processing import load_image
+
+    items = []
+    for h in out.hits:
+        if not h.image:
+            continue
+        try:
+            picture = load_image(h.image)
+        except ValueError:  # a file gone from disk: listed in the table, not shown
+            continue
+        items.append((picture, f"#{h.rank} · {Path(h.image).name} · {h.score:.3f}" + (" · ✓ answer" if h.correct
+                                                                                      else "")))
+    return items
 
 
 def latency_html(timings: dict[str, float], title: str = "") -> str:

@@ -25,6 +25,8 @@ from msolomon.demo import corpus as C
 from msolomon.demo.batching import Batcher
 from msolomon.demo.examples import Example, by_id, pick_examples
 from msolomon.demo.settings import DemoSettings
+from msolomon.demo.visitors import CorpusStore as VisitorCorpora
+from msolomon.demo.visitors import VisitorError, visitor_id
 from msolomon.inputs import Candidate, Query
 from msolomon.model import AUGMENT_MODES
 
@@ -51,6 +53,7 @@ class SearchRequest:
     top_k: int = 10
     corpus: str = C.ALL_MINIMMEB
     example_id: str | None = None
+    visitor: str | None = None  # the browser's visitor key: opens that visitor's own corpora
 
 
 @dataclass
@@ -81,8 +84,9 @@ class SearchOutcome:
     batch_size: int = 1  # how many concurrent searches the model call that served this one encoded together
 
     def to_json(self) -> dict[str, Any]:
+        """The outcome as `/search` returns it: images by their own file name, never a path on the server."""
         out = asdict(self)
-        out["hits"] = [asdict(h) for h in self.hits]
+        out["hits"] = [asdict(h) | {"image": Path(h.image).name if h.image else None} for h in self.hits]
         out["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
         return out
 
@@ -121,7 +125,11 @@ class SearchService:
         self.lock = threading.Lock()
         self.model_key = C.model_key(model)
         self.cache = C.IndexCache(settings.cache_dir / "indexes")
-        self.corpora: dict[str, C.Corpus] = {}
+        self.corpora: dict[str, C.Corpus] = {}  # shared: every visitor sees these
+        self.store = VisitorCorpora(settings.cache_dir, settings.limits.max_custom_corpora, settings.keep_corpora,
+                                    settings.cache_budget_mb)
+        self._private: dict[str, dict[str, C.Corpus]] = {}  # visitor id -> that visitor's corpora, loaded lazily
+        self._private_lock = threading.Lock()
         self.examples: list[Example] = []
         self._examples_by_id: dict[str, Example] = {}
         self.bench: Any = None
@@ -159,6 +167,7 @@ class SearchService:
         self._examples_by_id = by_id(self.examples)
         self.startup = {"data_s": t1 - t0, "index_s": t2 - t1, "examples_s": time.perf_counter() - t2,
                         "index_cached": float(cached)}
+        self.prune()
         logger.info("demo ready: %d corpora, %d examples, index %s (%.1fs)", len(self.corpora), len(self.examples),
                     "from cache" if cached else "built", time.perf_counter() - t0)
         return self
@@ -196,7 +205,12 @@ class SearchService:
         instruction = req.instruction if req.instruction and req.instruction.strip() else None
         for what, value in (("query text", text), ("instruction", instruction)):
             if value is not None and len(value) > limits.max_query_chars:
-                raise DemoInputError(f"the {what} has {len(value)} characters; the limit is {limits.max_query_chars}")
+                raise DemoInputError(f"the {what} has {len(value)} characters; the limit is {limits.max_query_chars}: "
+                                     "shorten it")
+            bad = next((i for i, ch in enumerate(value or "") if 0xD800 <= ord(ch) <= 0xDFFF), None)
+            if bad is not None:
+                raise DemoInputError(f"the {what} holds an invalid character (U+{ord(value[bad]):04X}, a lone "
+                                     f"surrogate) at position {bad + 1}; remove it and search again")
         if text is None and req.image is None and instruction is None:
             raise DemoInputError("type a query, add an image, or both")
         if req.mode not in MODES:
@@ -213,7 +227,7 @@ class SearchService:
             raise DemoInputError(f"top-k must be a whole number, got {req.top_k!r}") from None
         if not 1 <= top_k <= limits.max_top_k:
             raise DemoInputError(f"top-k must be between 1 and {limits.max_top_k}, got {top_k}")
-        if req.corpus not in self.corpora:
+        if req.corpus not in self.corpora_for(req.visitor):
             raise DemoInputError(f"unknown corpus {req.corpus!r}; choose one of the list")
         image = None
         if req.image is not None:  # decoded once, here: the model gets the checked image, not the file again
@@ -266,7 +280,7 @@ class SearchService:
         future = self.batcher.submit(query, (req.mode, float(req.threshold), self.settings.max_new_tokens))
         result, batch_size = future.result(timeout=timeout)
         wall = (time.perf_counter() - t0) * 1e3
-        out = self._outcome(req, result, self.corpora[req.corpus].index, req.corpus,
+        out = self._outcome(req, result, self.corpus_of(req).index, req.corpus,
                             {"queue": max(wall - float(result.timings.get("total", 0.0)), 0.0)})
         out.batch_size = batch_size
         return out
@@ -297,7 +311,7 @@ class SearchService:
             if isinstance(step, Exception):
                 raise step
             if step.final:
-                yield self._outcome(req, step, self.corpora[req.corpus].index, req.corpus)
+                yield self._outcome(req, step, self.corpus_of(req).index, req.corpus)
             else:
                 yield SearchOutcome(step.decision, float(step.p_augment), step.augmentation, req.mode,
                                     float(req.threshold), req.corpus, [], dict(step.timings), final=False)
@@ -315,19 +329,23 @@ class SearchService:
             self.baselines[key] = MSolomon.from_pretrained(self.baseline_dirs()[key], device="cpu")
         return self.baselines[key]
 
-    def _index_for(self, key: str, model: Any, corpus: str, progress: C.Progress | None) -> Any:
+    def _index_for(self, key: str, model: Any, req: SearchRequest, progress: C.Progress | None) -> Any:
         """The corpus encoded by a baseline model (its own embedding space), cached like the main indexes."""
-        if (key, corpus) not in self._baseline_indexes:
-            base = self.corpora[C.ALL_MINIMMEB] if corpus.startswith(C.DATASET_PREFIX) else self.corpora[corpus]
-            if (key, base.name) not in self._baseline_indexes:
+        corpus = self.corpus_of(req)
+        owner = "" if req.corpus in self.corpora else visitor_id(req.visitor)
+        slot = (key, owner, corpus.name, id(corpus))
+        if slot not in self._baseline_indexes:
+            base = self.corpora[C.ALL_MINIMMEB] if corpus.name.startswith(C.DATASET_PREFIX) else corpus
+            whole = (key, "", base.name, id(base)) if base is not corpus else slot
+            if whole not in self._baseline_indexes:
                 index, _ = self.cache.get(base.payloads, lambda c: self.encode_candidates(c, model),
                                           C.model_key(model), progress)
-                self._baseline_indexes[(key, base.name)] = index
-            if base.name != corpus:
-                wanted = set(self.corpora[corpus].datasets)
+                self._baseline_indexes[whole] = index
+            if whole != slot:
+                wanted = set(corpus.datasets)
                 positions = [i for i, p in enumerate(base.payloads) if wanted & set(p["datasets"])]
-                self._baseline_indexes[(key, corpus)] = C.subset(self._baseline_indexes[(key, base.name)], positions)
-        return self._baseline_indexes[(key, corpus)]
+                self._baseline_indexes[slot] = C.subset(self._baseline_indexes[whole], positions)
+        return self._baseline_indexes[slot]
 
     def compare(self, req: SearchRequest, progress: C.Progress | None = None
                 ) -> tuple[list[tuple[str, SearchOutcome]], str]:
@@ -345,10 +363,10 @@ class SearchService:
             with self.lock:
                 result = model.encode_queries(query, augment=mode, threshold=float(req.threshold),
                                               max_new_tokens=self.settings.max_new_tokens)
-            index = self.corpora[req.corpus].index if not key else self._index_for(key, model, req.corpus, progress)
+            index = self.corpus_of(req).index if not key else self._index_for(key, model, req, progress)
             sub = SearchRequest(**{**asdict(req), "mode": mode})
             out.append((label, self._outcome(sub, result, index, req.corpus)))
-        missing = [f"{self.settings.baselines_dir / k}" for k in BASELINES if k not in present]
+        missing = [f"{self.settings.baselines_dir.name}/{k}" for k in BASELINES if k not in present]
         note = ("Trained baselines compared: " + ", ".join(BASELINES[k][0] for k in present) + "." if present else "")
         if missing:
             note += (" " if note else "") + "Absent: " + ", ".join(missing) + " (train them with `python -m " \
@@ -356,28 +374,90 @@ class SearchService:
         return out, note
 
     # ------------------------------------------------------------------ corpora
-    def add_custom_corpus(self, name: str, images: Sequence[str] | None, text_file: str | None,
-                          progress: C.Progress | None = None) -> C.Corpus:
-        """Index uploaded images and lines of text as a new corpus (cached like the default one)."""
-        name = " ".join((name or "").split())[:60] or "my corpus"
-        full = C.CUSTOM_PREFIX + name
-        customs = [n for n in self.corpora if n.startswith(C.CUSTOM_PREFIX)]
-        if full not in self.corpora and len(customs) >= self.settings.limits.max_custom_corpora:
-            raise DemoInputError(f"at most {self.settings.limits.max_custom_corpora} custom corpora; "
-                                 "reuse a name to replace one")
+    def _visitor(self, key: str | None) -> str:
         try:
-            payloads = C.custom_payloads(images, text_file, self.settings.cache_dir / "uploads",
-                                         self.settings.limits)
-        except C.CorpusError as err:
+            return visitor_id(key)
+        except VisitorError as err:
             raise DemoInputError(str(err)) from None
-        index, _ = self.cache.get(payloads, self.encode_candidates, self.model_key, progress)
-        n_img = sum(p["image"] is not None for p in payloads)
-        corpus = C.Corpus(full, payloads, index, f"{n_img} images and {len(payloads) - n_img} texts, uploaded",
-                          ["custom"])
-        self.corpora[full] = corpus
-        for key in [k for k in self._baseline_indexes if k[1] == full]:
-            del self._baseline_indexes[key]
+
+    def private_corpora(self, key: str | None) -> dict[str, C.Corpus]:
+        """The visitor's own corpora (read from disk on their first request after a start); none without a key."""
+        try:
+            vid = visitor_id(key)
+        except VisitorError:
+            return {}
+        with self._private_lock:
+            if vid not in self._private:
+                self._private[vid] = {name: C.Corpus(name, list(st.index.payloads), st.index, st.note, ["custom"])
+                                      for name, st in self.store.load_all(vid).items()}
+            return dict(self._private[vid])
+
+    def corpora_for(self, key: str | None) -> dict[str, C.Corpus]:
+        """What one visitor may search: the shared corpora, then their own."""
+        return {**self.corpora, **self.private_corpora(key)}
+
+    def corpus_of(self, req: SearchRequest) -> C.Corpus:
+        corpus = self.corpora_for(req.visitor).get(req.corpus)
+        if corpus is None:
+            raise DemoInputError(f"unknown corpus {req.corpus!r}; choose one of the list")
+        if req.corpus not in self.corpora:
+            self.store.touch(visitor_id(req.visitor), req.corpus)
         return corpus
+
+    def add_custom_corpus(self, key: str | None, name: str, images: Sequence[str] | None, text_file: str | None,
+                          progress: C.Progress | None = None) -> C.Corpus:
+        """Index uploaded images and lines of text as one of the visitor's own corpora (on disk, private to their
+        key); the cap per visitor is held while the work runs, so concurrent requests cannot exceed it."""
+        vid = self._visitor(key)
+        name = " ".join((name or "").split())
+        if not name:
+            name = "my corpus"
+        if len(name) > 60:
+            raise DemoInputError(f"the corpus name has {len(name)} characters; the limit is 60")
+        full = C.CUSTOM_PREFIX + name
+        try:
+            with self.store.reserve(vid, full):
+                payloads = C.custom_payloads(images, text_file, self.store.upload_dir(vid), self.settings.limits)
+                index, _ = self.cache.get(payloads, self.encode_candidates, self.model_key, progress)
+                n_img = sum(p["image"] is not None for p in payloads)
+                note = f"{n_img} images and {len(payloads) - n_img} texts, uploaded"
+                self.store.save(vid, full, note, index)
+        except (C.CorpusError, VisitorError) as err:
+            raise DemoInputError(str(err)) from None
+        corpus = C.Corpus(full, payloads, index, note, ["custom"])
+        with self._private_lock:
+            self._private.setdefault(vid, {})[full] = corpus
+        for slot in [k for k in self._baseline_indexes if k[1] == vid and k[2] == full]:
+            del self._baseline_indexes[slot]
+        self.prune()
+        return corpus
+
+    def delete_custom_corpus(self, key: str | None, name: str) -> bool:
+        vid = self._visitor(key)
+        with self._private_lock:
+            self._private.get(vid, {}).pop(name, None)
+        return self.store.delete(vid, name)
+
+    MAX_EVAL_RUNS = 50  # the error explorer's own evaluation runs kept (the newest)
+
+    def prune(self) -> list[str]:
+        """Apply the retention and the size budget to visitors' corpora, and the retention (and a count) to the
+        error explorer's evaluation runs; forget removed corpora held in memory."""
+        import shutil
+
+        removed = self.store.prune()
+        runs = self.settings.cache_dir / "evals"
+        if runs.is_dir():
+            folders = sorted((p for p in runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+            horizon = time.time() - self.settings.keep_corpora * 86400
+            for i, folder in enumerate(folders):
+                if i >= self.MAX_EVAL_RUNS or folder.stat().st_mtime < horizon:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(f"evals/{folder.name}")
+        if removed:
+            with self._private_lock:
+                self._private.clear()  # read again from disk on each visitor's next request
+        return removed
 
     # ------------------------------------------------------------------ live figures
     def live_figures(self) -> dict[str, dict[str, float]]:

@@ -28,7 +28,7 @@ class Limits:
     max_query_chars: int = 2000
     max_upload: str = "10mb"  # gradio's own per-file cap, enforced before a handler runs
     max_top_k: int = 50
-    max_custom_corpora: int = 20
+    max_custom_corpora: int = 10  # per visitor (their browser's key)
     max_eval_queries: int = 50  # per dataset, for the evaluation run from the page
 
 
@@ -51,6 +51,10 @@ class DemoSettings:
     max_batch: int = option(16, "concurrent searches served by one model call (1: one at a time)")
     batch_wait_ms: float = option(4.0, "how long the first of concurrent searches waits for others to join its model "
                                        "call (default 4)")
+    keep_corpora: float = option(30.0, "days a visitor's own corpus is kept after its last use (removed at start "
+                                       "and after each new corpus)", metavar="DAYS")
+    cache_budget_mb: float = option(2048.0, "disk budget for visitors' corpora and uploads: beyond it the least "
+                                            "recently used corpora are removed first", metavar="MB")
     corpus_scale: str = option("small", "MiniMMEB scale of the default corpus", choices=["tiny", "small", "full"])
     corpus_seed: int = option(0, "seed of the default corpus", cli=False)
     sample_photos: bool = option(True, "the sample photos in the default corpus", cli=False)
@@ -67,5 +71,7 @@ class DemoSettings:
         self.threads = default_threads() if self.threads is None else check_threads(self.threads)
         if self.max_batch < 1 or self.queue_size < 1:
             raise ValueError("max_batch and queue_size must be at least 1")
+        if self.keep_corpora < 0 or self.cache_budget_mb < 0:
+            raise ValueError("keep_corpora and cache_budget_mb must not be negative")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ValueError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
