@@ -48,3 +48,18 @@ def handlers(service):
     from msolomon.demo.handlers import Handlers
 
     return Handlers(service)
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """`python app.py` (the shipped model, MiniMMEB tiny) on loopback, started once for the end-to-end and browser
+    tests: yields (URL, its cache folder). A 30 ms batching window (default 4 ms): with 20 clients on 2 cores,
+    searches then reliably meet in one model call."""
+    import logging
+
+    from msolomon.demo.process import running_app
+
+    cache = tmp_path_factory.mktemp("e2e") / "cache"
+    with running_app(cache, "--corpus-scale", "tiny", "--batch-wait-ms", "30") as (url, seconds):
+        logging.getLogger(__name__).info("page up after %.1f s", seconds)
+        yield url, cache

@@ -259,6 +259,7 @@ def test_custom_corpus_is_indexed_cached_and_limited(tiny_model, handlers, servi
                           (([str(fake)], None), "fake.png"), ((None, None), "nothing to index")):
         status, names_after, selected, rows_after = handlers.index_corpus("bad", *args, VISITOR_A)
         assert status.startswith("⚠ Not indexed") and message in status and selected is None
+        assert str(tmp_path) not in status  # the visitor's file by its name, not where the server keeps it
         assert rows_after == handlers.corpora_rows(VISITOR_A) and "custom: bad" not in names_after
     # without a visitor key nothing is indexed
     assert "reload the page" in handlers.index_corpus("x", None, str(lines), None)[0]

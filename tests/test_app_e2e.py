@@ -2,38 +2,24 @@
 `/search` endpoint: a text query, an image query, a bad input, and 20 concurrent clients x 5 queries each."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
-from msolomon.demo.process import running_app
 
 logger = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def start_server(cache_dir: Path, *extra: str) -> Iterator[str]:
-    """`python app.py` (default model) on a free loopback port with a tiny default corpus; yields its URL."""
-    with running_app(cache_dir, "--corpus-scale", "tiny", *extra) as (url, seconds):
-        logger.info("page up after %.1f s", seconds)
-        yield url
+@pytest.fixture(scope="module")
+def server(demo_server) -> str:
+    return demo_server[0]
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("e2e") / "cache"
-
-
-@pytest.fixture(scope="module")
-def server(cache) -> Iterator[str]:
-    # a 30 ms window (the default is 4 ms): with 20 clients on 2 cores, searches then reliably meet in one model call
-    with start_server(cache, "--batch-wait-ms", "30") as url:
-        yield url
+def cache(demo_server) -> Path:
+    return demo_server[1]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from test_app_e2e import start_server
 
 from msolomon.demo.process import ROOT
 
@@ -43,14 +42,15 @@ def _tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
-def test_every_tab_in_chromium(tmp_path, sample_images):
+def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
     from playwright.sync_api import expect, sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     requests: list[str] = []
     text_file = tmp_path / "my candidates.txt"
     text_file.write_text("a photo of an astronaut\na cup of coffee\na cat\n", encoding="utf-8")
-    with start_server(tmp_path / "cache") as url, sync_playwright() as p:
+    url = demo_server[0]
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         context.on("request", lambda r: requests.append(r.url))

@@ -145,6 +145,7 @@ def test_nothing_on_the_page_or_in_the_json_names_a_server_path(handlers, servic
     ("text", 42, "text must be a string"),
     ("mode", 1, "mode must be a string"),
     ("text", "bad \ud800 char", "lone surrogate"),
+    ("visitor", "bad key!", "visitor must be a visitor key"),
 ])
 def test_api_refuses_wrong_types_instead_of_coercing_them(handlers, field, value, message):
     args = dict(text="a query", image=None, instruction=None, mode="auto", threshold=0.5, top_k=5, corpus=None)

@@ -59,19 +59,24 @@ def _run_child(body: str, kill_at: int, env_extra: dict | None = None) -> subpro
     return subprocess.run([sys.executable, "-c", body], env=env, capture_output=True, text=True, timeout=300)
 
 
-def _kill_at_every_step(body: str, check, prepare) -> int:
-    """Run `body` once unkilled to count its steps, then once per step killed there; `check(k)` after each."""
-    prepare(0)
-    full = _run_child(body, 0)
+def _kill_at_every_step(body: str, check, prepare, workers: int = 2) -> int:
+    """Run `body` once unkilled to count its steps, then once per step killed there, `workers` children at a time,
+    each on its own copy: `prepare(k)` returns the folder child k writes (its $TARGET); `check(k, target, killed)`
+    after each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = prepare(0)
+    full = _run_child(body, 0, {"TARGET": str(first)})
     assert full.returncode == 0, full.stderr[-2000:]
     n = int(full.stdout.split("STEPS")[-1])
-    check(0, killed=False)
+    check(0, first, killed=False)
     assert n >= 3
-    for k in range(1, n + 1):
-        prepare(k)
-        proc = _run_child(body, k)
+    targets = {k: prepare(k) for k in range(1, n + 1)}
+    with ThreadPoolExecutor(workers) as pool:
+        procs = dict(zip(targets, pool.map(lambda k: _run_child(body, k, {"TARGET": str(targets[k])}), targets)))
+    for k, proc in procs.items():
         assert proc.returncode == -9, (k, proc.returncode, proc.stderr[-2000:])
-        check(k, killed=True)
+        check(k, targets[k], killed=True)
     return n
 
 
@@ -136,21 +141,23 @@ def test_a_kill_at_any_step_of_save_pretrained_leaves_the_old_or_the_new_model(t
     text = ["three"]
     want_old, want_new = old.encode_candidates(text), new.encode_candidates(text)
     assert np.abs(want_old - want_new).max() > 1e-3
-    target = tmp_path / "target"
     body = COUNTER + textwrap.dedent(f"""
         from msolomon import MSolomon
         model = MSolomon.from_pretrained({str(tmp_path / "new")!r})
         steps[0] = 0  # count the save only
-        model.save_pretrained({str(target)!r})
+        model.save_pretrained(os.environ["TARGET"])
         done()
     """)
 
     def prepare(k):
+        target = tmp_path / f"run{k}" / "target"
+        target.parent.mkdir(exist_ok=True)
         _reset(tmp_path / "old", target)
+        return target
 
     seen = set()
 
-    def check(k, killed):
+    def check(k, target, killed):
         got = MSolomon.from_pretrained(target, dtype=torch.float32).encode_candidates(text)
         which = "old" if np.abs(got - want_old).max() < 1e-5 else "new" if np.abs(got - want_new).max() < 1e-5 else None
         assert which is not None, f"killed before step {k}: neither the old nor the new model"
@@ -169,22 +176,24 @@ def test_a_kill_at_any_step_of_an_index_save_leaves_the_old_or_the_new_index(tmp
     np.save(tmp_path / "new.npy", new_vecs)
     old = VectorIndex.load(tmp_path / "old")
     new = VectorIndex.build(new_vecs, [{"i": i} for i in range(30)])
-    target = tmp_path / "target"
     body = COUNTER + textwrap.dedent(f"""
         import numpy as np
         from msolomon.index import VectorIndex
         index = VectorIndex.build(np.load({str(tmp_path / "new.npy")!r}), [{{"i": i}} for i in range(30)])
         steps[0] = 0
-        index.save({str(target)!r})
+        index.save(os.environ["TARGET"])
         done()
     """)
 
     def prepare(k):
+        target = tmp_path / f"run{k}" / "target"
+        target.parent.mkdir(exist_ok=True)
         _reset(tmp_path / "old", target)
+        return target
 
     seen = set()
 
-    def check(k, killed):
+    def check(k, target, killed):
         index = VectorIndex.load(target)
         assert len(index) in (20, 30), f"killed before step {k}: {len(index)} rows"
         want = (new if len(index) == 30 else old).index.reconstruct_n(0, len(index))

@@ -89,7 +89,7 @@ def _variant(src: Path, dst: Path, how: str) -> Path:
 def test_near_duplicates_of_validation_and_test_images_are_kept_out(pdata, bench, tmp_path):
     """A changed pixel or a one-pixel shift passes a byte-exact filter; the signature filter catches both, and does
     not call a different picture near."""
-    scene = next(p for p in PD.held_out_images(bench) if "/ScenesVQA/test/" in str(p))
+    scene = next(p for p in PD.held_out_images(bench) if "/ShapesCLS/test/" in str(p))
     other = next(p for p in PD.held_out_images(bench) if "/ChartVQA/test/" in str(p))
     near = PD.NearDuplicates([scene])
     pixel, shifted = _variant(scene, tmp_path / "pixel.png", "pixel"), _variant(scene, tmp_path / "shift.png", "shift")

@@ -11,10 +11,12 @@ Disjointness from the benchmark is checked, not assumed:
   test digit is ever drawn, in any jitter;
 - every image is hashed by its decoded pixels, and an example whose image equals any MiniMMEB image (train, val
   or test, at the benchmark's seed and scale) is dropped;
-- an example whose image is a *near* duplicate of a validation or test image is dropped too: its 8×8 grey-level
-  signature lies within `near_duplicate_rms` grey levels (root mean square) of one (`NearDuplicates`). A changed
-  pixel moves a signature by under one level and a shift by one pixel by one to five in the scene, shape, chart and
-  form worlds, so both are caught. Training images may be near: fine-tuning trains on them anyway.
+- an example whose image is a *near* duplicate of a validation or test image is dropped too: its 8×8 colour
+  signature lies within `near_duplicate_rms` levels (root mean square over the 8×8×3 values) of one
+  (`NearDuplicates`). A changed pixel moves a signature by under one level and a shift by one pixel by about two to
+  five in the shape, scene and sign worlds, so both are caught. Colour, not grey: a red and a green shape of equal
+  luminance are different pictures, and MiniMMEB's answers name colours. Training images may be near: fine-tuning
+  trains on them anyway.
 `check_disjoint` proves both on the written files.
 
 Layout of OUT:
@@ -45,8 +47,9 @@ logger = logging.getLogger(__name__)
 META_FILE = "pretrain.json"
 DESCRIBE = "Describe the image."
 PRETRAIN_SEED_OFFSET = 1_000_003  # pretraining streams are keyed by (seed + offset, name, part): never a benchmark's
-SIGNATURE_SIDE = 8  # the grey-level thumbnail's side: a cell spans 7-10 pixels of MiniMMEB's 56-84 pixel images
-NEAR_DUPLICATE_RMS = 4.0  # grey levels (0-255): a changed pixel moves a signature < 1, a 1-pixel shift 1-5 (scenes)
+SIGNATURE_SIDE = 8  # the colour thumbnail's side: a cell spans 7-10 pixels of MiniMMEB's 56-84 pixel images
+SIGNATURE_SIZE = SIGNATURE_SIDE * SIGNATURE_SIDE * 3
+NEAR_DUPLICATE_RMS = 4.0  # levels (0-255): a changed pixel moves a signature < 1, a 1-pixel shift about 2-5
 
 
 @dataclass(frozen=True)
@@ -63,18 +66,18 @@ class PretrainDataSettings:
 
 
 def image_signature(path: str | Path) -> "np.ndarray":
-    """The image's perceptual signature: its grey levels averaged over an SIGNATURE_SIDE² grid (float32)."""
+    """The image's perceptual signature: its RGB values averaged over a SIGNATURE_SIDE² grid (float32)."""
     import numpy as np
     from PIL import Image
 
     with Image.open(path) as img:
-        grey = img.convert("L").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BOX)
-    return np.asarray(grey, dtype=np.float32).reshape(-1)
+        small = img.convert("RGB").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32).reshape(-1)
 
 
 class NearDuplicates:
     """The signatures of a set of images (a benchmark's validation and test images) in an exact faiss index: which
-    other image lies within `rms` grey levels (root mean square over the signature) of one of them."""
+    other image lies within `rms` levels (root mean square over the signature) of one of them."""
 
     def __init__(self, paths: Iterable[str | Path], rms: float = NEAR_DUPLICATE_RMS):
         import faiss
@@ -82,22 +85,22 @@ class NearDuplicates:
 
         self.paths = [str(p) for p in paths]
         self.rms = rms
-        self.index = faiss.IndexFlatL2(SIGNATURE_SIDE * SIGNATURE_SIDE)
+        self.index = faiss.IndexFlatL2(SIGNATURE_SIZE)
         if self.paths:
             self.index.add(np.stack([image_signature(p) for p in self.paths]))
 
     def search(self, signatures: "np.ndarray") -> tuple["np.ndarray", "np.ndarray"]:
-        """For each row of `signatures`: the RMS distance (grey levels) to the nearest indexed image and its index
+        """For each row of `signatures`: the RMS distance (levels) to the nearest indexed image and its index
         in `paths` (inf and -1 when nothing is indexed)."""
         import numpy as np
 
         if not self.paths:
             return np.full(len(signatures), np.inf), np.full(len(signatures), -1)
         dist, ids = self.index.search(np.ascontiguousarray(signatures, dtype=np.float32), 1)
-        return np.sqrt(np.maximum(dist[:, 0], 0) / (SIGNATURE_SIDE * SIGNATURE_SIDE)), ids[:, 0]
+        return np.sqrt(np.maximum(dist[:, 0], 0) / SIGNATURE_SIZE), ids[:, 0]
 
     def nearest(self, path: str | Path) -> tuple[float, str | None]:
-        """(RMS distance in grey levels, path) of the indexed image nearest to `path`'s."""
+        """(RMS distance in levels, path) of the indexed image nearest to `path`'s."""
         dist, ids = self.search(image_signature(path)[None, :])
         return float(dist[0]), (self.paths[int(ids[0])] if ids[0] >= 0 else None)
 

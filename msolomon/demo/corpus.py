@@ -274,8 +274,8 @@ def custom_payloads(images: Sequence[str] | None, text_file: str | None, store: 
             raise CorpusError(f"{name} is {size / 2**20:.1f} MB; the limit per image is {limits.max_image_mb:g} MB")
         try:
             load_image(path)
-        except ValueError as err:
-            raise CorpusError(f"{name}: {err}") from None
+        except ValueError as err:  # the message names the visitor's file, never where the server keeps it
+            raise CorpusError(str(err).replace(str(path), name)) from None
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
         if digest in seen:  # the same picture uploaded twice (under any name) is one candidate
             continue

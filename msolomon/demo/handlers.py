@@ -145,6 +145,11 @@ class Handlers:
         mode = _strict_text("mode", mode) or "auto"
         corpus = _strict_text("corpus", corpus) or ALL_MINIMMEB
         visitor = _strict_text("visitor", visitor)
+        from msolomon.demo.visitors import KEY_PATTERN
+
+        if visitor is not None and not KEY_PATTERN.match(visitor):
+            raise DemoInputError("visitor must be a visitor key: 16 to 64 letters, digits, '-' or '_' (or null for "
+                                 "the shared corpora only)")
         threshold = _strict_number("threshold", 0.5 if threshold is None else threshold)
         top_k = _strict_number("top_k", 10 if top_k is None else top_k, whole=True)
         req = self._request(text, image, instruction, mode, threshold, top_k, corpus, None, visitor)
