@@ -79,7 +79,8 @@ def write_questions(folder: Path, names: list[str], out: Path, per_dataset: int)
         for i, (row, truth) in enumerate(zip(tests, oracle)):
             if not row.get("qry_img_path") or not truth.get("answer") or kept >= per_dataset:
                 continue
-            rows.append({"id": f"{name}:test:{i}", "dataset": name, "image": str(folder / row["qry_img_path"]),
+            image = str((folder / row["qry_img_path"]).resolve())  # absolute: the folder written may be anywhere
+            rows.append({"id": f"{name}:test:{i}", "dataset": name, "image": image,
                          "prompt": plain_question(row["qry_text"]), "response": truth["answer"]})
             kept += 1
     out.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,12 @@ def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
             expect(second.locator("#corpora-table")).to_contain_text("MiniMMEB: ScenesT2I")
             expect(second.locator("#corpora-table")).not_to_contain_text("custom: my corpus")
             second.screenshot(path=str(SHOTS / "4b-corpora-other-visitor.png"), full_page=True)
+            # nor can it fetch the first visitor's uploaded images, the test answers or an index by their paths
+            cache = demo_server[1]
+            for path in (next(cache.glob("uploads/*/*.png")), next(cache.rglob("oracle.jsonl")),
+                         next(cache.rglob("index.faiss"))):
+                got = second.request.get(f"{url.rstrip('/')}/gradio_api/file={path}")
+                assert got.status == 403, (path, got.status)
             other.close()
             # the first visitor's reload finds it again
             page.reload()

@@ -156,7 +156,7 @@ def test_api_refuses_wrong_types_instead_of_coercing_them(handlers, field, value
 
 def test_a_new_search_clears_the_last_results_first(handlers):
     gauge, decision, aug, gallery, hits, latency = handlers.cleared()
-    assert gauge is None and aug == "" and hits == "" and latency == "" and gallery["value"] == []
+    assert gauge is None and decision == aug == hits == latency == "" and gallery["value"] == []
 
 
 def test_explorer_reads_files_without_a_report_and_names_a_bad_field(handlers, service, settings):

@@ -107,6 +107,15 @@ class NearDuplicates:
     def is_near(self, path: str | Path) -> bool:
         return self.rms > 0 and self.nearest(path)[0] <= self.rms
 
+    def near_many(self, paths: Sequence[str | Path]) -> list[bool]:
+        """`is_near` for many images in one search (a search per image costs more in faiss's setup than in work)."""
+        import numpy as np
+
+        if self.rms <= 0 or not paths:
+            return [False] * len(paths)
+        dist, _ = self.search(np.stack([image_signature(p) for p in paths]))
+        return [bool(d <= self.rms) for d in dist]
+
 
 def held_out_images(benchmark: str | Path) -> list[Path]:
     """Every image a MiniMMEB folder's validation and test rows show (queries and candidates, wherever stored)."""
@@ -298,13 +307,14 @@ def generate(out: str | Path, settings: PretrainDataSettings, benchmark: str | P
             counts[world] = {}
             for part, n in (("train", settings.n_per_dataset), ("heldout", settings.n_heldout_per_dataset)):
                 rows = _build_part(name, part, n, settings, tmp)
+                is_near = near.near_many([tmp / row["image"] for row in rows])  # one search for the whole part
                 kept, dropped, dropped_near = [], 0, 0
-                for row in rows:
+                for row, row_is_near in zip(rows, is_near):
                     h = pixel_hash(tmp / row["image"])
                     if h in banned or (part == "heldout" and h in seen_train):
                         dropped += 1
                         continue
-                    if near.is_near(tmp / row["image"]):
+                    if row_is_near:
                         dropped_near += 1
                         continue
                     if part == "train":
@@ -369,7 +379,8 @@ def check_disjoint(pretrain_root: str | Path, benchmark_roots: Iterable[str | Pa
         held_out += held_out_images(root)
     near = NearDuplicates(held_out, near_duplicate_rms)
     images = sorted({row["image"] for part in ("train", "heldout") for row in load_rows(pretrain_root, part)})
-    return [p for p in images if pixel_hash(p) in banned or near.is_near(p)]
+    is_near = near.near_many(images)
+    return [p for p, close in zip(images, is_near) if close or pixel_hash(p) in banned]
 
 
 def normalise_answer(text: str | None) -> str:

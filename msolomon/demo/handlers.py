@@ -123,8 +123,7 @@ class Handlers:
         query never sit under a new query's error."""
         import gradio as gr
 
-        return (None, "<div id='decision' style='color:#777'>searching…</div>", "", gr.update(value=[], visible=False),
-                "", "")
+        return None, "", "", gr.update(value=[], visible=False), "", ""
 
     @guarded
     def search(self, text: str | None, image: str | None, instruction: str | None, mode: str, threshold: float,
