@@ -209,3 +209,42 @@ def test_the_stores_lock_is_not_held_while_encoding(service, handlers, tmp_path)
             assert first.result(10)[0].startswith("Indexed")
     finally:
         service.encode_candidates = real
+
+
+def test_compare_keeps_candidates_that_share_a_text_apart(service):
+    """Grounding crops all carry one instruction text: the comparison names them by file, shows each as a
+    thumbnail, and gives each its own row of ranks (it used to fold them into one row named by the text)."""
+    from msolomon.demo import render
+
+    corpus = C.DATASET_PREFIX + "ScenesGround"
+    texts = {p["text"] for p in service.corpora[corpus].payloads}
+    assert len(texts) == 1 and len(service.corpora[corpus]) > 5  # the case: many crops, one text
+    runs, note = service.compare(SearchRequest("the red circle", top_k=5, corpus=corpus))
+    html = render.compare_html(runs, note)
+    distinct = {(h.text, h.image) for _, out in runs for h in out.hits}
+    assert html.count("<tr class='candidate'") == len(distinct) >= 5  # one row each (it was one row for all)
+    names = {Path(h.image).name for _, out in runs for h in out.hits}
+    assert all(name in html for name in names)
+    assert html.count("data:image/png;base64,") >= len(distinct)  # a thumbnail per row, none served from disk
+
+
+def test_the_baselines_index_the_default_corpus_at_start_so_the_first_compare_does_not_wait(tiny_model, service,
+                                                                                            tmp_path):
+    from msolomon import MSolomon
+
+    for key, seed in (("noaug", 3), ("alwaysaug", 4)):
+        MSolomon.tiny(seed=seed).save_pretrained(tmp_path / "baselines" / key)
+    settings = DemoSettings(cache_dir=service.settings.cache_dir, corpus_scale="tiny",
+                            baselines_dir=tmp_path / "baselines", max_new_tokens=4, threads=1)
+    warm = SearchService(tiny_model, settings).start()
+    try:
+        assert warm._warming is not None
+        warm._warming.join(120)
+        assert {k[0] for k in warm._baseline_indexes if k[2] == C.ALL_MINIMMEB} == {"noaug", "alwaysaug"}
+        encoded = []
+        real = warm.encode_candidates
+        warm.encode_candidates = lambda c, model=None: encoded.append(len(c)) or real(c, model)
+        runs, note = warm.compare(SearchRequest("a red circle", top_k=3, corpus=C.DATASET_PREFIX + "ShapesCLS"))
+        assert [label for label, _ in runs][-2:] == ["NoAug model", "AlwaysAug model"] and encoded == []
+    finally:
+        warm.close()

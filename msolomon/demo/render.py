@@ -18,9 +18,37 @@ RIGHT, WRONG = "#16a34a", "#dc2626"
 
 
 def _name(hit: HitView) -> str:
-    if hit.text:
-        return escape(hit.text)
-    return escape(Path(hit.image).name) if hit.image else "?"
+    """How a candidate reads on the page: an image by its file name (with its text, when it has one: grounding
+    crops all share one instruction text), else its text."""
+    if hit.image:
+        return escape(Path(hit.image).name) + (f" · {escape(hit.text)}" if hit.text else "")
+    return escape(hit.text) if hit.text else "?"
+
+
+def _key(hit: HitView) -> tuple[str | None, str | None]:
+    """A candidate's identity: its text and its image. Not its name: two crops share a text."""
+    return hit.text, hit.image
+
+
+def thumbnail(image: str | None, size: int = 40) -> str:
+    """A small inline picture of an image candidate (a data: URI: nothing of the server's folders is served)."""
+    if not image:
+        return ""
+    import base64
+    import io
+
+    from msolomon.processing import load_image
+
+    try:
+        picture = load_image(image)
+    except ValueError:
+        return ""
+    picture.thumbnail((size, size))
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return (f"<img src='data:image/png;base64,{data}' alt='{escape(Path(image).name)}' "
+            f"style='height:{size}px;vertical-align:middle;margin-right:4px'>")
 
 
 def decision_label(out: SearchOutcome) -> dict[str, float]:
@@ -58,7 +86,7 @@ def hits_html(out: SearchOutcome) -> str:
     for h in out.hits:
         mark = f"<b style='color:{RIGHT}'>✓ answer</b>" if h.correct else ""
         kind = "image" if h.image else "text"
-        label = _name(h) if not (h.image and h.text) else f"{escape(Path(h.image).name)} · {escape(h.text)}"
+        label = _name(h)
         rows.append(f"<tr><td>{h.rank}</td><td>{h.score:.3f}</td><td>{kind}</td><td>{label}</td><td>{mark}</td></tr>")
     return (f"<div id='hits'>{head}<table style='width:100%;border-collapse:collapse'>"
             "<thead><tr><th align='left'>#</th><th align='left'>score</th><th align='left'>kind</th>"
@@ -106,7 +134,8 @@ def compare_html(runs: Sequence[tuple[str, SearchOutcome]], note: str) -> str:
     cols = []
     for label, out in runs:
         aug = escape(out.augmentation) if out.augmentation else "<i>(none)</i>"
-        top = "".join(f"<li>{'<b>' if h.correct else ''}{_name(h)} <small>({h.score:.3f})</small>"
+        top = "".join(f"<li>{'<b>' if h.correct else ''}{thumbnail(h.image, 28)}{_name(h)} "
+                      f"<small>({h.score:.3f})</small>"
                       f"{' ✓</b>' if h.correct else ''}</li>" for h in out.hits)
         cols.append(f"<div style='flex:1;min-width:200px;border:1px solid #ddd;border-radius:6px;padding:8px'>"
                     f"<div style='font-weight:700'>{escape(label)}</div>"
@@ -114,19 +143,19 @@ def compare_html(runs: Sequence[tuple[str, SearchOutcome]], note: str) -> str:
                     f"<b>{out.timings.get('total', 0.0):.1f} ms</b></div>"
                     f"<div style='font-size:0.85em;color:#555'>augmentation: {aug}</div>"
                     f"<ol style='margin:4px 0 0 18px;padding:0'>{top}</ol></div>")
-    order: dict[str, HitView] = {}
+    order: dict[tuple, HitView] = {}  # one row per candidate, keyed by what it is, not by how it reads
     for _, out in runs:
         for h in out.hits:
-            order.setdefault(_name(h), h)
-    ranks = {label: {_name(h): h.rank for h in out.hits} for label, out in runs}
+            order.setdefault(_key(h), h)
+    ranks = {label: {_key(h): h.rank for h in out.hits} for label, out in runs}
     rows = []
-    for name, hit in order.items():
-        cells = [ranks[label].get(name) for label, _ in runs]
+    for key, hit in order.items():
+        cells = [ranks[label].get(key) for label, _ in runs]
         differs = len({c for c in cells}) > 1
         style = " style='background:#fef3c7'" if differs else ""
         mark = " ✓" if hit.correct else ""
-        rows.append(f"<tr{style}><td>{name}{mark}</td>" + "".join(f"<td align='center'>{c or '–'}</td>" for c in cells)
-                    + "</tr>")
+        rows.append(f"<tr class='candidate'{style}><td>{thumbnail(hit.image)}{_name(hit)}{mark}</td>"
+                    + "".join(f"<td align='center'>{c or '–'}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{escape(label)}</th>" for label, _ in runs)
     table = (f"<table style='width:100%;border-collapse:collapse;margin-top:10px'><thead><tr><th align='left'>"
              f"candidate</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"

@@ -135,7 +135,9 @@ class SearchService:
         self.bench: Any = None
         self.data_dir: Path | None = None
         self.baselines: dict[str, Any] = {}
-        self._baseline_indexes: dict[tuple[str, str], Any] = {}
+        self._baseline_indexes: dict[tuple, Any] = {}
+        self._baseline_lock = threading.Lock()  # one build of a baseline's model or index at a time
+        self._warming: threading.Thread | None = None
         self.served: deque[tuple[str, float]] = deque(maxlen=1000)  # (decision, model ms) of recent searches
         self.startup: dict[str, float] = {}
         self.batcher = Batcher(self._run_batch, settings.max_batch, settings.batch_wait_ms, settings.queue_size)
@@ -163,6 +165,9 @@ class SearchService:
             self.corpora[C.DATASET_PREFIX + name] = C.Corpus(
                 C.DATASET_PREFIX + name, [payloads[i] for i in positions], C.subset(index, positions),
                 f"the {len(positions)} test candidates of {name} (the MMEB setting)", [name])
+        if self.settings.warm_baselines and self.baseline_dirs():  # so the first Compare does not wait on them
+            self._warming = threading.Thread(target=self.warm_baselines, name="msolomon-baselines", daemon=True)
+            self._warming.start()
         self.examples = pick_examples(self.bench, self.decide, self.settings.n_examples_per_dataset)
         self._examples_by_id = by_id(self.examples)
         self.startup = {"data_s": t1 - t0, "index_s": t2 - t1, "examples_s": time.perf_counter() - t2,
@@ -323,17 +328,33 @@ class SearchService:
         return {k: base / k for k in BASELINES if (base / k / "config.json").is_file()}
 
     def _baseline(self, key: str) -> Any:
-        if key not in self.baselines:
-            from msolomon.model import MSolomon
+        with self._baseline_lock:
+            if key not in self.baselines:
+                from msolomon.model import MSolomon
 
-            self.baselines[key] = MSolomon.from_pretrained(self.baseline_dirs()[key], device="cpu")
-        return self.baselines[key]
+                self.baselines[key] = MSolomon.from_pretrained(self.baseline_dirs()[key], device="cpu")
+            return self.baselines[key]
+
+    def warm_baselines(self) -> None:
+        """Load the trained baselines and index the default corpus with each (or find its index in the disk cache),
+        in the background at start: their model calls take the model lock chunk by chunk, so searches still run."""
+        for key in self.baseline_dirs():
+            try:
+                self._index_for(key, self._baseline(key), SearchRequest(corpus=C.ALL_MINIMMEB), None)
+                logger.info("baseline %s ready for Compare", key)
+            except Exception as err:  # noqa: BLE001 - a broken baseline must not stop the demo; Compare says why
+                logger.warning("could not prepare the baseline %s for Compare: %s", key, err)
 
     def _index_for(self, key: str, model: Any, req: SearchRequest, progress: C.Progress | None) -> Any:
         """The corpus encoded by a baseline model (its own embedding space), cached like the main indexes."""
         corpus = self.corpus_of(req)
         owner = "" if req.corpus in self.corpora else visitor_id(req.visitor)
         slot = (key, owner, corpus.name, id(corpus))
+        with self._baseline_lock:
+            return self._index_for_locked(key, model, corpus, slot, progress)
+
+    def _index_for_locked(self, key: str, model: Any, corpus: C.Corpus, slot: tuple,
+                          progress: C.Progress | None) -> Any:
         if slot not in self._baseline_indexes:
             base = self.corpora[C.ALL_MINIMMEB] if corpus.name.startswith(C.DATASET_PREFIX) else corpus
             whole = (key, "", base.name, id(base)) if base is not corpus else slot

@@ -61,6 +61,8 @@ class DemoSettings:
     max_new_tokens: int = option(64, "cap on a search's augmentation", cli=False)
     queue_size: int = option(64, "pending searches beyond this get 'busy, try again'", cli=False)
     n_examples_per_dataset: int = option(1, "example queries per dataset", cli=False)
+    warm_baselines: bool = option(True, "index the default corpus with the trained baselines in the background at "
+                                        "start, so the first Compare does not wait", cli=False)
     limits: Limits = field(default_factory=Limits, metadata={"cli": False})
 
     def __post_init__(self) -> None:
