@@ -96,6 +96,10 @@ def test_retention_budget_and_half_written_corpora(tmp_path, tiny_model, caplog)
                                                           show_progress_bar=False), rows)
     for name in ("old", "recent"):
         store.save(vid, name, "", index)
+    store.touch(vid, "recent")
+    written = (store.corpus_dir(vid, "recent") / "corpus.json").stat().st_mtime_ns
+    store.touch(vid, "recent")  # a second search within the hour writes nothing
+    assert (store.corpus_dir(vid, "recent") / "corpus.json").stat().st_mtime_ns == written
     meta = store.corpus_dir(vid, "old") / "corpus.json"
     stale = json.loads(meta.read_text()) | {"used": time.time() - 3 * 86400}
     meta.write_text(json.dumps(stale))
@@ -190,13 +194,15 @@ def test_identical_uploads_are_one_candidate(service, sample_images, tmp_path):
     assert len(payloads) == 1 and payloads[0]["label"] == Path(sample_images[0]).name
 
 
-def test_the_stores_lock_is_not_held_while_encoding(service, handlers, tmp_path):
-    """A slow index build of one visitor does not stop another from searching or indexing."""
+def test_one_visitors_slow_build_does_not_hold_up_another_visitors(service, handlers, tmp_path):
+    """The per-visitor slot is reserved under a lock, but the encoding runs outside it: while A's corpus waits in
+    the encoder, B indexes one of their own to the end."""
     slow = threading.Event()
     real = service.encode_candidates
 
     def encode(c, model=None):
-        slow.wait(5)
+        if any(x.text == "slowly" for x in c):
+            assert slow.wait(30), "A's build was never released"
         return real(c, model)
 
     service.encode_candidates = encode
@@ -204,10 +210,13 @@ def test_the_stores_lock_is_not_held_while_encoding(service, handlers, tmp_path)
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(handlers.index_corpus, "slow", None, _lines(tmp_path, "s.txt", "slowly"), A)
             time.sleep(0.2)
-            assert service.private_corpora(B) is not None  # answered while A's build waits
+            assert not first.done()  # A waits in the encoder
+            second = handlers.index_corpus("quick", None, _lines(tmp_path, "q.txt", "quickly"), B)[0]
+            assert second.startswith("Indexed") and not first.done()  # B finished while A still waits
             slow.set()
-            assert first.result(10)[0].startswith("Indexed")
+            assert first.result(30)[0].startswith("Indexed")
     finally:
+        slow.set()
         service.encode_candidates = real
 
 

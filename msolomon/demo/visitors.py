@@ -82,6 +82,7 @@ class CorpusStore:
         self.budget_mb = budget_mb
         self._lock = threading.Lock()
         self._reserved: dict[str, set[str]] = {}
+        self._touched: dict[tuple[str, str], float] = {}  # last touch written, per (visitor, corpus)
 
     # ------------------------------------------------------------------ paths
     def visitor_dir(self, vid: str) -> Path:
@@ -95,7 +96,20 @@ class CorpusStore:
 
     # ------------------------------------------------------------------ reading
     def names(self, vid: str) -> list[str]:
-        return list(self.load_all(vid))
+        """The visitor's complete corpora by name, from their small meta files (no index is read)."""
+        folder = self.visitor_dir(vid)
+        metas = [self._meta(sub) for sub in sorted(folder.iterdir())] if folder.is_dir() else []
+        return [m["name"] for m in metas if m is not None]
+
+    def _meta(self, sub: Path) -> dict | None:
+        """A corpus folder's corpus.json when the folder is complete (its index written), else None."""
+        if ".tmp-" in sub.name or ".old-" in sub.name or not (sub / "index" / "meta.json").is_file():
+            return None
+        try:
+            meta = json.loads((sub / META).read_text(encoding="utf-8"))
+            return meta if isinstance(meta.get("name"), str) and "created" in meta else None
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def load_all(self, vid: str) -> dict[str, StoredCorpus]:
         """The visitor's complete corpora, oldest first; half-written ones are skipped with a log line."""
@@ -156,8 +170,15 @@ class CorpusStore:
             shutil.rmtree(tmp, ignore_errors=True)
         return StoredCorpus(name, note, index, now, now)
 
+    TOUCH_EVERY_S = 3600.0  # retention counts in days: a search writes corpus.json at most once an hour
+
     def touch(self, vid: str, name: str) -> None:
-        """Mark a corpus used now (retention counts from the last use)."""
+        """Mark a corpus used now (retention counts from the last use); at most once an hour per corpus, so a
+        search does not write to disk."""
+        now = time.time()
+        if now - self._touched.get((vid, name), 0.0) < self.TOUCH_EVERY_S:
+            return
+        self._touched[(vid, name)] = now
         meta_file = self.corpus_dir(vid, name) / META
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -187,12 +208,13 @@ class CorpusStore:
                 for sub in sorted(vdir.iterdir()):
                     if sub.name in busy or sub.name.split(".tmp-")[0] in busy:
                         continue
-                    stored = self._read(sub) if ".tmp-" not in sub.name and ".old-" not in sub.name else None
-                    if stored is None or now - stored.used > self.keep_days * 86400:
+                    meta = self._meta(sub)
+                    used = float(meta.get("used", meta["created"])) if meta is not None else 0.0
+                    if meta is None or now - used > self.keep_days * 86400:
                         shutil.rmtree(sub, ignore_errors=True)
                         removed.append(f"{vdir.name}/{sub.name}")
                     else:
-                        live.append((stored.used, sub, vdir.name))
+                        live.append((used, sub, vdir.name))
             budget = self.budget_mb * 2**20
             total = sum(_folder_size(p) for p in (self.root, self.uploads) if p.is_dir())
             for _, sub, vid in sorted(live):
