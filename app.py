@@ -2,7 +2,7 @@
 
     python app.py [--model PATH] [--host 127.0.0.1] [--port 7860] [--threads N] [--reports DIR]
 
-The page lays out five tabs (Search, Compare, Corpora, Error explorer, Model); the logic lives in
+The page lays out six tabs (Search, Compare, Step by step, Corpora, Error explorer, Model); the logic lives in
 `msolomon.demo`. The search is also the API endpoint `/search` for `gradio_client`. Bound to 127.0.0.1 unless told
 otherwise; offline: no model hub, no analytics, no font or script from outside the machine.
 """
@@ -22,6 +22,7 @@ import gradio as gr  # noqa: E402
 
 from msolomon.demo.corpus import ALL_MINIMMEB  # noqa: E402
 from msolomon.demo.examples import INSTRUCTION_PRESETS  # noqa: E402
+from msolomon.demo.explorer import QUALITY, QUALITY_HEADERS  # noqa: E402
 from msolomon.demo.handlers import Handlers  # noqa: E402
 from msolomon.demo.panel import CARD_HEADERS, TEACHING  # noqa: E402
 from msolomon.demo.service import MODES, SearchService  # noqa: E402
@@ -89,6 +90,7 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                                          label="The model's own preference, p(/augment) vs p(/embed), before "
                                                "the mode applies")
                         decision = gr.HTML(elem_id="decision-box")
+                        what_if = gr.HTML(elem_id="what-if-box")
                         augmentation = gr.Textbox(label="Augmentation (streamed as it is written)", lines=2,
                                                   interactive=False, elem_id="augmentation")
                         gallery = gr.Gallery(label="Retrieved images", columns=5, height=230, elem_id="gallery")
@@ -101,7 +103,7 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                             label=f"{len(examples)} held-out MiniMMEB test queries with known answers: click one, "
                                   "then Search (the answer is marked when found)", examples_per_page=20)
                 inputs = [text, image, instruction, mode, threshold, top_k, corpus, example_id, visitor]
-                outputs = [gauge, decision, augmentation, gallery, hits, latency]
+                outputs = [gauge, decision, augmentation, gallery, hits, latency, what_if]
                 for trigger, name in ((go.click, "ui_search"), (text.submit, "ui_search_enter")):
                     trigger(h.cleared, None, outputs, queue=False, api_visibility="private").then(
                         h.search, inputs, outputs, api_name=name, api_visibility="private", concurrency_limit=4)
@@ -119,6 +121,17 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                 compare_go.click(lambda: "", None, compare_out, queue=False, api_visibility="private").then(
                     compare, [text, image, instruction, threshold, top_k, corpus, example_id, visitor], compare_out,
                     api_visibility="private")
+
+            with gr.Tab("Step by step", id="steps"):
+                gr.Markdown("The Search tab's query, step by step, for teaching: the prompt as the model reads it, "
+                            "the decision against the threshold, each token it writes after `/augment` with its "
+                            "probability, and how the ranking of the corpus moves from `/embed` to the full "
+                            "augmentation, token by token.")
+                steps_go = gr.Button("Explain the Search tab's query", variant="primary", elem_id="steps-button")
+                steps_out = gr.HTML(elem_id="steps-box")
+                steps_go.click(lambda: "", None, steps_out, queue=False, api_visibility="private").then(
+                    h.step_by_step, [text, image, instruction, mode, threshold, top_k, corpus, example_id, visitor],
+                    steps_out, api_visibility="private")
 
             with gr.Tab("Corpora", id="corpora"):
                 corpora = gr.Dataframe(h.corpora_rows(), headers=["corpus", "items", "images", "what"],
@@ -175,38 +188,54 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                                               "latency ms (mean)"], interactive=False, label="Per dataset",
                                      elem_id="explorer-table")
                 plot = gr.Image(label="Accuracy vs latency", type="filepath", height=330)
+                quality = gr.Dataframe(headers=QUALITY_HEADERS, interactive=False, elem_id="decision-quality",
+                                       label="Decision quality (needs auto, never and always): per dataset, the "
+                                             "queries augmenting helped / hurt / left the same, the embedded ones it "
+                                             "would have helped (missed) or hurt (saved), the per-query oracle and "
+                                             "the decision accuracy where the two paths disagree. Click a count "
+                                             "to list those queries.")
                 with gr.Row():
                     f_set = gr.Dropdown(["all"], value="all", label="Dataset")
                     f_mode = gr.Dropdown(["all", *MODES], value="all", label="Mode")
                     f_dec = gr.Dropdown(["all", "/augment", "/embed"], value="all", label="Decision")
                     f_out = gr.Dropdown(["all", "right", "wrong"], value="all", label="Outcome")
+                    f_quality = gr.Dropdown(["all", *QUALITY], value="all", label="Decision quality")
                 queries = gr.Dataframe(headers=["#", "dataset", "mode", "decision", "right", "p(/augment)", "query"],
                                        interactive=False, label="Queries (click a row)",
                                        elem_id="explorer-queries")
                 with gr.Row():
                     q_image = gr.Image(label="Query image", height=200, scale=1)
                     q_detail = gr.HTML()
-                filters = [files, f_set, f_mode, f_dec, f_out]
+                filters = [files, f_set, f_mode, f_dec, f_out, f_quality]
+                opened = [table, plot, f_set, queries, quality, f_mode, f_dec, f_out, f_quality]
 
                 def open_file(label):
-                    rows, png, sets, qrows = h.explorer_open(label)
-                    return rows, png, gr.update(choices=["all", *sets], value="all"), qrows
+                    rows, png, sets, qrows, qual = h.explorer_open(label)
+                    return (rows, png, gr.update(choices=["all", *sets], value="all"), qrows, qual,
+                            *(["all"] * 4))
 
-                open_go.click(open_file, files, [table, plot, f_set, queries], api_visibility="private")
+                open_go.click(open_file, files, opened, api_visibility="private")
                 for f in filters[1:]:
                     f.change(h.explorer_filter, filters, queries, api_visibility="private")
 
-                def show(label, ds, md, dc, oc, evt: gr.SelectData):
-                    return h.explorer_detail(label, ds, md, dc, oc, evt.index[0])
+                def show(label, ds, md, dc, oc, ql, evt: gr.SelectData):
+                    return h.explorer_detail(label, ds, md, dc, oc, evt.index[0], ql)
 
                 queries.select(show, filters, [q_detail, q_image], api_visibility="private")
+
+                def list_cell(label, evt: gr.SelectData):
+                    dataset, category = h.explorer_quality_cell(label, *evt.index)
+                    rows = h.explorer_filter(label, dataset, "auto", "all", "all", category)
+                    return dataset, "auto", "all", "all", category, rows
+
+                quality.select(list_cell, files, [f_set, f_mode, f_dec, f_out, f_quality, queries],
+                               api_visibility="private")
 
                 def run_eval(sets, limit, ms, progress=gr.Progress(track_tqdm=True)):
                     names, label = h.explorer_run(sets, limit, ms, progress)
                     return (gr.update(choices=names, value=label), *open_file(label))
 
-                ev_go.click(run_eval, [ev_sets, ev_limit, ev_modes], [files, table, plot, f_set, queries],
-                            api_visibility="private")
+                ev_go.click(run_eval, [ev_sets, ev_limit, ev_modes], [files, *opened], api_visibility="private")
 
             with gr.Tab("Model", id="model") as model_tab:
                 with gr.Row():

@@ -29,7 +29,7 @@ def settings(tmp_path_factory):
                         reports_dir=root / "reports", max_new_tokens=8, threads=1)
 
 
-def test_build_demo_has_the_search_api_and_the_five_tabs(tiny_model, settings, service):
+def test_build_demo_has_the_search_api_and_the_six_tabs(tiny_model, settings, service):
     """The built page: its tabs in order; `/search` the one public endpoint, served by `Handlers.api_search` over
     plain HTTP (no queue: the Batcher is the queue) with its seven inputs in the handler's order and JSON out; the
     page's own search streams through a private endpoint."""
@@ -41,7 +41,7 @@ def test_build_demo_has_the_search_api_and_the_five_tabs(tiny_model, settings, s
 
     assert not Path(app.__file__).with_suffix(".pyi").exists()  # no component subclass: gradio writes no stub
     tabs = [c["props"]["label"] for c in demo.config["components"] if c.get("type") == "tabitem"]
-    assert tabs == ["Search", "Compare", "Corpora", "Error explorer", "Model"]
+    assert tabs == ["Search", "Compare", "Step by step", "Corpora", "Error explorer", "Model"]
     public = [fn for fn in demo.fns.values() if fn.api_visibility == "public"]
     assert [fn.api_name for fn in public] == ["search"]
     (search,) = public
@@ -81,13 +81,16 @@ def test_streamed_search_shows_decision_then_augmentation_then_hits(handlers, se
     steps = list(handlers.search("a red circle above a blue square", None, "", "always", 0.5, 5, C.ALL_MINIMMEB,
                                  ""))
     assert len(steps) >= 3  # decision, at least one token, final
-    gauge, decision, aug, gallery, hits, latency = steps[0]
+    gauge, decision, aug, gallery, hits, latency, what_if = steps[0]
     assert set(gauge) == {"/augment", "/embed"} and "/augment" in decision and latency == ""
     final = steps[-1]
     assert "<table" in final[4] and final[4].count("<tr>") == 6  # header + 5 hits
     for key in ("preprocess", "decide", "generate", "embed", "search", "total"):
         assert key in final[5]
-    assert final[2] == steps[-2][2]  # the augmentation streamed so far is the final one
+    assert final[2] == steps[-3][2]  # the augmentation streamed so far is the final one
+    # the final outcome comes first with the what-if pending, then again with what the other path gives
+    assert "computing what the other path gives" in steps[-2][6] and steps[-2][4] == final[4]
+    assert "What if: without augmenting" in final[6] and "not counted in the search's time" in final[6]
 
 
 def test_example_query_marks_the_known_answer(handlers, service):
@@ -280,8 +283,9 @@ def test_error_explorer_runs_opens_filters_and_shows_a_query(handlers, service):
     sets = [e.dataset for e in service.examples if e.image][:2]
     names, label = handlers.explorer_run(sets, 3, ["never", "always"])
     assert label in names and label in handlers.explorer_choices()
-    table, plot, datasets, rows = handlers.explorer_open(label)
+    table, plot, datasets, rows, quality = handlers.explorer_open(label)
     assert sorted(datasets) == sorted(sets) and len(table) == 4 and len(rows) == 12
+    assert quality == []  # no auto run: the decisions cannot be judged
     assert plot.size[0] > 300  # the plot as an image: the page gets a copy, not a path under the cache
     right = handlers.explorer_filter(label, "all", "always", "all", "right")
     wrong = handlers.explorer_filter(label, "all", "always", "all", "wrong")

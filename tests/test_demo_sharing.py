@@ -159,8 +159,8 @@ def test_api_refuses_wrong_types_instead_of_coercing_them(handlers, field, value
 
 
 def test_a_new_search_clears_the_last_results_first(handlers):
-    gauge, decision, aug, gallery, hits, latency = handlers.cleared()
-    assert gauge is None and decision == aug == hits == latency == "" and gallery["value"] == []
+    gauge, decision, aug, gallery, hits, latency, what_if = handlers.cleared()
+    assert gauge is None and decision == aug == hits == latency == what_if == "" and gallery["value"] == []
 
 
 def test_explorer_reads_files_without_a_report_and_names_a_bad_field(handlers, service, settings):
@@ -171,8 +171,9 @@ def test_explorer_reads_files_without_a_report_and_names_a_bad_field(handlers, s
     lines = [json.dumps(good | {"index": i}) for i in range(3)] + ['{"dataset": "ShapesCLS", "mo']  # cut mid-line
     (runs / "lonely.predictions.jsonl").write_text("\n".join(lines) + "\n")
     label = next(k for k in handlers.explorer_choices() if k.endswith("lonely.predictions.jsonl"))
-    table, plot, datasets, rows = handlers.explorer_open(label)  # no report beside it: drawn from predictions
+    table, plot, datasets, rows, quality = handlers.explorer_open(label)  # no report beside it: drawn from predictions
     assert datasets == ["ShapesCLS"] and len(rows) == 3 and plot.size[0] > 300
+    assert quality == []  # one mode only: no decision quality
     bad = dict(good, latency_ms="abc")
     (runs / "bad.predictions.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
     label = next(k for k in handlers.explorer_choices() if k.endswith("bad.predictions.jsonl"))

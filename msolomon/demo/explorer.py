@@ -128,11 +128,73 @@ def plot(path: Path, records: Sequence[dict], out: Path) -> Path:
     return out
 
 
+QUALITY_HEADERS = ["dataset", "queries", "auto P@1 %", "oracle P@1 %", "helped", "hurt", "same (augmented)",
+                   "missed", "saved", "same (embedded)", "decision accuracy"]
+QUALITY = ("helped", "hurt", "same (augmented)", "missed", "saved", "same (embedded)")  # the count columns, in order
+
+
+def _category(took_augment: bool, never_right: bool, always_right: bool) -> str:
+    """`msolomon.decisions`' rule for one query: which path it took against the two paths' outcomes."""
+    gain, loss = always_right and not never_right, never_right and not always_right
+    if took_augment:
+        return "helped" if gain else "hurt" if loss else "same (augmented)"
+    return "missed" if gain else "saved" if loss else "same (embedded)"
+
+
+def decision_quality(records: Sequence[dict]) -> list[list[Any]]:
+    """The `decisions` block as a table, from the predictions of one model evaluated in auto, never and always:
+    per dataset (and all datasets pooled) the augmented queries augmenting helped / hurt / left the same, the
+    embedded ones it would have helped (missed) / hurt (saved), the per-query oracle and the decision accuracy
+    where the two paths disagree. Marks each record with its query's category (`quality`) for the query browser.
+    Empty when the file lacks one of the three modes."""
+    from msolomon.decisions import dataset_decisions
+
+    by_query: dict[tuple[str, Any], dict[str, dict]] = defaultdict(dict)
+    for r in records:
+        by_query[(r["dataset"], r.get("index"))][r["mode"]] = r
+    per: dict[str, list[tuple[bool, bool, bool, bool]]] = defaultdict(list)
+    for (dataset, _), modes in by_query.items():
+        if not {"auto", "never", "always"} <= set(modes):
+            continue
+        took = modes["auto"].get("decision") == "/augment"
+        e, a = bool(modes["never"].get("correct")), bool(modes["always"].get("correct"))
+        per[dataset].append((took, e, a, bool(modes["auto"].get("correct"))))
+        for r in modes.values():
+            r["quality"] = _category(took, e, a)
+    rows = []
+    pooled: list[tuple[bool, bool, bool, bool]] = []
+    for dataset in sorted(per) + (["all"] if len(per) > 1 else []):
+        triples = per[dataset] if dataset != "all" else pooled
+        if dataset != "all":
+            pooled += triples
+        took, never, always, auto_right = (list(x) for x in zip(*triples))
+        d = dataset_decisions(took, never, always)
+        oracle_right = [e or a for e, a in zip(never, always)]
+        rows.append([dataset, len(triples), round(100 * float(np.mean(auto_right)), 1),
+                     round(100 * float(np.mean(oracle_right)), 1), d["augmented"]["helped"], d["augmented"]["hurt"],
+                     d["augmented"]["same"], d["embedded"]["missed"], d["embedded"]["saved"], d["embedded"]["same"],
+                     d["decision_accuracy"]])
+    return rows
+
+
+def quality_cell(rows: Sequence[Sequence[Any]], row: int, col: int) -> tuple[str, str] | None:
+    """The (dataset, category) a click on the decision-quality table asks to list, or None for a cell that is
+    not a count."""
+    if not 0 <= row < len(rows) or not 0 <= col < len(QUALITY_HEADERS):
+        return None
+    header = QUALITY_HEADERS[col]
+    if header not in QUALITY:
+        return None
+    return str(rows[row][0]), header
+
+
 def select(records: Sequence[dict], dataset: str = "all", mode: str = "all", decision: str = "all",
-           outcome: str = "all") -> list[dict]:
+           outcome: str = "all", quality: str = "all") -> list[dict]:
     """The records that pass the query browser's filters."""
     out = []
     for r in records:
+        if quality != "all" and r.get("quality") != quality:
+            continue
         if dataset != "all" and r["dataset"] != dataset:
             continue
         if mode != "all" and r["mode"] != mode:

@@ -88,6 +88,7 @@ class Handlers:
     def __init__(self, service: SearchService):
         self.service = service
         self.records: dict[str, list[dict]] = {}  # loaded predictions files, by label
+        self.quality: dict[str, list[list[Any]]] = {}  # their decision-quality tables, by label
 
     # ------------------------------------------------------------------ visitors
     def visitor_start(self, key: str | None) -> tuple[str, list[str], list[list[Any]], list[str]]:
@@ -108,14 +109,14 @@ class Handlers:
                              visitor=visitor)
 
     @staticmethod
-    def view(out: SearchOutcome) -> tuple:
+    def view(out: SearchOutcome, what_if: str = "") -> tuple:
         """The search tab's outputs for one (partial or final) outcome."""
         import gradio as gr
 
         images = render.gallery_items(out) if out.final else []
         return (render.decision_label(out), render.decision_html(out), out.augmentation or "",
                 gr.update(value=images, visible=bool(images)), render.hits_html(out),
-                render.latency_html(out.timings, "server time per step") if out.final else "")
+                render.latency_html(out.timings, "server time per step") if out.final else "", what_if)
 
     @staticmethod
     def cleared() -> tuple:
@@ -123,14 +124,30 @@ class Handlers:
         query never sit under a new query's error."""
         import gradio as gr
 
-        return None, "", "", gr.update(value=[], visible=False), "", ""
+        return None, "", "", gr.update(value=[], visible=False), "", "", ""
 
     @guarded
     def search(self, text: str | None, image: str | None, instruction: str | None, mode: str, threshold: float,
                top_k: int, corpus: str, example_id: str | None = None, visitor: str | None = None) -> Iterator[tuple]:
+        """Stream the search, then (when the demo shows it) what the other path gives for the same query."""
         req = self._request(text, image, instruction, mode, threshold, top_k, corpus, example_id, visitor)
+        final = None
         for out in self.service.stream(req):
+            if out.final:
+                final = out
+                if self.service.settings.what_if:
+                    yield self.view(out, render.what_if_html(None, pending=True))
+                    continue
             yield self.view(out)
+        if final is not None and self.service.settings.what_if:
+            yield self.view(final, render.what_if_html(self.service.what_if(req, final)))
+
+    @guarded
+    def step_by_step(self, text: str | None, image: str | None, instruction: str | None, mode: str,
+                     threshold: float, top_k: int, corpus: str, example_id: str | None = None,
+                     visitor: str | None = None) -> str:
+        req = self._request(text, image, instruction, mode, threshold, top_k, corpus, example_id, visitor)
+        return render.step_html(self.service.step_by_step(req))
 
     @guarded
     def api_search(self, text: Any = None, image: str | None = None, instruction: Any = None, mode: Any = "auto",
@@ -207,8 +224,9 @@ class Handlers:
         return list(explorer.find_files(self.explorer_folders()))
 
     @guarded
-    def explorer_open(self, label: str | None) -> tuple[list[list[Any]], str, list[str], list[list[Any]]]:
-        """Returns (per-dataset table, plot path, dataset names, query rows)."""
+    def explorer_open(self, label: str | None) -> tuple[list[list[Any]], Any, list[str], list[list[Any]],
+                                                        list[list[Any]]]:
+        """Returns (per-dataset table, plot image, dataset names, query rows, decision-quality table)."""
         files = explorer.find_files(self.explorer_folders())
         if not label or label not in files:
             raise DemoInputError("choose a predictions file from the list (files come from the folder given with "
@@ -221,24 +239,36 @@ class Handlers:
         datasets = sorted({r["dataset"] for r in records})
         from msolomon.processing import load_image
 
-        return explorer.dataset_table(records), load_image(plot), datasets, explorer.query_rows(records)
+        quality = explorer.decision_quality(records)  # also marks each record with its query's category
+        self.quality[label] = quality
+        return (explorer.dataset_table(records), load_image(plot), datasets, explorer.query_rows(records), quality)
 
-    def _selected(self, label: str | None, dataset: str, mode: str, decision: str, outcome: str) -> list[dict]:
+    @guarded
+    def explorer_quality_cell(self, label: str | None, row: int, col: int) -> tuple[str, str]:
+        """(dataset, category) for a click on a count of the decision-quality table: the query browser lists
+        those queries (in auto mode)."""
+        cell = explorer.quality_cell(self.quality.get(label or "", []), int(row), int(col))
+        if cell is None:
+            raise DemoInputError("click a count (helped, hurt, same, missed, saved) to list those queries")
+        return cell
+
+    def _selected(self, label: str | None, dataset: str, mode: str, decision: str, outcome: str,
+                  quality: str = "all") -> list[dict]:
         if not label or label not in self.records:
             raise DemoInputError("open a predictions file first")
         return explorer.select(self.records[label], dataset or "all", mode or "all", decision or "all",
-                               outcome or "all")
+                               outcome or "all", quality or "all")
 
     @guarded
     def explorer_filter(self, label: str | None, dataset: str, mode: str, decision: str,
-                        outcome: str) -> list[list[Any]]:
-        return explorer.query_rows(self._selected(label, dataset, mode, decision, outcome))
+                        outcome: str, quality: str = "all") -> list[list[Any]]:
+        return explorer.query_rows(self._selected(label, dataset, mode, decision, outcome, quality))
 
     @guarded
     def explorer_detail(self, label: str | None, dataset: str, mode: str, decision: str, outcome: str,
-                        row: int) -> tuple[str, Any]:
+                        row: int, quality: str = "all") -> tuple[str, Any]:
         """(detail html, query image) of the row-th query that passes the filters."""
-        chosen = self._selected(label, dataset, mode, decision, outcome)
+        chosen = self._selected(label, dataset, mode, decision, outcome, quality)
         if not 0 <= int(row) < len(chosen):
             raise DemoInputError(f"no query #{row} under these filters ({len(chosen)} match)")
         r = chosen[int(row)]

@@ -10,7 +10,7 @@ from html import escape
 from pathlib import Path
 from typing import Sequence
 
-from msolomon.demo.service import TIMING_ORDER, HitView, SearchOutcome
+from msolomon.demo.service import TIMING_ORDER, HitView, SearchOutcome, StepByStep, WhatIf
 
 COLOURS = {"preprocess": "#9ca3af", "decide": "#6366f1", "generate": "#f59e0b", "embed": "#10b981",
            "search": "#0ea5e9", "queue": "#d1d5db"}
@@ -163,3 +163,103 @@ def compare_html(runs: Sequence[tuple[str, SearchOutcome]], note: str) -> str:
              "(– = not in it); highlighted rows are where the rankings differ.</p>")
     return (f"<div id='compare'><p>{escape(note)}</p><div style='display:flex;gap:8px;flex-wrap:wrap'>"
             f"{''.join(cols)}</div>{table}</div>")
+
+
+PATHS = {"never": "without augmenting (/embed, the NoAug path)", "always": "with an augmentation (/augment, the "
+                                                                           "AlwaysAug path)"}
+VERDICT_COLOURS = {"helped": RIGHT, "hurt": WRONG, "changed nothing": "#6b7280"}
+
+
+def what_if_html(w: WhatIf | None, pending: bool = False) -> str:
+    """The path not taken, beside the decision: its top 3, where the search's top result went, and for a query
+    with a known answer the answer's rank on both paths with the verdict."""
+    if w is None:
+        text = "computing what the other path gives…" if pending else ""
+        return f"<div id='what-if' style='color:#777'>{text}</div>"
+    aug = f" It writes: <i>{escape(w.augmentation)}</i>." if w.augmentation else ""
+    top = "".join(f"<li>{'<b>' if h.correct else ''}{thumbnail(h.image, 28)}{_name(h)} "
+                  f"<small>({h.score:.3f})</small>{' ✓ answer</b>' if h.correct else ''}</li>" for h in w.hits)
+    moved = ""
+    if w.top_moved_to is not None:
+        moved = ("<p>The search's top result stays first on this path.</p>" if w.top_moved_to == 1 else
+                 f"<p>The search's top result would rank <b>#{w.top_moved_to}</b> on this path.</p>")
+    answer = ""
+    if w.answer_ranks is not None:
+        def rank(r: int | None) -> str:
+            return f"#{r}" if r else "not found"
+
+        colour = VERDICT_COLOURS.get(w.verdict or "", "#374151")
+        answer = (f"<p>Known answer: {rank(w.answer_ranks.get('never'))} without augmenting, "
+                  f"{rank(w.answer_ranks.get('always'))} with it → <b style='color:{colour}'>augmenting "
+                  f"{escape(w.verdict or '')}</b>.</p>")
+    return (f"<div id='what-if' style='border-left:3px solid #a5b4fc;padding-left:8px'>"
+            f"<div style='font-weight:600'>What if: {escape(PATHS[w.mode])}</div>"
+            f"<div style='font-size:0.85em;color:#555'>its extra model call took {w.ms:.1f} ms, not counted in the "
+            f"search's time.{aug}</div><ol style='margin:4px 0 0 18px;padding:0'>{top}</ol>{moved}{answer}</div>")
+
+
+def _chip(text: str, colour: str, title: str = "") -> str:
+    shown = escape(text).replace("\n", "↵")
+    tip = f" title='{escape(title)}'" if title else ""
+    return (f"<span class='tok'{tip} style='display:inline-block;margin:1px;padding:0 3px;border-radius:3px;"
+            f"background:{colour};font-family:ui-monospace,monospace;font-size:0.85em;white-space:pre'>{shown}</span>")
+
+
+def step_html(s: StepByStep) -> str:
+    """The teaching view: the prompt token by token, the decision against the threshold, each written token with
+    its probability, and how the ranking moves from `/embed` to the full augmentation."""
+    ex = s.explanation
+    chips = "".join(_chip(f"<image × {p.count} tokens>" if p.image else p.text,
+                          "#e0e7ff" if p.image else "#fde68a" if p.special else "#f3f4f6") for p in ex.prompt)
+    p_aug = ex.p_augment
+    decided = ("the mode forces it" if s.mode != "auto" else
+               f"p(/augment) {p_aug:.3f} {'≥' if p_aug >= s.threshold else '<'} threshold {s.threshold:g}")
+    bar = (f"<div style='display:flex;height:18px;max-width:480px;border:1px solid #ccc'>"
+           f"<div style='width:{100 * p_aug:.1f}%;background:#f59e0b'></div>"
+           f"<div style='width:{100 * (1 - p_aug):.1f}%;background:#10b981'></div></div>"
+           f"<div style='position:relative;max-width:480px;height:12px'><div style='position:absolute;"
+           f"left:{100 * s.threshold:.1f}%;border-left:2px solid #111;height:12px'></div></div>")
+    written = "".join(
+        _chip(w.text, "#fed7aa" if not w.terminal else "#fde68a",
+              "runner-ups: " + ", ".join(f"{t!r} {p:.2f}" for t, p in w.alternatives))
+        + f"<sub style='font-size:0.7em;color:#555'>{w.probability:.2f}{' forced' if w.forced else ''}</sub> "
+        for w in ex.written)
+    rows = []
+    for c in s.candidates:
+        moved = c.embed_rank - c.augment_rank
+        arrow = f"▲{moved}" if moved > 0 else f"▼{-moved}" if moved < 0 else "="
+        mark = f" <b style='color:{RIGHT}'>✓ answer</b>" if c.correct else ""
+        name = escape(Path(c.image).name) if c.image else ""
+        label = escape(c.name) if c.name else ""
+        rows.append(f"<tr class='step-candidate'><td>{thumbnail(c.image, 28)}{name}{' · ' if name and label else ''}"
+                    f"{label}{mark}</td><td align='right'>{c.embed_score:.3f}</td><td align='center'>#{c.embed_rank}"
+                    f"</td><td align='right'>{c.augment_score:.3f}</td><td align='center'>#{c.augment_rank}</td>"
+                    f"<td align='center'>{arrow}</td></tr>")
+    table = ("<table style='width:100%;border-collapse:collapse'><thead><tr><th align='left'>candidate</th>"
+             "<th>score with /embed</th><th>rank</th><th>score with the augmentation</th><th>rank</th><th>moved</th>"
+             "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    traj = []
+    for t in s.trajectory:
+        so_far = "".join(w.text for w in ex.written[: t["written"]]).strip() or "(nothing yet)"
+        ans = "" if t["answer_rank"] is None else f"<td align='center'>#{t['answer_rank']}</td>"
+        mark = " ✓" if t["top_correct"] else ""
+        traj.append(f"<tr class='step-prefix'><td>{t['written']}</td><td>{escape(so_far)}</td>"
+                    f"<td>{thumbnail(t['top_image'], 24)}{escape(t['top'] or Path(str(t['top_image'])).name)}{mark}"
+                    f"</td>{ans}</tr>")
+    ans_head = "<th>answer's rank</th>" if s.answer else ""
+    trajectory = ("<table style='width:100%;border-collapse:collapse'><thead><tr><th align='left'>tokens written</th>"
+                  "<th align='left'>augmentation so far</th><th align='left'>top candidate</th>" + ans_head +
+                  "</tr></thead><tbody>" + "".join(traj) + "</tbody></table>")
+    answer = f" The known answer is <b>{escape(s.answer)}</b>." if s.answer else ""
+    return (f"<div id='step-by-step'>"
+            f"<h3>1. The prompt, as the model reads it ({ex.n_prompt_tokens} tokens)</h3><div>{chips}</div>"
+            f"<h3>2. The decision: p(/augment) {p_aug:.3f} against p(/embed) {1 - p_aug:.3f}</h3>{bar}"
+            f"<p>Mode <b>{escape(s.mode)}</b>: <b>{escape(s.decision)}</b> ({escape(decided)}). The black mark is the "
+            f"threshold.</p>"
+            f"<h3>3. What it writes after /augment, token by token (probability under each; hover for the "
+            f"runner-ups)</h3><div>{written}</div>"
+            f"<h3>4. The ranking with /embed and with the augmentation</h3><p>Scores are cosine similarities "
+            f"between the query embedding and each candidate.{answer}</p>{table}"
+            f"<h3>5. The moment augmenting changes the ranking</h3><p>The query embedded after each written token "
+            f"(the prefix, then the terminal token): where the top candidate changes, the written words moved it."
+            f"</p>{trajectory}<p style='font-size:0.85em;color:#555'>Computed in {s.ms:.0f} ms.</p></div>")

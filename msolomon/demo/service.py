@@ -91,6 +91,56 @@ class SearchOutcome:
         return out
 
 
+@dataclass
+class WhatIf:
+    """The path a search did not take, for the same query: what it retrieves, and for a query with a known answer
+    whether augmenting helped. Its model call is timed on its own (`ms`), never added to the search's latency."""
+
+    mode: str  # the other path: "never" (no augmentation) or "always" (augment)
+    augmentation: str | None
+    hits: list[HitView]  # its top 3
+    top_moved_to: int | None  # where the search's own top result ranks on the other path
+    answer_ranks: dict[str, int | None] | None  # the known answer's rank under "never" and "always"
+    verdict: str | None  # augmenting "helped", "hurt" or "changed nothing" (from the answer's two ranks)
+    ms: float
+
+
+@dataclass
+class RankedCandidate:
+    """One candidate of the step-by-step table: its score and rank with `/embed` and with the augmentation."""
+
+    name: str
+    image: str | None
+    correct: bool
+    embed_score: float
+    embed_rank: int
+    augment_score: float
+    augment_rank: int
+
+
+@dataclass
+class StepByStep:
+    """The teaching view of one query (`msolomon.explain`) ranked against the chosen corpus."""
+
+    explanation: Any
+    threshold: float
+    mode: str
+    decision: str  # what the search would decide under its mode and threshold
+    candidates: list[RankedCandidate]
+    trajectory: list[dict[str, Any]]  # per prefix of the augmentation: top-1 name, answer rank
+    answer: str | None
+    ms: float
+
+
+def verdict(never_rank: int | None, always_rank: int | None) -> str | None:
+    """Did augmenting help this query? Judged by the known answer's rank on the two paths (1 = first)."""
+    if never_rank is None and always_rank is None:
+        return None
+    never_rank = never_rank or 10**9
+    always_rank = always_rank or 10**9
+    return "helped" if always_rank < never_rank else "hurt" if always_rank > never_rank else "changed nothing"
+
+
 def _image_digest(path: str | None) -> str | None:
     if not path:
         return None
@@ -277,6 +327,78 @@ class SearchService:
         return SearchOutcome(result.decision, float(result.p_augment), result.augmentation, req.mode,
                              float(req.threshold), corpus, views, timings, True,
                              example.id if example else None, example.answer if example else None, positive_rank)
+
+    def _full_ranking(self, req: SearchRequest, embedding: Any) -> tuple[list[Any], Example | None]:
+        """Every candidate of the request's corpus ranked by one query embedding, and the example it is, if any."""
+        index = self.corpus_of(req).index
+        return index.search(np.asarray(embedding, dtype=np.float32), k=len(index)), self._example_for(req)
+
+    def what_if(self, req: SearchRequest, out: SearchOutcome, timeout: float = 120.0) -> WhatIf:
+        """The other path for the query of a finished search (batched with other searches, not counted in its
+        latency): its top 3, where the search's top result went, and the known answer's rank on both paths."""
+        query = self.check(req)
+        other = "never" if out.decision == prompts.AUGMENT else "always"
+        t0 = time.perf_counter()
+        result, _ = self.batcher.submit(query, (other, float(req.threshold), self.settings.max_new_tokens)
+                                        ).result(timeout=timeout)
+        ms = (time.perf_counter() - t0) * 1e3
+        ranking, example = self._full_ranking(req, result.embedding)
+        keys = [C.payload_key(h.payload.get("text"), h.payload.get("image")) for h in ranking]
+        seen = [(h.payload.get("label"), h.payload.get("image")) for h in ranking]  # as a HitView names it
+        hits = [HitView(h.rank + 1, float(h.score), h.payload.get("label"), h.payload.get("image"),
+                        bool(example is not None and keys[j] == example.positive_key))
+                for j, h in enumerate(ranking[:3])]
+        moved = None
+        if out.hits:
+            top = (out.hits[0].text, out.hits[0].image)
+            moved = next((j + 1 for j, k in enumerate(seen) if k == top), None)
+        ranks = verdict_ = None
+        if example is not None:
+            mine = next((j + 1 for j, k in enumerate(keys) if k == example.positive_key), None)
+            taken = "always" if other == "never" else "never"
+            ranks = {taken: out.positive_rank, other: mine}
+            verdict_ = verdict(ranks.get("never"), ranks.get("always"))
+        return WhatIf(other, result.augmentation, hits, moved, ranks, verdict_, ms)
+
+    def step_by_step(self, req: SearchRequest, candidates: int = 5) -> StepByStep:
+        """The teaching view of the request's query against its corpus (`msolomon.explain`)."""
+        from msolomon.explain import explain_query
+
+        query = self.check(req)
+        t0 = time.perf_counter()
+        with self.lock:
+            ex = explain_query(self.model, query, max_new_tokens=self.settings.max_new_tokens)
+        index = self.corpus_of(req).index
+        example = self._example_for(req)
+        vectors = np.vstack([ex.embed_vector[None], ex.prefix_vectors])
+        scores, positions = index.search_arrays(vectors, k=len(index))
+        keys = [C.payload_key(p.get("text"), p.get("image")) for p in index.payloads]
+        rank_of = [{int(pos): r + 1 for r, pos in enumerate(row) if pos >= 0} for row in positions]
+        score_of = [{int(pos): float(sc) for sc, pos in zip(srow, row) if pos >= 0} for srow, row in zip(scores,
+                                                                                                        positions)]
+        answer_pos = None
+        if example is not None:
+            answer_pos = next((i for i, k in enumerate(keys) if k == example.positive_key), None)
+        shown = list(dict.fromkeys([int(p) for p in positions[0][:candidates]] + [int(p) for p in positions[-1][
+            :candidates]] + ([answer_pos] if answer_pos is not None else [])))
+        rows = []
+        for pos in shown:
+            p = index.payloads[pos]
+            rows.append(RankedCandidate(p.get("label") or "", p.get("image"), pos == answer_pos, score_of[0][pos],
+                                        rank_of[0][pos], score_of[-1][pos], rank_of[-1][pos]))
+        rows.sort(key=lambda r: r.augment_rank)
+        trajectory = []
+        for i in range(len(ex.prefix_vectors)):
+            top = int(positions[i + 1][0])
+            p = index.payloads[top]
+            trajectory.append({"written": i, "top": p.get("label") or "", "top_image": p.get("image"),
+                               "top_correct": top == answer_pos,
+                               "answer_rank": rank_of[i + 1].get(answer_pos) if answer_pos is not None else None})
+        threshold = float(req.threshold)
+        decision = (prompts.AUGMENT if req.mode == "always" or (req.mode == "auto" and ex.p_augment >= threshold)
+                    else prompts.EMBED)
+        return StepByStep(ex, threshold, req.mode, decision, rows, trajectory,
+                          example.answer if example else None, (time.perf_counter() - t0) * 1e3)
 
     def search(self, req: SearchRequest, timeout: float = 120.0) -> SearchOutcome:
         """A batched search: waits for other concurrent searches briefly, then one model call serves them all."""

@@ -63,6 +63,8 @@ class DemoSettings:
     n_examples_per_dataset: int = option(1, "example queries per dataset", cli=False)
     warm_baselines: bool = option(True, "index the default corpus with the trained baselines in the background at "
                                         "start, so the first Compare does not wait", cli=False)
+    what_if: bool = option(True, "after each page search, run the path not taken and show what it gives (one more "
+                                 "model call per search, timed apart; --no-what-if under heavy load)")
     limits: Limits = field(default_factory=Limits, metadata={"cli": False})
 
     def __post_init__(self) -> None:
