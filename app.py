@@ -106,7 +106,9 @@ def build_demo(model: Any, settings: DemoSettings | None = None, service: Search
                 outputs = [gauge, decision, augmentation, gallery, hits, latency, what_if]
                 for trigger, name in ((go.click, "ui_search"), (text.submit, "ui_search_enter")):
                     trigger(h.cleared, None, outputs, queue=False, api_visibility="private").then(
-                        h.search, inputs, outputs, api_name=name, api_visibility="private", concurrency_limit=4)
+                        h.search, inputs, outputs, api_name=name, api_visibility="private",
+                        concurrency_limit=settings.queue_size)  # waiting costs a thread, not the model: the
+                # StreamScheduler starts newcomers between two steps of the generations under way
 
             with gr.Tab("Compare", id="compare"):
                 gr.Markdown("The query of the Search tab through M-Solomon's three paths, and through the trained "

@@ -407,49 +407,82 @@ class MSolomon:
         `.augmentation` growing, then the final one (`.final`, with the embedding and timings), which equals
         `encode_queries([query])[0]`: it runs the same cached steps on a batch of one. Torch's inference mode is
         entered per step, never held across a `yield`, so the caller's code between steps runs as usual."""
+        for events in self.stream_queries([query], augment=augment, threshold=threshold,
+                                          max_new_tokens=max_new_tokens):
+            for _, step in events:
+                yield step
+
+    def stream_queries(self, queries: Sequence[Query | str], augment: AugmentMode = "auto",
+                       threshold: float | None = None, max_new_tokens: int = 64
+                       ) -> Iterator[list[tuple[int, "StreamedResult"]]]:
+        """Several queries streamed together (one prefill, one decode loop). Yields once per model call (the
+        prefill, the `/embed` rows' step, each decode step) the (row, step) events it produced; for each row they
+        are what `stream_query` yields for it alone (the decision, each generated token, the final result), so a
+        server can stream many visitors' augmentations at the cost of one batch, and hold its model lock one call
+        at a time. Rows that embed finish right after the decisions; rows that augment finish as each writes its
+        terminal token. Nothing runs until the first `next()`, and nothing between two."""
         import torch
         from transformers import DynamicCache
 
         threshold = self._check_query_args(augment, threshold, max_new_tokens, 1)
         max_new_tokens = int(max_new_tokens)
-        item = as_query(query)
+        _, items = _items(queries, as_query, "query")
+        if not items:
+            return
         device = self.device
         with torch.inference_mode():
             t0 = _now(device)
-            batch = self.encoder.collate([self.encoder.encode_prompt(item, reserve=max_new_tokens + 1)],
+            batch = self.encoder.collate([self.encoder.encode_prompt(q, reserve=max_new_tokens + 1) for q in items],
                                          self.padding_side)
             positions = self.rope_positions(batch)
             t_pre = _now(device)
             cache = DynamicCache()
             hidden = self.forward_hidden(batch, cache=cache, position_ids=positions)
-            last = hidden[torch.arange(1, device=hidden.device), batch["last_index"].to(hidden.device)]
-            p_aug = float(self.decision_probability(last).cpu()[0])
-            wants = augment == "always" or (augment == "auto" and p_aug >= threshold)
+            n = hidden.shape[0]
+            last = hidden[torch.arange(n, device=hidden.device), batch["last_index"].to(hidden.device)]
+            p_aug = self.decision_probability(last).cpu().tolist()
+            wants = [augment == "always" or (augment == "auto" and p >= threshold) for p in p_aug]
             mask = batch["attention_mask"].to(device)
             next_pos = positions.amax(dim=(0, 2)).to(device) + 1
             t_decide = _now(device)
         timings = {"preprocess": (t_pre - t0) * 1e3, "decide": (t_decide - t_pre) * 1e3}
-        decision = prompts.AUGMENT if wants else prompts.EMBED
-        yield StreamedResult(decision, p_aug, "" if wants else None, None, dict(timings),
-                             [self.augment_id if wants else self.embed_id])
+        decisions = [prompts.AUGMENT if w else prompts.EMBED for w in wants]
+        yield [(i, StreamedResult(decisions[i], p_aug[i], "" if wants[i] else None, None, dict(timings),
+                                  [self.augment_id if wants[i] else self.embed_id])) for i in range(n)]
 
-        if wants:  # the batch path's decode loop on a batch of one, one yield per generated token
-            steps = self._decode_steps(cache, mask, next_pos, max_new_tokens, t_decide)
-            while True:
+        def final(row: int, out: RowOutcome) -> tuple[int, StreamedResult]:
+            vector = self.normalize(out.embedding[None]).numpy().astype(np.float32)[0]
+            result = self._query_result(out, p_aug[row], vector, t0, t_pre, t_decide)
+            return row, StreamedResult(**vars(result), final=True)
+
+        embed_rows = [i for i in range(n) if not wants[i]]
+        aug_rows = [i for i in range(n) if wants[i]]
+        if embed_rows:  # `/embed` + terminal in one cached step: they never wait on generation
+            with torch.inference_mode():
+                sub = cache if not aug_rows else select_cache_rows(cache, embed_rows)
+                done = self._embed_directly(sub, mask[embed_rows], next_pos[embed_rows], t_decide)
+            yield [final(row, out) for row, out in zip(embed_rows, done)]
+        if aug_rows:  # the batch path's decode loop, one yield per generated token of each row
+            sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
+            steps = self._decode_steps(sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens, t_decide)
+            finished = [False] * len(aug_rows)
+            shown = [1] * len(aug_rows)  # tokens of each segment already shown (the `/augment` token)
+            while not all(finished):
                 with torch.inference_mode():
                     segments, outcomes = next(steps)
-                if outcomes[0] is not None:
-                    break
-                if segments[0][-1] != self.terminal_id:  # the terminal token is fed next, not shown
-                    text = self.tokenizer.decode(segments[0][1:], skip_special_tokens=True).strip()
-                    yield StreamedResult(decision, p_aug, text, None, dict(timings), list(segments[0]))
-            out = outcomes[0]
-        else:
-            with torch.inference_mode():
-                out = self._embed_directly(cache, mask, next_pos, t_decide)[0]
-        vector = self.normalize(out.embedding[None]).numpy().astype(np.float32)[0]
-        result = self._query_result(out, p_aug, vector, t0, t_pre, t_decide)
-        yield StreamedResult(**vars(result), final=True)
+                events = []
+                for j, row in enumerate(aug_rows):
+                    if finished[j]:
+                        continue
+                    if outcomes[j] is not None:
+                        finished[j] = True
+                        events.append(final(row, outcomes[j]))
+                    elif len(segments[j]) > shown[j] and segments[j][-1] != self.terminal_id:
+                        shown[j] = len(segments[j])  # the terminal token is fed next, not shown
+                        text = self.tokenizer.decode(segments[j][1:], skip_special_tokens=True).strip()
+                        events.append((row, StreamedResult(decisions[row], p_aug[row], text, None, dict(timings),
+                                                           list(segments[j]))))
+                yield events
 
     # ------------------------------------------------------------------ internals
     def _check_query_args(self, augment: str, threshold: float | None, max_new_tokens: int,

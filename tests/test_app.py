@@ -185,6 +185,82 @@ def test_concurrent_searches_are_batched_and_equal_one_at_a_time(service):
         np.testing.assert_allclose([h.score for h in out.hits], [h.score for h in ref.hits], atol=1e-4)
 
 
+def test_concurrent_streamed_searches_share_one_generation(service, monkeypatch):
+    """Visitors streaming at once are generated together, and each sees the steps they would see alone."""
+    monkeypatch.setattr(service.streams, "wait_s", 0.3)  # on two busy cores, let them surely meet
+    texts = [f"how many {s} are {c}?" for c in ("red", "blue", "green") for s in ("circles", "stars")]
+    alone = {t: list(service.stream(SearchRequest(t, mode="always", top_k=5))) for t in texts}
+    before = len(service.streams.batch_sizes)
+    with ThreadPoolExecutor(len(texts)) as pool:
+        together = list(pool.map(lambda t: list(service.stream(SearchRequest(t, mode="always", top_k=5))), texts))
+    assert max(list(service.streams.batch_sizes)[before:]) > 1
+    for t, steps in zip(texts, together):
+        ref = alone[t]
+        assert [o.augmentation for o in steps] == [o.augmentation for o in ref]
+        assert [o.final for o in steps] == [False] * (len(ref) - 1) + [True]
+        assert [(h.text, h.image) for h in steps[-1].hits] == [(h.text, h.image) for h in ref[-1].hits]
+        assert "queue" in steps[-1].timings
+
+
+def test_a_failing_streamed_batch_fails_only_the_bad_search(service, monkeypatch):
+    """A query the model fails on, streamed beside good ones: the batch is retried one search at a time, so
+    only that visitor gets the error."""
+    real = service.model.stream_queries
+
+    def picky(queries, **kw):
+        if any(q.text == "boom" for q in queries):
+            raise RuntimeError("the model failed on this query")
+        return real(queries, **kw)
+
+    monkeypatch.setattr(service.model, "stream_queries", picky)
+    monkeypatch.setattr(service.streams, "wait_s", 0.3)
+    texts = ["boom", "a red star", "a blue circle"]
+
+    def run(t):
+        try:
+            return list(service.stream(SearchRequest(t, mode="always", top_k=3)))[-1]
+        except RuntimeError as err:
+            return err
+
+    with ThreadPoolExecutor(3) as pool:
+        outs = list(pool.map(run, texts))
+    assert isinstance(outs[0], RuntimeError) and "failed on this query" in str(outs[0])
+    assert all(o.final and o.hits for o in outs[1:])
+    assert list(service.streams.batch_sizes)[-2:] == [1, 1]  # after the failed batch of 3, one at a time
+
+
+def test_stream_scheduler_starts_a_new_search_between_two_steps_of_a_running_one():
+    """A visitor who arrives while another's augmentation is being written gets their first output after one
+    step, not after the other's whole generation; every visitor gets their own steps, in order."""
+    import queue as queue_mod
+    import time
+    from types import SimpleNamespace
+
+    from msolomon.demo.batching import StreamScheduler
+
+    def open_batch(group, items):
+        steps = group[0]
+        for i in range(steps):
+            time.sleep(0.02)  # one model call
+            yield [(row, SimpleNamespace(item=item, i=i, final=i == steps - 1)) for row, item in enumerate(items)]
+
+    sched = StreamScheduler(open_batch, threading.Lock(), max_batch=4, wait_ms=1)
+    try:
+        long_q, short_q = queue_mod.Queue(), queue_mod.Queue()
+        sched.submit("long", long_q, (30,))
+        long_q.get(timeout=5)  # the long one is running
+        sched.submit("short", short_q, (3,))
+        first_short = short_q.get(timeout=5)
+        assert first_short.item == "short" and first_short.i == 0
+        assert long_q.qsize() < 28  # the long one is far from done when the short one starts
+        steps = [long_q.get(timeout=5) for _ in range(29)]
+        assert [s.i for s in steps] == list(range(1, 30)) and steps[-1].final
+        assert [short_q.get(timeout=5).i for _ in range(2)] == [1, 2]
+        assert sched.batch_sizes == [1, 1]
+    finally:
+        sched.close()
+
+
 def test_batcher_is_bounded_and_isolates_a_bad_item():
     gate = threading.Event()
 

@@ -73,3 +73,37 @@ def test_right_padding_and_bad_arguments(tiny_model, sample_images):
         next(iter(tiny_model.stream_query("x", augment="sometimes")))
     with pytest.raises(ValueError, match="threshold"):
         next(iter(tiny_model.stream_query("x", threshold=1.5)))
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_streaming_several_queries_together_gives_each_what_it_gets_alone(tiny_model, sample_images, padding):
+    """`stream_queries`: one prefill and one decode loop for several visitors; each row's steps are those of
+    `stream_query` on that query alone (decision, one step per token, final), with rows that embed and rows that
+    augment in the same batch."""
+    queries = _queries(sample_images) + [Query(text="a red circle above a blue square")]
+    p = [r.p_augment for r in tiny_model.encode_queries(queries, augment="never")]
+    threshold = float(np.median(p))  # some rows augment, some embed
+    tiny_model.padding_side = padding
+    try:
+        rows: dict[int, list] = {}
+        calls = 0
+        for events in tiny_model.stream_queries(queries, threshold=threshold, max_new_tokens=10):
+            calls += 1
+            for row, step in events:
+                rows.setdefault(row, []).append(step)
+    finally:
+        tiny_model.padding_side = "left"
+    assert sorted(rows) == list(range(len(queries)))
+    longest = max(len(steps) for steps in rows.values())
+    assert calls <= longest + 2  # one yield per model call: the rows share them
+    decisions = {rows[i][-1].decision for i in rows}
+    assert decisions == {AUGMENT, EMBED}
+    for i, query in enumerate(queries):
+        alone = list(tiny_model.stream_query(query, threshold=threshold, max_new_tokens=10))
+        got = rows[i]
+        assert [s.token_ids for s in got] == [s.token_ids for s in alone]
+        assert [s.augmentation for s in got] == [s.augmentation for s in alone]
+        assert [s.final for s in got] == [False] * (len(alone) - 1) + [True]
+        np.testing.assert_allclose(got[-1].embedding, alone[-1].embedding, atol=1e-4)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        next(iter(tiny_model.stream_queries(queries, augment="sometimes")))

@@ -11,7 +11,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +99,132 @@ class Batcher:
             return
         for job, result in zip(jobs, results):
             job.future.set_result(result)
+
+
+Events = Iterator[list[tuple[int, Any]]]  # per model call, (row, step) events; a step with `.final` ends its row
+OpenBatch = Callable[[tuple, list[Any]], Events]
+
+
+@dataclass
+class _Running:
+    """One batch of streamed searches being generated: its event iterator, its jobs and which rows finished."""
+
+    group: tuple
+    items: list[tuple[Any, queue.Queue]]
+    events: Events
+    finished: list[bool]
+    started: bool = False
+
+    @property
+    def sinks(self) -> list[queue.Queue]:
+        return [sink for _, sink in self.items]
+
+
+def _raising(err: Exception) -> Events:
+    raise err
+    yield  # a generator: raises on its first step, like a batch whose model call fails
+
+
+class StreamScheduler:
+    """Streams many visitors' searches at once, one model call at a time: searches that arrive while others are
+    being written do not wait for them to finish; between two decode steps they start as a batch of their own
+    (their decision comes after one prefill), and every running batch then advances one step per round. Each
+    model call takes `lock` (shared with the demo's other model calls), so nothing else waits a whole generation
+    either. `open(group, items)` starts a batch (`MSolomon.stream_queries`); jobs are (item, queue) pairs and each
+    visitor's queue receives their own steps, an exception, or (after the final step) nothing more."""
+
+    def __init__(self, open_batch: OpenBatch, lock: threading.Lock, max_batch: int = 16, wait_ms: float = 4.0,
+                 max_queue: int = 64):
+        self.open = open_batch
+        self.lock = lock
+        self.max_batch = max_batch
+        self.wait_s = wait_ms / 1000.0
+        self.jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
+        self.batch_sizes: list[int] = []  # searches in each batch opened, for the tests and the bench
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="msolomon-streams", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any, sink: queue.Queue, group: tuple) -> None:
+        try:
+            self.jobs.put_nowait(Job((item, sink), group))
+        except queue.Full:
+            raise BusyError(f"the server is busy ({self.jobs.maxsize} searches waiting); try again in a moment") \
+                from None
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self._thread.join(timeout=5)
+
+    def _take(self, idle: bool) -> list[Job]:
+        """Idle: wait for a first search, then the batching window for others. Busy: whatever is waiting now."""
+        batch: list[Job] = []
+        if idle:
+            first = self.jobs.get()
+            if first is None:
+                self._closing = True
+                return []
+            batch.append(first)
+            deadline = time.perf_counter() + self.wait_s
+        else:
+            deadline = 0.0
+        while len(batch) < self.max_batch:
+            left = deadline - time.perf_counter()
+            try:
+                job = self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._closing = True
+                break
+            batch.append(job)
+        return batch
+
+    def _loop(self) -> None:
+        running: list[_Running] = []
+        while not (self._closing and not running):
+            if not self._closing:
+                groups: dict[tuple, list[Job]] = {}
+                for job in self._take(idle=not running):
+                    groups.setdefault(job.group, []).append(job)
+                for group, jobs in groups.items():
+                    running.append(self._start(group, [j.item for j in jobs]))
+            for run in list(running):
+                running.remove(run)
+                running += self._advance(run)
+
+    def _start(self, group: tuple, items: list[tuple[Any, queue.Queue]]) -> _Running:
+        self.batch_sizes.append(len(items))
+        try:
+            events = self.open(group, [item for item, _ in items])
+        except Exception as err:  # noqa: BLE001 - met again on the first step, where failures are handled
+            events = _raising(err)
+        return _Running(group, items, events, [False] * len(items))
+
+    def _advance(self, run: _Running) -> list[_Running]:
+        """One model call of a running batch; returns what runs on: the batch itself until it is done. A batch
+        that fails on its first call is split, each search started alone (a bad query fails only itself); a later
+        failure reaches every visitor of the batch still waiting."""
+        try:
+            with self.lock:
+                events = next(run.events)
+        except StopIteration:
+            for sink, done in zip(run.sinks, run.finished):
+                if not done:  # cannot happen with stream_queries; never leave a visitor waiting
+                    sink.put(RuntimeError("the search ended without a result"))
+            return []
+        except Exception as err:  # noqa: BLE001 - handed to the visitors, who see it as a message
+            if not run.started and len(run.items) > 1:
+                logger.info("a streamed batch of %d failed (%s); starting its searches one at a time",
+                            len(run.items), err)
+                return [self._start(run.group, [item]) for item in run.items]
+            for sink, done in zip(run.sinks, run.finished):
+                if not done:
+                    sink.put(err)
+            return []
+        run.started = True
+        for row, step in events:
+            run.items[row][1].put(step)
+            if getattr(step, "final", False):
+                run.finished[row] = True
+        return [] if all(run.finished) else [run]

@@ -2,8 +2,9 @@
 
 `SearchService` owns the loaded model and a lock: every model call (batched searches, streamed searches,
 comparisons, corpus indexing, evaluation runs) holds it, so calls never interleave on the model. Searches in
-`never` mode and API searches go through the `Batcher`; searches that write an augmentation can be streamed
-token by token (`stream`), produced in a worker thread so torch's per-thread state never crosses threads.
+`never` mode and API searches go through one `Batcher`; the page's searches that write an augmentation are
+streamed token by token (`stream`) by a `StreamScheduler`, which generates concurrent visitors' searches together
+in its worker thread (so torch's per-thread state never crosses threads), one model call at a time.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from msolomon import prompts
 from msolomon.demo import corpus as C
-from msolomon.demo.batching import Batcher
+from msolomon.demo.batching import Batcher, StreamScheduler
 from msolomon.demo.examples import Example, by_id, pick_examples
 from msolomon.demo.settings import DemoSettings
 from msolomon.demo.visitors import CorpusStore as VisitorCorpora
@@ -191,6 +192,8 @@ class SearchService:
         self.served: deque[tuple[str, float]] = deque(maxlen=1000)  # (decision, model ms) of recent searches
         self.startup: dict[str, float] = {}
         self.batcher = Batcher(self._run_batch, settings.max_batch, settings.batch_wait_ms, settings.queue_size)
+        self.streams = StreamScheduler(self._open_stream_batch, self.lock, settings.max_batch,
+                                       settings.batch_wait_ms, settings.queue_size)
 
     # ------------------------------------------------------------------ start-up
     def start(self, progress: C.Progress | None = None) -> "SearchService":
@@ -229,6 +232,7 @@ class SearchService:
 
     def close(self) -> None:
         self.batcher.close()
+        self.streams.close()
 
     # ------------------------------------------------------------------ model calls (all under the lock)
     def encode_candidates(self, candidates: list[Candidate], model: Any = None) -> np.ndarray:
@@ -412,36 +416,37 @@ class SearchService:
         out.batch_size = batch_size
         return out
 
-    def stream(self, req: SearchRequest) -> Iterator[SearchOutcome]:
-        """The decision first, then the augmentation as it grows, then the final outcome with the hits."""
+    def stream(self, req: SearchRequest, timeout: float = 120.0) -> Iterator[SearchOutcome]:
+        """The decision first, then the augmentation as it grows, then the final outcome with the hits. Concurrent
+        streamed searches are generated together (`StreamScheduler`: one prefill and one decode loop per batch;
+        searches that arrive mid-way start between two decode steps), each visitor receiving their own steps."""
         query = self.check(req)
         if req.mode == "never":  # nothing to stream: serve it batched
             yield self.search(req)
             return
         steps: queue.Queue = queue.Queue()
-
-        def produce() -> None:
-            try:
-                with self.lock:
-                    for step in self.model.stream_query(query, augment=req.mode, threshold=float(req.threshold),
-                                                        max_new_tokens=self.settings.max_new_tokens):
-                        steps.put(step)
-            except Exception as err:  # handed to the consumer, which raises it on its own thread
-                steps.put(err)
-            steps.put(None)
-
-        threading.Thread(target=produce, name="msolomon-stream", daemon=True).start()
+        t0 = time.perf_counter()
+        self.streams.submit(query, steps, (req.mode, float(req.threshold), self.settings.max_new_tokens))
+        waited = None
         while True:
-            step = steps.get()
-            if step is None:
-                return
+            try:
+                step = steps.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"the search got no answer within {timeout:.0f} s; try again") from None
             if isinstance(step, Exception):
                 raise step
+            if waited is None:  # time before this search's batch started: the wait for other visitors
+                model_ms = float(step.timings.get("preprocess", 0.0)) + float(step.timings.get("decide", 0.0))
+                waited = max((time.perf_counter() - t0) * 1e3 - model_ms, 0.0)
             if step.final:
-                yield self._outcome(req, step, self.corpus_of(req).index, req.corpus)
-            else:
-                yield SearchOutcome(step.decision, float(step.p_augment), step.augmentation, req.mode,
-                                    float(req.threshold), req.corpus, [], dict(step.timings), final=False)
+                yield self._outcome(req, step, self.corpus_of(req).index, req.corpus, {"queue": waited})
+                return
+            yield SearchOutcome(step.decision, float(step.p_augment), step.augmentation, req.mode,
+                                float(req.threshold), req.corpus, [], dict(step.timings), final=False)
+
+    def _open_stream_batch(self, group: tuple, queries: list[Query]) -> Any:
+        mode, threshold, max_new_tokens = group
+        return self.model.stream_queries(queries, augment=mode, threshold=threshold, max_new_tokens=max_new_tokens)
 
     # ------------------------------------------------------------------ compare
     def baseline_dirs(self) -> dict[str, Path]:
