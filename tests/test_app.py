@@ -261,6 +261,45 @@ def test_stream_scheduler_starts_a_new_search_between_two_steps_of_a_running_one
         sched.close()
 
 
+def test_model_lock_puts_searches_before_background_work():
+    """Indexing and evaluation runs take the model chunk by chunk as background work: a waiting search goes
+    first, and while a streamed generation is under way (between its steps) background work waits."""
+    import time
+
+    from msolomon.demo.batching import ModelLock
+
+    lock, order = ModelLock(), []
+
+    def background():
+        with lock.background():
+            order.append("background")
+
+    def search():
+        with lock:
+            order.append("search")
+
+    lock.__enter__()  # a search holds the model
+    bg = threading.Thread(target=background)
+    bg.start()
+    time.sleep(0.05)
+    fg = threading.Thread(target=search)
+    fg.start()
+    time.sleep(0.05)
+    lock.__exit__()
+    bg.join(5)
+    fg.join(5)
+    assert order == ["search", "background"]
+    lock.working(True)  # a generation between two of its steps: the lock is free, background work still waits
+    bg = threading.Thread(target=background)
+    bg.start()
+    time.sleep(0.1)
+    search()
+    assert order[-1] == "search" and order.count("background") == 1
+    lock.working(False)
+    bg.join(5)
+    assert order[-1] == "background"
+
+
 def test_batcher_is_bounded_and_isolates_a_bad_item():
     gate = threading.Event()
 

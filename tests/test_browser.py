@@ -74,6 +74,7 @@ def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
             expect(page.locator("#augmentation textarea")).not_to_have_value("")
             expect(page.locator("#gallery img").first).to_be_visible()
             expect(page.locator(".latency")).to_contain_text("total")
+            expect(page.locator("#what-if")).to_contain_text("What if: without augmenting")  # the search is over
             page.screenshot(path=str(SHOTS / "1-search.png"), full_page=True)
 
             # an empty file as the image: the demo names it (not gradio's "Could not preprocess input"), and the
@@ -92,6 +93,7 @@ def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
             expect(page.locator("#mode input[value=auto]")).to_be_checked()
             page.click("#search-button")
             expect(page.locator("#hits")).to_contain_text("the known answer")
+            expect(page.locator("#what-if")).to_contain_text("Known answer")
             page.screenshot(path=str(SHOTS / "2-search-example.png"), full_page=True)
 
             _tab(page, "Compare")
@@ -139,6 +141,20 @@ def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
             page.locator("#explorer-queries [role=gridcell]").nth(1).click()
             expect(page.locator("#explorer-detail")).to_contain_text("top candidates")
             page.screenshot(path=str(SHOTS / "5-error-explorer.png"), full_page=True)
+            # decision quality (the run had auto, never and always): a click on a count lists those queries
+            quality = page.locator("#decision-quality")
+            expect(quality).to_contain_text("decision accuracy")
+            cells = quality.locator("[role=gridcell]")
+            expect(cells.first).to_be_visible()
+            width = 11  # QUALITY_HEADERS
+            texts = [cells.nth(i).inner_text().strip() for i in range(width)]
+            col = next(c for c in range(4, 10) if texts[c] not in ("", "0"))
+            cells.nth(col).click()
+            expect(page.get_by_role("combobox", name="Decision quality")).to_have_value(
+                ["helped", "hurt", "same (augmented)", "missed", "saved", "same (embedded)"][col - 4])
+            listed = page.locator("#explorer-queries [role=gridcell]")
+            expect(listed.nth(2)).to_have_text("auto")  # the mode column of the first listed query
+            page.screenshot(path=str(SHOTS / "5b-decision-quality.png"), full_page=True)
 
             _tab(page, "Model")
             expect(page.get_by_text("torch threads")).to_be_visible()
@@ -148,6 +164,60 @@ def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
     assert requests, "no requests were recorded"
     assert not _outside(requests), f"requests left the machine: {_outside(requests)}"
     for name in ("1-search", "1b-search-bad-image", "2-search-example", "3-compare", "4-corpora",
-                 "4b-corpora-other-visitor", "5-error-explorer", "6-model"):
+                 "4b-corpora-other-visitor", "5-error-explorer", "5b-decision-quality", "6-model"):
         assert (SHOTS / f"{name}.png").stat().st_size > 10_000
     shutil.copy(SHOTS / "1-search.png", tmp_path / "last-search.png")  # keep one beside the test's logs
+
+
+def test_teaching_views_in_chromium(demo_server):
+    """What-if on an example, the step-by-step view, and Compare on the ScenesGround example (its candidates are
+    crops that share one text): one row per crop, each with its thumbnail and file name."""
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    requests: list[str] = []
+    url = demo_server[0]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.on("request", lambda r: requests.append(r.url))
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        try:
+            page.goto(url)
+            page.wait_for_selector("#search-button")
+            page.get_by_text("ScenesGround (grounding").click()
+            expect(page.get_by_label("Corpus")).to_have_value("MiniMMEB: ScenesGround")
+            page.click("#search-button")
+            what_if = page.locator("#what-if")
+            expect(what_if).to_contain_text("What if", timeout=120_000)
+            expect(what_if).to_contain_text("not counted in the search's time")
+            expect(what_if).to_contain_text("Known answer")
+            expect(what_if.locator("b", has_text="augmenting")).to_be_visible()
+            page.screenshot(path=str(SHOTS / "7-what-if.png"), full_page=True)
+
+            _tab(page, "Step by step")
+            page.click("#steps-button")
+            steps = page.locator("#step-by-step")
+            expect(steps).to_contain_text("changes the ranking", timeout=120_000)
+            expect(steps).to_contain_text("p(/augment)")
+            expect(steps.locator(".tok").first).to_be_visible()
+            expect(steps.locator("tr.step-candidate", has_text="✓ answer")).to_have_count(1)
+            assert steps.locator("tr.step-prefix").count() >= 2
+            page.screenshot(path=str(SHOTS / "8-step-by-step.png"), full_page=True)
+
+            _tab(page, "Compare")
+            page.click("#compare-button")
+            compare = page.locator("#compare")
+            expect(compare).to_contain_text("AlwaysAug model", timeout=180_000)
+            rows = compare.locator("tr.candidate")
+            n = rows.count()
+            assert n >= 10
+            names = [rows.nth(i).locator("img").get_attribute("alt") for i in range(n)]
+            assert all(names) and len(set(names)) == n, names  # one row per crop, each with its thumbnail
+            page.screenshot(path=str(SHOTS / "9-compare-grounding.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not _outside(requests), f"requests left the machine: {_outside(requests)}"
+    for name in ("7-what-if", "8-step-by-step", "9-compare-grounding"):
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000

@@ -5,6 +5,7 @@ thread makes every batched model call, under the model lock shared with the demo
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -14,6 +15,51 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
+
+
+class ModelLock:
+    """The model's lock, with searches before background work. `with lock:` is a search's model call (a batch, a
+    decode step, a comparison); `with lock.background():` is background work done chunk by chunk (indexing a
+    corpus, warming the baselines, an evaluation run from the page), which waits while any search waits for the
+    model or a streamed generation is under way between its steps. Without it, a generation taking the lock once
+    per token would wait for a whole indexing chunk at every token."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held = False
+        self._waiting = 0  # searches waiting for the model
+        self._working = 0  # streamed generations under way (between their model calls)
+
+    def __enter__(self) -> "ModelLock":
+        with self._cond:
+            self._waiting += 1
+            while self._held:
+                self._cond.wait()
+            self._waiting -= 1
+            self._held = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def background(self) -> Iterator[None]:
+        with self._cond:
+            while self._held or self._waiting or self._working:
+                self._cond.wait()
+            self._held = True
+        try:
+            yield
+        finally:
+            self.__exit__()
+
+    def working(self, on: bool) -> None:
+        """A streamed generation starts (True) or ends (False): background work waits for all to end."""
+        with self._cond:
+            self._working += 1 if on else -1
+            self._cond.notify_all()
 
 
 class BusyError(RuntimeError):
@@ -182,6 +228,8 @@ class StreamScheduler:
 
     def _loop(self) -> None:
         running: list[_Running] = []
+        signal = getattr(self.lock, "working", None)  # a ModelLock: background work waits while streams run
+        working = False
         while not (self._closing and not running):
             if not self._closing:
                 groups: dict[tuple, list[Job]] = {}
@@ -189,9 +237,15 @@ class StreamScheduler:
                     groups.setdefault(job.group, []).append(job)
                 for group, jobs in groups.items():
                     running.append(self._start(group, [j.item for j in jobs]))
+            if running and not working and signal is not None:
+                signal(True)
+                working = True
             for run in list(running):
                 running.remove(run)
                 running += self._advance(run)
+            if not running and working:
+                signal(False)
+                working = False
 
     def _start(self, group: tuple, items: list[tuple[Any, queue.Queue]]) -> _Running:
         self.batch_sizes.append(len(items))

@@ -25,6 +25,11 @@ def _name(hit: HitView) -> str:
     return escape(hit.text) if hit.text else "?"
 
 
+def _candidate_name(text: str | None, image: str | None) -> str:
+    """`_name` for a candidate given by its text and image."""
+    return _name(HitView(0, 0.0, text or None, image, False))
+
+
 def _key(hit: HitView) -> tuple[str | None, str | None]:
     """A candidate's identity: its text and its image. Not its name: two crops share a text."""
     return hit.text, hit.image
@@ -229,10 +234,8 @@ def step_html(s: StepByStep) -> str:
         moved = c.embed_rank - c.augment_rank
         arrow = f"▲{moved}" if moved > 0 else f"▼{-moved}" if moved < 0 else "="
         mark = f" <b style='color:{RIGHT}'>✓ answer</b>" if c.correct else ""
-        name = escape(Path(c.image).name) if c.image else ""
-        label = escape(c.name) if c.name else ""
-        rows.append(f"<tr class='step-candidate'><td>{thumbnail(c.image, 28)}{name}{' · ' if name and label else ''}"
-                    f"{label}{mark}</td><td align='right'>{c.embed_score:.3f}</td><td align='center'>#{c.embed_rank}"
+        rows.append(f"<tr class='step-candidate'><td>{thumbnail(c.image, 28)}{_candidate_name(c.name, c.image)}"
+                    f"{mark}</td><td align='right'>{c.embed_score:.3f}</td><td align='center'>#{c.embed_rank}"
                     f"</td><td align='right'>{c.augment_score:.3f}</td><td align='center'>#{c.augment_rank}</td>"
                     f"<td align='center'>{arrow}</td></tr>")
     table = ("<table style='width:100%;border-collapse:collapse'><thead><tr><th align='left'>candidate</th>"
@@ -244,7 +247,7 @@ def step_html(s: StepByStep) -> str:
         ans = "" if t["answer_rank"] is None else f"<td align='center'>#{t['answer_rank']}</td>"
         mark = " ✓" if t["top_correct"] else ""
         traj.append(f"<tr class='step-prefix'><td>{t['written']}</td><td>{escape(so_far)}</td>"
-                    f"<td>{thumbnail(t['top_image'], 24)}{escape(t['top'] or Path(str(t['top_image'])).name)}{mark}"
+                    f"<td>{thumbnail(t['top_image'], 24)}{_candidate_name(t['top'], t['top_image'])}{mark}"
                     f"</td>{ans}</tr>")
     ans_head = "<th>answer's rank</th>" if s.answer else ""
     trajectory = ("<table style='width:100%;border-collapse:collapse'><thead><tr><th align='left'>tokens written</th>"

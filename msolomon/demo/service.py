@@ -23,7 +23,7 @@ import numpy as np
 
 from msolomon import prompts
 from msolomon.demo import corpus as C
-from msolomon.demo.batching import Batcher, StreamScheduler
+from msolomon.demo.batching import Batcher, ModelLock, StreamScheduler
 from msolomon.demo.examples import Example, by_id, pick_examples
 from msolomon.demo.settings import DemoSettings
 from msolomon.demo.visitors import CorpusStore as VisitorCorpora
@@ -152,18 +152,18 @@ def _image_digest(path: str | None) -> str | None:
 
 
 class LockedModel:
-    """The model seen through the lock, one call at a time (for long jobs such as an evaluation run, so that
-    searches still get their turn between its queries)."""
+    """The model seen through the lock, one call at a time as background work (for long jobs such as an
+    evaluation run, so that searches go first between its calls)."""
 
-    def __init__(self, model: Any, lock: threading.Lock):
+    def __init__(self, model: Any, lock: ModelLock):
         self._model, self._lock = model, lock
 
     def encode_queries(self, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
+        with self._lock.background():
             return self._model.encode_queries(*args, **kwargs)
 
     def encode_candidates(self, *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
+        with self._lock.background():
             return self._model.encode_candidates(*args, **kwargs)
 
 
@@ -173,7 +173,7 @@ class SearchService:
     def __init__(self, model: Any, settings: DemoSettings):
         self.model = model
         self.settings = settings
-        self.lock = threading.Lock()
+        self.lock = ModelLock()  # searches go first; indexing and evaluation runs wait for them
         self.model_key = C.model_key(model)
         self.cache = C.IndexCache(settings.cache_dir / "indexes")
         self.corpora: dict[str, C.Corpus] = {}  # shared: every visitor sees these
@@ -236,7 +236,8 @@ class SearchService:
 
     # ------------------------------------------------------------------ model calls (all under the lock)
     def encode_candidates(self, candidates: list[Candidate], model: Any = None) -> np.ndarray:
-        with self.lock:
+        """One chunk of a corpus being indexed: background work, so searches go first."""
+        with self.lock.background():
             return (model or self.model).encode_candidates(candidates, batch_size=32, show_progress_bar=False)
 
     def decide(self, queries: list[Query]) -> list[tuple[str, float]]:
