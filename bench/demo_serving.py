@@ -74,6 +74,16 @@ def workload(cache: Path, scale: str, n: int = 100) -> list[tuple[str | None, st
     return out
 
 
+def upload(client: Any, image: str | None) -> dict | None:
+    """Upload a query image as the page does (gradio's upload route); its FileData, or None without an image."""
+    if not image:
+        return None
+    with open(image, "rb") as fh:
+        up = client.post("gradio_api/upload", files=[("files", (Path(image).name, fh, "image/png"))])
+    up.raise_for_status()
+    return {"path": up.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": Path(image).name}
+
+
 def concurrent(url: str, queries: list[tuple[str | None, str | None]], clients: int = 20) -> tuple[float, int, int]:
     """(queries per second, answered, largest batch) for `clients` light HTTP clients (httpx, the same requests
     gradio_client makes: upload the image, then call /search), each sending its share of `queries` in turn."""
@@ -83,12 +93,7 @@ def concurrent(url: str, queries: list[tuple[str | None, str | None]], clients: 
         out = []
         with httpx.Client(base_url=url, timeout=120) as c:
             for text, image in queries[i::clients]:
-                file = None
-                if image:
-                    with open(image, "rb") as fh:
-                        up = c.post("gradio_api/upload", files=[("files", (Path(image).name, fh, "image/png"))])
-                    up.raise_for_status()
-                    file = {"path": up.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": Path(image).name}
+                file = upload(c, image)
                 r = c.post("gradio_api/run/search", json={"data": [text, file, "", "auto", 0.5, 5, ALL],
                                                           "session_hash": f"bench-{i}"})
                 r.raise_for_status()
@@ -120,12 +125,7 @@ def stream_one(url: str, fn: tuple[int, int], text: str | None, image: str | Non
 
     session = f"stream-{visitor}-{time.monotonic_ns()}"
     with httpx.Client(base_url=url, timeout=120) as c:
-        file = None
-        if image:
-            with open(image, "rb") as fh:
-                up = c.post("gradio_api/upload", files=[("files", (Path(image).name, fh, "image/png"))])
-            up.raise_for_status()
-            file = {"path": up.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": Path(image).name}
+        file = upload(c, image)
         start.wait()
         t0 = time.perf_counter()
         first = None

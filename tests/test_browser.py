@@ -42,6 +42,22 @@ def _tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+def _open(playwright, url: str, requests: list[str]):
+    """Chromium with the demo's page loaded, every request it makes recorded: (browser, page)."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.on("request", lambda r: requests.append(r.url))
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(url)
+        page.wait_for_selector("#search-button")
+    except Exception:
+        browser.close()
+        raise
+    return browser, page
+
+
 def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
     from playwright.sync_api import expect, sync_playwright
 
@@ -51,14 +67,8 @@ def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
     text_file.write_text("a photo of an astronaut\na cup of coffee\na cat\n", encoding="utf-8")
     url = demo_server[0]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.on("request", lambda r: requests.append(r.url))
-        page = context.new_page()
-        page.set_default_timeout(60_000)
+        browser, page = _open(p, url, requests)
         try:
-            page.goto(url)
-            page.wait_for_selector("#search-button")
 
             # Search: a typed query, an uploaded image, mode always, an image-only corpus
             typed = "How many shapes are in the picture?"
@@ -178,14 +188,8 @@ def test_teaching_views_in_chromium(demo_server):
     requests: list[str] = []
     url = demo_server[0]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.on("request", lambda r: requests.append(r.url))
-        page = context.new_page()
-        page.set_default_timeout(60_000)
+        browser, page = _open(p, url, requests)
         try:
-            page.goto(url)
-            page.wait_for_selector("#search-button")
             page.get_by_text("ScenesGround (grounding").click()
             expect(page.get_by_label("Corpus")).to_have_value("MiniMMEB: ScenesGround")
             page.click("#search-button")

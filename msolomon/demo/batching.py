@@ -79,6 +79,21 @@ class Job:
 RunBatch = Callable[[tuple, list[Any]], Sequence[Any]]
 
 
+def gather(jobs: queue.Queue, batch: list[Job], deadline: float, max_batch: int) -> bool:
+    """Add to `batch` the jobs that arrive before `deadline` (those already waiting, when it has passed), up to
+    `max_batch`; True when the closing mark (None) was taken."""
+    while len(batch) < max_batch:
+        left = deadline - time.perf_counter()
+        try:
+            job = jobs.get(timeout=left) if left > 0 else jobs.get_nowait()
+        except queue.Empty:
+            return False
+        if job is None:
+            return True
+        batch.append(job)
+    return False
+
+
 class Batcher:
     """Collects jobs and calls `run(group, items)` once per group of a batch, in a single worker thread."""
 
@@ -106,17 +121,8 @@ class Batcher:
 
     def _collect(self, first: Job) -> list[Job]:
         batch = [first]
-        deadline = time.perf_counter() + self.wait_s
-        while len(batch) < self.max_batch:
-            left = deadline - time.perf_counter()
-            try:
-                job = self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:  # closing: finish this batch first
-                self.jobs.put(None)
-                break
-            batch.append(job)
+        if gather(self.jobs, batch, time.perf_counter() + self.wait_s, self.max_batch):
+            self.jobs.put(None)  # closing: finish this batch first
         return batch
 
     def _loop(self) -> None:
@@ -214,16 +220,8 @@ class StreamScheduler:
             deadline = time.perf_counter() + self.wait_s
         else:
             deadline = 0.0
-        while len(batch) < self.max_batch:
-            left = deadline - time.perf_counter()
-            try:
-                job = self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                self._closing = True
-                break
-            batch.append(job)
+        if gather(self.jobs, batch, deadline, self.max_batch):
+            self._closing = True
         return batch
 
     def _loop(self) -> None:
