@@ -1,6 +1,6 @@
 """The M-Solomon demo: try a query, see the decision, the augmentation, the candidates and the latency.
 
-    python app.py [--model PATH] [--host 127.0.0.1] [--port 7860] [--threads N] [--reports DIR]
+    python app.py [--model PATH] [--host 127.0.0.1] [--port 7860] [--threads N] [--reports DIR] [--index DIR ...]
 
 The page lays out six tabs (Search, Compare, Step by step, Corpora, Error explorer, Model); the logic lives in
 `msolomon.demo`. The search is also the API endpoint `/search` for `gradio_client`. Bound to 127.0.0.1 unless told
@@ -302,7 +302,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     model = MSolomon.from_pretrained(settings.model or DEFAULT_MODEL_DIR, adapter=settings.adapter,
                                      quantization=settings.quantization)
-    demo = build_demo(model, settings)
+    from msolomon.demo.service import DemoInputError
+    from msolomon.index.build import IndexBuildError
+
+    try:
+        demo = build_demo(model, settings)
+    except (IndexBuildError, DemoInputError) as err:
+        from msolomon.settings import usage_error
+
+        usage_error(PROG, str(err))
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     logger.info("page up at http://%s:%d after %.1f s (%d torch threads)", settings.host, settings.port,
                 time.perf_counter() - t0, settings.threads)

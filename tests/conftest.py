@@ -50,8 +50,23 @@ def handlers(service):
     return Handlers(service)
 
 
+COLLECTION = ["a red circle above a blue square", "a photo of an astronaut", "a cup of coffee", "a cat"]
+
+
+def prebuilt_index(root, images):
+    """`python -m msolomon.index build` with the shipped model over four lines and the sample photos: the folder
+    `my_collection` that the shared demo server serves with --index."""
+    from msolomon.index.build import BuildSettings, build
+    from msolomon.model import DEFAULT_MODEL_DIR
+
+    (root / "items.txt").write_text("\n".join(COLLECTION) + "\n", encoding="utf-8")
+    out = root / "my_collection"
+    build(BuildSettings(model=str(DEFAULT_MODEL_DIR), corpus=[str(root / "items.txt"), *images], out=str(out)))
+    return out
+
+
 @pytest.fixture(scope="session")
-def demo_server(tmp_path_factory):
+def demo_server(tmp_path_factory, sample_images):
     """`python app.py` (the shipped model, MiniMMEB tiny) on loopback, started once for the end-to-end and browser
     tests: yields (URL, its cache folder). A 30 ms batching window (default 4 ms): with 20 clients on 2 cores,
     searches then reliably meet in one model call."""
@@ -60,6 +75,8 @@ def demo_server(tmp_path_factory):
     from msolomon.demo.process import running_app
 
     cache = tmp_path_factory.mktemp("e2e") / "cache"
-    with running_app(cache, "--corpus-scale", "tiny", "--batch-wait-ms", "30") as (url, seconds):
+    index = prebuilt_index(tmp_path_factory.mktemp("collection"), sample_images)
+    with running_app(cache, "--corpus-scale", "tiny", "--batch-wait-ms", "30", "--index", str(index)) as (url,
+                                                                                                       seconds):
         logging.getLogger(__name__).info("page up after %.1f s", seconds)
         yield url, cache

@@ -153,3 +153,19 @@ def test_wrong_types_over_http_are_refused_by_name(client, args, message):
 
     with pytest.raises(AppError, match=message):
         client.predict(*args, api_name="/search")
+
+
+def test_a_prebuilt_index_is_served_as_a_corpus(client, sample_images):
+    """`python app.py --index DIR` (the shared server serves `my_collection`, built with `python -m msolomon.index
+    build` over four lines and the sample photos): `/search` names it as its corpus and gets its items."""
+    from conftest import COLLECTION
+    from gradio_client import handle_file
+
+    out = client.predict("a cup of coffee", None, "", "never", 0.5, 7, "my_collection", api_name="/search")
+    assert out["corpus"] == "my_collection" and len(out["hits"]) == 7  # four lines and three photos
+    assert out["hits"][0]["text"] == "a cup of coffee"
+    assert {h["text"] for h in out["hits"] if h["text"]} == set(COLLECTION)
+    assert {h["image"] for h in out["hits"] if h["image"]} == {Path(p).name for p in sample_images}
+    out = client.predict(None, handle_file(sample_images[1]), "", "never", 0.5, 1, "my_collection",
+                         api_name="/search")
+    assert out["hits"][0]["image"] == Path(sample_images[1]).name  # the photo itself ranks first

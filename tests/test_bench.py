@@ -101,7 +101,7 @@ def test_choose_index_by_corpus_size():
 
 def test_auto_factory_builds_what_the_chooser_picks_and_keeps_its_settings(tmp_path, monkeypatch):
     from msolomon import VectorIndex
-    from msolomon import index as index_module
+    from msolomon.index import vector as index_module
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((600, 16)).astype(np.float32)

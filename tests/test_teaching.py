@@ -136,8 +136,8 @@ def test_decision_quality_in_the_explorer_equals_the_reports_block(handlers, ser
 
     from msolomon.demo.explorer import QUALITY_HEADERS, find_files
 
-    sets = sorted({e.dataset for e in service.examples})[:3]
-    names, label = handlers.explorer_run(sets, 6, ["auto", "never", "always"])
+    sets = sorted({e.dataset for e in service.examples})[:2]
+    names, label = handlers.explorer_run(sets, 5, ["auto", "never", "always"])
     *_, quality = handlers.explorer_open(label)
     path = find_files(handlers.explorer_folders())[label]
     report = json.loads(Path(path).with_name("report.json").read_text())

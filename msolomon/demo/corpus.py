@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 ALL_MINIMMEB = "MiniMMEB test (all) + sample photos"
 DATASET_PREFIX = "MiniMMEB: "
 CUSTOM_PREFIX = "custom: "
+INDEX_DATASET = "prebuilt index"  # the `datasets` tag of a corpus served with --index
 SAMPLE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "horse", "coins", "moon", "page", "text",
                  "brick", "grass", "gravel", "clock", "hubble_deep_field", "immunohistochemistry")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")

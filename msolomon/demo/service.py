@@ -201,6 +201,7 @@ class SearchService:
         from msolomon.evaluation import open_benchmark
 
         t0 = time.perf_counter()
+        prebuilt = [self._load_prebuilt(folder) for folder in self.settings.index]  # refused before any work
         self.data_dir = C.ensure_minimmeb(self.settings.cache_dir, self.settings.corpus_seed,
                                           self.settings.corpus_scale)
         self.bench = open_benchmark(self.data_dir)
@@ -218,6 +219,10 @@ class SearchService:
             self.corpora[C.DATASET_PREFIX + name] = C.Corpus(
                 C.DATASET_PREFIX + name, [payloads[i] for i in positions], C.subset(index, positions),
                 f"the {len(positions)} test candidates of {name} (the MMEB setting)", [name])
+        for name, corpus in prebuilt:
+            if name in self.corpora:
+                raise DemoInputError(f"--index: a corpus named {name!r} is already served; rename the folder")
+            self.corpora[name] = corpus
         if self.settings.warm_baselines and self.baseline_dirs():  # so the first Compare does not wait on them
             self._warming = threading.Thread(target=self.warm_baselines, name="msolomon-baselines", daemon=True)
             self._warming.start()
@@ -229,6 +234,19 @@ class SearchService:
         logger.info("demo ready: %d corpora, %d examples, index %s (%.1fs)", len(self.corpora), len(self.examples),
                     "from cache" if cached else "built", time.perf_counter() - t0)
         return self
+
+    def _load_prebuilt(self, folder: str | Path) -> tuple[str, C.Corpus]:
+        """An index built by `python -m msolomon.index build` with this model, as a shared corpus named after its
+        folder; one built by another model is refused (`IndexBuildError`, naming the model that built it)."""
+        from msolomon.index.build import load_built
+
+        name = Path(folder).resolve().name
+        index, built = load_built(folder, getattr(self.model, "signature", None))
+        payloads = [C.payload(p.get("text"), p.get("image"), [C.INDEX_DATASET]) for p in index.payloads]
+        index.payloads = payloads
+        note = f"{len(index)} items indexed with python -m msolomon.index ({built.get('factory')} index)"
+        logger.info("serving the index %s as the corpus %r (%d items)", folder, name, len(index))
+        return name, C.Corpus(name, payloads, index, note, [C.INDEX_DATASET])
 
     def close(self) -> None:
         self.batcher.close()
@@ -504,8 +522,9 @@ class SearchService:
             ("M-Solomon · auto", self.model, "auto", ""), ("M-Solomon · never (NoAug path)", self.model, "never", ""),
             ("M-Solomon · always (AlwaysAug path)", self.model, "always", "")]
         present = self.baseline_dirs()
+        prebuilt = C.INDEX_DATASET in self.corpus_of(req).datasets
         for key, (label, mode) in BASELINES.items():
-            if key in present:
+            if key in present and not prebuilt:  # a prebuilt index may hold millions: not re-encoded per baseline
                 runs.append((label, self._baseline(key), mode, key))
         out = []
         for label, model, mode, key in runs:
@@ -515,6 +534,9 @@ class SearchService:
             index = self.corpus_of(req).index if not key else self._index_for(key, model, req, progress)
             sub = SearchRequest(**{**asdict(req), "mode": mode})
             out.append((label, self._outcome(sub, result, index, req.corpus)))
+        if prebuilt:
+            return out, ("A prebuilt index is searched with M-Solomon's own paths only: the baselines would have to "
+                         "encode the whole collection again.")
         missing = [f"{self.settings.baselines_dir.name}/{k}" for k in BASELINES if k not in present]
         note = ("Trained baselines compared: " + ", ".join(BASELINES[k][0] for k in present) + "." if present else "")
         if missing:

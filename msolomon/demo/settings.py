@@ -55,6 +55,8 @@ class DemoSettings:
                                        "and after each new corpus)", metavar="DAYS")
     cache_budget_mb: float = option(2048.0, "disk budget for visitors' corpora and uploads: beyond it the least "
                                             "recently used corpora are removed first", metavar="MB")
+    index: list[str] = option([], "a prebuilt index folder (python -m msolomon.index build) served as a corpus named "
+                                  "after its folder (repeatable)", repeat=True, metavar="DIR")
     corpus_scale: str = option("small", "MiniMMEB scale of the default corpus", choices=["tiny", "small", "full"])
     corpus_seed: int = option(0, "seed of the default corpus", cli=False)
     sample_photos: bool = option(True, "the sample photos in the default corpus", cli=False)

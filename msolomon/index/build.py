@@ -28,7 +28,7 @@ import numpy as np
 
 from msolomon.files import atomic_write_json
 from msolomon.index.shards import ShardStore, encode_shard
-from msolomon.index.sources import Item, Skipped, read_specs
+from msolomon.index.sources import CollectionItem, Skipped, read_specs
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class _Plan:
     n_items: int = 0
 
 
-def _plan(entries: Iterator[Item | Skipped], store: ShardStore, first: int, shard_size: int,
+def _plan(entries: Iterator[CollectionItem | Skipped], store: ShardStore, first: int, shard_size: int,
           known: set[str]) -> _Plan:
     plan = _Plan()
     chunk: list[dict] = []
@@ -263,3 +263,19 @@ def build(settings: BuildSettings, add: bool = False) -> dict[str, Any]:
     }
     atomic_write_json(out / BUILD_FILE, report)
     return report
+
+
+def load_built(folder: str | Path, signature: str | None) -> tuple[Any, dict[str, Any]]:
+    """A built index and its build.json, for a model with `signature`; refused when another model built it."""
+    from msolomon.index.vector import VectorIndex
+
+    folder = Path(folder)
+    built = read_build(folder)
+    if built is None or not (folder / INDEX_DIR).is_dir():
+        raise IndexBuildError(f"{folder} is not a built index (no build.json and index/): build it with "
+                              "python -m msolomon.index build")
+    if built.get("signature") != signature:
+        raise IndexBuildError(f"{folder} was built by the model {built.get('model')!r} (signature "
+                              f"{built.get('signature')}), not by the loaded model (signature {signature}); serve it "
+                              "with that model, or build it again with this one")
+    return VectorIndex.load(folder / INDEX_DIR), built

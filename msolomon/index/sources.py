@@ -31,7 +31,7 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
-class Item:
+class CollectionItem:
     """One candidate: a text, an image (absolute path), or both."""
 
     text: str | None
@@ -54,7 +54,7 @@ class Skipped:
     reason: str
 
 
-Entry = Item | Skipped
+Entry = CollectionItem | Skipped
 
 
 def _image_item(path: Path, source: str, text: str | None = None) -> Entry:
@@ -65,7 +65,7 @@ def _image_item(path: Path, source: str, text: str | None = None) -> Entry:
         return Skipped(source, "empty image file")
     if size > MAX_IMAGE_BYTES:
         return Skipped(source, f"image file of {size / 2**20:.1f} MB; the limit is {MAX_IMAGE_BYTES // 2**20} MB")
-    return Item(text, str(path.resolve()), source)
+    return CollectionItem(text, str(path.resolve()), source)
 
 
 def _text_lines(path: Path) -> Iterator[Entry]:
@@ -79,7 +79,7 @@ def _text_lines(path: Path) -> Iterator[Entry]:
                 elif len(text) > MAX_LINE_CHARS:
                     yield Skipped(where, f"line of {len(text)} characters; the limit is {MAX_LINE_CHARS}")
                 else:
-                    yield Item(text, None, where)
+                    yield CollectionItem(text, None, where)
     except UnicodeDecodeError as err:
         yield Skipped(str(path), f"not UTF-8 text ({err.reason} at byte {err.start}); lines after it not read")
 
@@ -107,7 +107,7 @@ def _record(rec: object, base: Path, where: str) -> Entry:
         return Skipped(where, f"text of {len(text)} characters; the limit is {MAX_LINE_CHARS}")
     if image:
         return _image_item((base / image) if not Path(image).is_absolute() else Path(image), where, text)
-    return Item(text, None, where)
+    return CollectionItem(text, None, where)
 
 
 def _jsonl(path: Path) -> Iterator[Entry]:
@@ -153,7 +153,7 @@ def _mmeb(root: Path) -> Iterator[Entry]:
                 if cand.image is not None:
                     yield _image_item(Path(str(cand.image)), where, cand.text or None)
                 elif cand.text:
-                    yield Item(cand.text, None, where)
+                    yield CollectionItem(cand.text, None, where)
 
 
 def read_spec(spec: str) -> Iterator[Entry]:
@@ -187,7 +187,7 @@ def read_specs(specs: list[str]) -> Iterator[Entry]:
     seen: set[str] = set()
     for spec in specs:
         for entry in read_spec(spec):
-            if isinstance(entry, Item):
+            if isinstance(entry, CollectionItem):
                 if entry.key in seen:
                     continue
                 seen.add(entry.key)

@@ -40,6 +40,7 @@ FLAT_MAX = 100_000
 HNSW_MAX = 5_000_000
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 64
+TRAIN_SAMPLE = 256 * 1024  # vectors an IVF / PQ index is trained on at most (faiss wants 30-256 per list)
 
 
 @dataclass(frozen=True)
@@ -120,8 +121,9 @@ class VectorIndex:
     def build(cls, vectors, payloads: Sequence[Any] | None = None, factory: str = "Flat",
               ids: Sequence[Any] | None = None, nprobe: int | None = None, ef_search: int | None = None
               ) -> "VectorIndex":
-        """Build from an (n, d) array; IVF-type factories are trained on the vectors themselves.
-        `factory="auto"` picks the index by corpus size (`choose_index`); explicit `nprobe`/`ef_search` win."""
+        """Build from an (n, d) array; IVF-type factories are trained on the vectors.
+        `factory="auto"` picks the index by corpus size (`choose_index`); explicit `nprobe`/`ef_search` win. IVF/PQ
+        factories are trained on at most TRAIN_SAMPLE of the vectors (a seeded sample)."""
         import faiss
 
         arr = _as_matrix(vectors)
@@ -136,9 +138,12 @@ class VectorIndex:
             index = faiss.index_factory(arr.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
             raise ValueError(f"bad faiss factory string {factory!r}: {str(err).splitlines()[0]}") from None
-        if not index.is_trained:
+        if not index.is_trained:  # IVF / PQ: trained on a bounded, seeded sample, not on every vector
+            train = arr
+            if len(arr) > TRAIN_SAMPLE:
+                train = arr[np.sort(np.random.default_rng(0).choice(len(arr), TRAIN_SAMPLE, replace=False))]
             try:
-                index.train(arr)
+                index.train(train)
             except RuntimeError as err:
                 raise ValueError(f"cannot train faiss index {factory!r} on {arr.shape[0]} vectors (IVF needs at "
                                  f"least as many vectors as lists): {str(err).splitlines()[0]}") from None
