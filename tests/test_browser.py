@@ -146,6 +146,8 @@ def test_every_tab_in_chromium(tmp_path, sample_images, demo_server):
 
             _tab(page, "Error explorer")
             page.get_by_text("Run the evaluation on a small MiniMMEB subset").click()
+            page.get_by_label("number input for Queries per dataset").fill("4")  # three sets, three modes
+            page.get_by_label("number input for Queries per dataset").press("Enter")
             page.get_by_role("button", name="Run evaluation").click()
             expect(page.locator("#explorer-table")).to_contain_text("never", timeout=180_000)
             page.locator("#explorer-queries [role=gridcell]").nth(1).click()

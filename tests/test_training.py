@@ -180,8 +180,9 @@ def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
     data = tmp_path / "data"
     _write_train_fixture(data)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(data, straight), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    straight = tmp_path / "straight"  # the uninterrupted run, beside the one to kill (one thread each)
+    uninterrupted = subprocess.Popen(_train_cmd(data, straight), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(data, killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -197,6 +198,8 @@ def test_sigkill_and_resume_gives_the_same_weights(tmp_path):
     step_at_kill = json.loads(state.read_text())["step"]
     assert step_at_kill < 12, "the run finished before it could be killed"
     subprocess.run(_train_cmd(data, killed), cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    _, err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, err[-2000:]
 
     a, b = _weights(straight / "final"), _weights(killed / "final")
     assert a.keys() == b.keys()
