@@ -136,6 +136,11 @@ def test_add_equals_a_build_of_the_union_and_adds_nothing_twice(model_dir, corpu
     _same_index(tmp_path / "grown", tmp_path / "union")
     again = build(_settings(model_dir, tmp_path / "grown", extra, shard_size=4), add=True)
     assert again["new_items"] == 0 and again["count"] == 16
+    # an approximate index reports its recall@10 against exact search (computed shard by shard)
+    hnsw = build(_settings(model_dir, tmp_path / "hnsw", corpus, extra, shard_size=4, factory="HNSW8"))
+    assert hnsw["factory"] == "HNSW8" and hnsw["recall_at_10"] == 1.0  # 16 vectors: HNSW finds them all
+    ivf = build(_settings(model_dir, tmp_path / "ivf", corpus, extra, shard_size=4, factory="IVF4,Flat"))
+    assert 0.0 < ivf["recall_at_10"] <= 1.0 and VectorIndex.load(tmp_path / "ivf" / "index").factory == "IVF4,Flat"
 
 
 def test_an_index_of_another_model_is_refused(model_dir, corpus, tmp_path):

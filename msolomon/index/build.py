@@ -164,7 +164,8 @@ def _encode_on_ray(settings: BuildSettings, store: ShardStore, todo: list[tuple[
             ray.init(num_cpus=settings.workers * settings.threads, include_dashboard=False, log_to_driver=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
-        ds = ray.data.from_items([{"shard": s, "digest": d} for s, d in todo])
+        # one block per shard, so that the actors share them (a single block would go to one actor)
+        ds = ray.data.from_items([{"shard": s, "digest": d} for s, d in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(RayShardEncoder, batch_size=1, concurrency=settings.workers,
                             num_cpus=settings.threads, num_gpus=settings.gpus_per_worker or None,
                             fn_constructor_kwargs={"model": str(Path(settings.model).resolve()),
@@ -178,39 +179,82 @@ def _encode_on_ray(settings: BuildSettings, store: ShardStore, todo: list[tuple[
             ray.shutdown()
 
 
-def _recall_at_10(index: Any, vectors: np.ndarray, sample: int, seed: int = 0) -> float | None:
-    """recall@10 of an approximate index against exact search, queried with a sample of its own vectors."""
-    if "Flat" == index.factory or len(vectors) < 2:
-        return None
-    import faiss
+def _factory(factory: str, n: int) -> str:
+    from msolomon.index.vector import choose_index
 
-    rng = np.random.default_rng(seed)
-    queries = vectors[rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False)]
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    k = min(10, len(vectors))
-    _, truth = exact.search(queries, k)
-    _, got = index.search_arrays(queries, k)
-    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
+    return choose_index(n).factory if factory == "auto" else factory
+
+
+def _shard_count(store: ShardStore, shard: int) -> int:
+    return int(json.loads((store.result_dir(shard) / "meta.json").read_text(encoding="utf-8"))["count"])
 
 
 def _assemble(settings: BuildSettings, store: ShardStore, shards: list[int]) -> tuple[Any, dict[str, Any]]:
-    from msolomon.index.vector import VectorIndex
+    """The index from the shards, one shard in memory at a time besides the index itself: the factory is chosen
+    from the total count, an IVF/PQ index is trained on a seeded sample of at most TRAIN_SAMPLE vectors, and an
+    approximate index's recall@10 is measured against exact search done shard by shard."""
+    from msolomon.index.vector import TRAIN_SAMPLE, VectorIndex
 
-    vectors, payloads, skipped = [], [], {}
-    for shard in shards:
-        res = store.read_result(shard)
-        if len(res.payloads):
-            vectors.append(res.vectors)
-            payloads.extend(res.payloads)
-        skipped[shard] = res.skipped
-    if not payloads:
+    counts = {s: _shard_count(store, s) for s in shards}
+    total = sum(counts.values())
+    if total == 0:
         raise IndexBuildError("no item could be encoded: every item was skipped (see build.json)")
-    matrix = np.concatenate(vectors).astype(np.float32)
-    index = VectorIndex.build(matrix, payloads, factory=settings.factory)
+    rng = np.random.default_rng(0)
+    offsets = np.cumsum([0] + [counts[s] for s in shards])
+    train_at = np.sort(rng.choice(total, min(total, TRAIN_SAMPLE), replace=False))
+    query_at = np.sort(rng.choice(total, min(total, settings.recall_sample), replace=False))
+    index, train, queries, skipped, dim = None, [], [], {}, 0
+    for pass_ in ("sample", "add"):
+        for i, shard in enumerate(shards):
+            if not counts[shard] and pass_ == "add":
+                skipped[shard] = store.read_result(shard).skipped
+                continue
+            if not counts[shard]:
+                continue
+            res = store.read_result(shard)
+            lo, hi = offsets[i], offsets[i + 1]
+            if pass_ == "sample":
+                dim = res.vectors.shape[1]
+                train.append(res.vectors[train_at[(train_at >= lo) & (train_at < hi)] - lo])
+                queries.append(res.vectors[query_at[(query_at >= lo) & (query_at < hi)] - lo])
+                continue
+            if index is None:
+                index = VectorIndex.create(dim, total, settings.factory, np.concatenate(train))
+                train = []
+            index.add(res.vectors, res.payloads)
+            skipped[shard] = res.skipped
+        if pass_ == "sample" and _factory(settings.factory, total) == "Flat":
+            queries = []  # exact: no recall to measure
     index.save(Path(settings.out) / INDEX_DIR)
-    return index, {"encode_skipped": skipped, "recall_at_10": _recall_at_10(index, matrix, settings.recall_sample),
-                   "dim": int(matrix.shape[1])}
+    recall = _recall_at_10(index, store, shards, counts, np.concatenate(queries)) if queries else None
+    return index, {"encode_skipped": skipped, "recall_at_10": recall, "dim": int(dim)}
+
+
+def _recall_at_10(index: Any, store: ShardStore, shards: list[int], counts: dict[int, int],
+                  queries: np.ndarray) -> float | None:
+    """recall@10 of an approximate index against exact search over every vector, done shard by shard, queried
+    with a sample of the corpus's own vectors."""
+    import faiss
+
+    if not len(queries):
+        return None
+    k = min(10, index.index.ntotal)
+    best_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(queries), k), -1, dtype=np.int64)
+    offset = 0
+    for shard in shards:
+        if not counts[shard]:
+            continue
+        vectors = store.read_result(shard).vectors
+        exact = faiss.IndexFlatIP(vectors.shape[1])
+        exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        s, i = exact.search(queries, min(k, len(vectors)))
+        both_s, both_i = np.hstack([best_s, s]), np.hstack([best_i, i + offset])
+        top = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_i, top, 1)
+        offset += len(vectors)
+    _, got = index.search_arrays(queries, k)
+    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(best_i, got)]))
 
 
 def build(settings: BuildSettings, add: bool = False) -> dict[str, Any]:

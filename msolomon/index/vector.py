@@ -124,32 +124,42 @@ class VectorIndex:
         """Build from an (n, d) array; IVF-type factories are trained on the vectors.
         `factory="auto"` picks the index by corpus size (`choose_index`); explicit `nprobe`/`ef_search` win. IVF/PQ
         factories are trained on at most TRAIN_SAMPLE of the vectors (a seeded sample)."""
-        import faiss
-
         arr = _as_matrix(vectors)
         if arr.shape[0] == 0:
             raise ValueError("no vectors to build an index from (got 0); encode at least one candidate first")
+        train = arr
+        if len(arr) > TRAIN_SAMPLE:
+            train = arr[np.sort(np.random.default_rng(0).choice(len(arr), TRAIN_SAMPLE, replace=False))]
+        self = cls.create(arr.shape[1], arr.shape[0], factory, train, nprobe, ef_search)
+        self.add(arr, payloads, ids)
+        return self
+
+    @classmethod
+    def create(cls, dim: int, n: int, factory: str = "Flat", train: np.ndarray | None = None,
+               nprobe: int | None = None, ef_search: int | None = None) -> "VectorIndex":
+        """An empty index for about `n` vectors of dimension `dim`, to be filled part by part with `add` (so a large
+        collection is never held twice); IVF/PQ factories need `train`, a sample of the vectors."""
+        import faiss
+
         if factory == "auto":
-            choice = choose_index(arr.shape[0])
+            choice = choose_index(n)
             factory = choice.factory
             nprobe = choice.nprobe if nprobe is None else nprobe
             ef_search = choice.ef_search if ef_search is None else ef_search
         try:
-            index = faiss.index_factory(arr.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
             raise ValueError(f"bad faiss factory string {factory!r}: {str(err).splitlines()[0]}") from None
-        if not index.is_trained:  # IVF / PQ: trained on a bounded, seeded sample, not on every vector
-            train = arr
-            if len(arr) > TRAIN_SAMPLE:
-                train = arr[np.sort(np.random.default_rng(0).choice(len(arr), TRAIN_SAMPLE, replace=False))]
+        if not index.is_trained:
+            if train is None:
+                raise ValueError(f"the faiss index {factory!r} must be trained: give a sample of the vectors")
             try:
-                index.train(train)
+                index.train(_as_matrix(train, int(dim), "training vectors"))
             except RuntimeError as err:
-                raise ValueError(f"cannot train faiss index {factory!r} on {arr.shape[0]} vectors (IVF needs at "
+                raise ValueError(f"cannot train faiss index {factory!r} on {len(train)} vectors (IVF needs at "
                                  f"least as many vectors as lists): {str(err).splitlines()[0]}") from None
-        self = cls(index, arr.shape[1], factory)
+        self = cls(index, int(dim), factory)
         self.set_search_params(nprobe=nprobe, ef_search=ef_search)
-        self.add(arr, payloads, ids)
         return self
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
