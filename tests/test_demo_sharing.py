@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pytest
 
 from msolomon.demo import corpus as C
@@ -202,7 +203,7 @@ def test_one_visitors_slow_build_does_not_hold_up_another_visitors(service, hand
     real = service.encode_candidates
 
     def encode(c, model=None):
-        if any(x.text == "slowly" for x in c):
+        if any(x["text"] == "slowly" for x in c):
             assert slow.wait(30), "A's build was never released"
         return real(c, model)
 
@@ -258,3 +259,21 @@ def test_the_baselines_index_the_default_corpus_at_start_so_the_first_compare_do
         assert [label for label, _ in runs][-2:] == ["NoAug model", "AlwaysAug model"] and encoded == []
     finally:
         warm.close()
+
+
+def test_the_demo_encodes_corpora_through_the_index_builders_path(service, tmp_path):
+    """The demo's corpora are encoded by `msolomon.index.shards.encode_items`, as `python -m msolomon.index` does:
+    the same vectors, and an item that does not decode is named by its file name, never a server path."""
+    from msolomon.demo.corpus import CorpusError
+    from msolomon.index.shards import encode_items
+
+    payloads = service.corpora[C.ALL_MINIMMEB].payloads[:6]
+    vectors = service.encode_candidates(payloads)
+    np.testing.assert_allclose(vectors, encode_items(service.model, payloads)[0], atol=1e-6)
+    np.testing.assert_allclose(vectors, service.corpora[C.ALL_MINIMMEB].index.index.reconstruct_n(0, 6), atol=1e-4)
+    broken = tmp_path / "secret-folder" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not an image")
+    with pytest.raises(CorpusError, match="broken.png") as err:
+        service.encode_candidates([{"text": None, "image": str(broken)}])
+    assert "secret-folder" not in str(err.value)

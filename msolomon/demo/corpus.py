@@ -36,7 +36,7 @@ SAMPLE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "horse", 
                  "brick", "grass", "gravel", "clock", "hubble_deep_field", "immunohistochemistry")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
-Encode = Callable[[list[Candidate]], np.ndarray]
+Encode = Callable[[list[dict]], np.ndarray]  # payloads (text, image) in, one vector each out
 Progress = Callable[[float, str], None]
 
 
@@ -146,7 +146,7 @@ class IndexCache:
                 logger.warning("ignoring a broken cached index at %s: %s", where, err)
         vectors = []
         for start in range(0, len(payloads), self.chunk):
-            vectors.append(encode([candidate_of(p) for p in payloads[start:start + self.chunk]]))
+            vectors.append(encode(payloads[start:start + self.chunk]))
             if progress is not None:
                 done = min(start + self.chunk, len(payloads))
                 progress(done / len(payloads), f"encoded {done} / {len(payloads)} candidates")

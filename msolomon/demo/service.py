@@ -28,7 +28,7 @@ from msolomon.demo.examples import Example, by_id, pick_examples
 from msolomon.demo.settings import DemoSettings
 from msolomon.demo.visitors import CorpusStore as VisitorCorpora
 from msolomon.demo.visitors import VisitorError, visitor_id
-from msolomon.inputs import Candidate, Query
+from msolomon.inputs import Query
 from msolomon.model import AUGMENT_MODES
 
 logger = logging.getLogger(__name__)
@@ -253,10 +253,19 @@ class SearchService:
         self.streams.close()
 
     # ------------------------------------------------------------------ model calls (all under the lock)
-    def encode_candidates(self, candidates: list[Candidate], model: Any = None) -> np.ndarray:
-        """One chunk of a corpus being indexed: background work, so searches go first."""
+    def encode_candidates(self, payloads: list[dict], model: Any = None) -> np.ndarray:
+        """One chunk of a corpus being indexed (`msolomon.index.shards.encode_items`, the encoding of
+        `python -m msolomon.index`): background work, so searches go first. Every item must encode: one that does
+        not is named by its file name (never a server path)."""
+        from msolomon.index.shards import encode_items
+
         with self.lock.background():
-            return (model or self.model).encode_candidates(candidates, batch_size=32, show_progress_bar=False)
+            vectors, _, skipped = encode_items(model or self.model, payloads)
+        if skipped:
+            bad = skipped[0]
+            name = Path(str(bad["path"])).name
+            raise C.CorpusError(f"{name}: {bad['reason'].replace(str(bad['path']), name)}")
+        return vectors
 
     def decide(self, queries: list[Query]) -> list[tuple[str, float]]:
         """The model's decision at its default threshold, from the prefill alone (`never` mode costs no

@@ -119,16 +119,16 @@ class ShardStore:
         shutil.rmtree(self.result_dir(shard), ignore_errors=True)
 
 
-def encode_shard(model: Any, store: ShardStore, shard: int, digest: str, signature: str | None,
-                 batch_size: int = 32) -> dict[str, Any]:
-    """Encode one planned shard with a loaded model and write its result; returns a small summary. Each image is
-    decoded once, here: one that does not decode is skipped with its reason, never stopping the shard."""
+def encode_items(model: Any, payloads: Sequence[dict], batch_size: int = 32
+                 ) -> tuple[np.ndarray, list[dict], list[dict]]:
+    """Encode items (payloads with `text` and/or `image`) with a loaded model: (vectors, the payloads encoded, the
+    ones skipped with their reasons). Each image is decoded once, here; one that does not decode is skipped, never
+    stopping the rest. The one encoding path of `python -m msolomon.index` and of the demo's corpora."""
     from msolomon.inputs import Candidate
     from msolomon.processing import load_image
 
-    plan = store.read_plan(shard)
     candidates, kept, skipped = [], [], []
-    for p in plan:
+    for p in payloads:
         image = None
         if p.get("image"):
             try:
@@ -138,9 +138,15 @@ def encode_shard(model: Any, store: ShardStore, shard: int, digest: str, signatu
                 continue
         candidates.append(Candidate(text=p.get("text"), image=image))
         kept.append(p)
-    if candidates:
-        vectors = model.encode_candidates(candidates, batch_size=batch_size, show_progress_bar=False)
-    else:
-        vectors = np.zeros((0, 0), dtype=np.float32)
+    if not candidates:
+        return np.zeros((0, 0), dtype=np.float32), kept, skipped
+    vectors = model.encode_candidates(candidates, batch_size=batch_size, show_progress_bar=False)
+    return np.asarray(vectors, dtype=np.float32), kept, skipped
+
+
+def encode_shard(model: Any, store: ShardStore, shard: int, digest: str, signature: str | None,
+                 batch_size: int = 32) -> dict[str, Any]:
+    """Encode one planned shard with a loaded model and write its result; returns a small summary."""
+    vectors, kept, skipped = encode_items(model, store.read_plan(shard), batch_size)
     store.write_result(shard, digest, signature, vectors, kept, skipped)
     return {"shard": shard, "count": len(kept), "skipped": len(skipped)}
