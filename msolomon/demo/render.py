@@ -10,7 +10,7 @@ from html import escape
 from pathlib import Path
 from typing import Sequence
 
-from msolomon.demo.service import TIMING_ORDER, HitView, SearchOutcome, StepByStep, WhatIf
+from msolomon.demo.service import RANK_DEPTH, TIMING_ORDER, HitView, SearchOutcome, StepByStep, WhatIf
 
 COLOURS = {"preprocess": "#9ca3af", "decide": "#6366f1", "generate": "#f59e0b", "embed": "#10b981",
            "search": "#0ea5e9", "queue": "#d1d5db"}
@@ -191,7 +191,7 @@ def what_if_html(w: WhatIf | None, pending: bool = False) -> str:
     answer = ""
     if w.answer_ranks is not None:
         def rank(r: int | None) -> str:
-            return f"#{r}" if r else "not found"
+            return f"#{r}" if r else f"below #{RANK_DEPTH}"
 
         colour = VERDICT_COLOURS.get(w.verdict or "", "#374151")
         answer = (f"<p>Known answer: {rank(w.answer_ranks.get('never'))} without augmenting, "
@@ -230,21 +230,30 @@ def step_html(s: StepByStep) -> str:
         + f"<sub style='font-size:0.7em;color:#555'>{w.probability:.2f}{' forced' if w.forced else ''}</sub> "
         for w in ex.written)
     rows = []
+    def score(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    def rank(r: int | None) -> str:
+        return f"#{r}" if r else f"below #{RANK_DEPTH}"
+
     for c in s.candidates:
-        moved = c.embed_rank - c.augment_rank
-        arrow = f"▲{moved}" if moved > 0 else f"▼{-moved}" if moved < 0 else "="
+        if c.embed_rank and c.augment_rank:
+            moved = c.embed_rank - c.augment_rank
+            arrow = f"▲{moved}" if moved > 0 else f"▼{-moved}" if moved < 0 else "="
+        else:
+            arrow = "▲" if c.augment_rank else "▼"
         mark = f" <b style='color:{RIGHT}'>✓ answer</b>" if c.correct else ""
         rows.append(f"<tr class='step-candidate'><td>{thumbnail(c.image, 28)}{_candidate_name(c.name, c.image)}"
-                    f"{mark}</td><td align='right'>{c.embed_score:.3f}</td><td align='center'>#{c.embed_rank}"
-                    f"</td><td align='right'>{c.augment_score:.3f}</td><td align='center'>#{c.augment_rank}</td>"
-                    f"<td align='center'>{arrow}</td></tr>")
+                    f"{mark}</td><td align='right'>{score(c.embed_score)}</td>"
+                    f"<td align='center'>{rank(c.embed_rank)}</td><td align='right'>{score(c.augment_score)}</td>"
+                    f"<td align='center'>{rank(c.augment_rank)}</td><td align='center'>{arrow}</td></tr>")
     table = ("<table style='width:100%;border-collapse:collapse'><thead><tr><th align='left'>candidate</th>"
              "<th>score with /embed</th><th>rank</th><th>score with the augmentation</th><th>rank</th><th>moved</th>"
              "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
     traj = []
     for t in s.trajectory:
         so_far = "".join(w.text for w in ex.written[: t["written"]]).strip() or "(nothing yet)"
-        ans = "" if t["answer_rank"] is None else f"<td align='center'>#{t['answer_rank']}</td>"
+        ans = "" if not s.answer else f"<td align='center'>{rank(t['answer_rank'])}</td>"
         mark = " ✓" if t["top_correct"] else ""
         traj.append(f"<tr class='step-prefix'><td>{t['written']}</td><td>{escape(so_far)}</td>"
                     f"<td>{thumbnail(t['top_image'], 24)}{_candidate_name(t['top'], t['top_image'])}{mark}"

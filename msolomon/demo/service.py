@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 MODES = AUGMENT_MODES  # msolomon.model's
 TIMING_ORDER = ("preprocess", "decide", "generate", "embed", "search")
+RANK_DEPTH = 5000  # how deep what-if and step by step rank a corpus (all of the demo's own; a prebuilt index's top)
 BASELINES = {"noaug": ("NoAug model", "never"), "alwaysaug": ("AlwaysAug model", "always")}
 
 
@@ -113,10 +114,10 @@ class RankedCandidate:
     name: str
     image: str | None
     correct: bool
-    embed_score: float
-    embed_rank: int
-    augment_score: float
-    augment_rank: int
+    embed_score: float | None  # None: ranked below RANK_DEPTH on that path
+    embed_rank: int | None
+    augment_score: float | None
+    augment_rank: int | None
 
 
 @dataclass
@@ -360,10 +361,12 @@ class SearchService:
                              float(req.threshold), corpus, views, timings, True,
                              example.id if example else None, example.answer if example else None, positive_rank)
 
-    def _full_ranking(self, req: SearchRequest, embedding: Any) -> tuple[list[Any], Example | None]:
-        """Every candidate of the request's corpus ranked by one query embedding, and the example it is, if any."""
+    def _ranking(self, req: SearchRequest, embedding: Any) -> tuple[list[Any], Example | None]:
+        """The request's corpus ranked by one query embedding to RANK_DEPTH (every candidate of the demo's own
+        corpora; a prebuilt index may hold millions), and the example the query is, if any."""
         index = self.corpus_of(req).index
-        return index.search(np.asarray(embedding, dtype=np.float32), k=len(index)), self._example_for(req)
+        return (index.search(np.asarray(embedding, dtype=np.float32), k=min(len(index), RANK_DEPTH)),
+                self._example_for(req))
 
     def what_if(self, req: SearchRequest, out: SearchOutcome, timeout: float = 120.0) -> WhatIf:
         """The other path for the query of a finished search (batched with other searches, not counted in its
@@ -374,7 +377,7 @@ class SearchService:
         result, _ = self.batcher.submit(query, (other, float(req.threshold), self.settings.max_new_tokens)
                                         ).result(timeout=timeout)
         ms = (time.perf_counter() - t0) * 1e3
-        ranking, example = self._full_ranking(req, result.embedding)
+        ranking, example = self._ranking(req, result.embedding)
         keys = [C.payload_key(h.payload.get("text"), h.payload.get("image")) for h in ranking]
         seen = [(h.payload.get("label"), h.payload.get("image")) for h in ranking]  # as a HitView names it
         hits = [HitView(h.rank + 1, float(h.score), h.payload.get("label"), h.payload.get("image"),
@@ -403,7 +406,7 @@ class SearchService:
         index = self.corpus_of(req).index
         example = self._example_for(req)
         vectors = np.vstack([ex.embed_vector[None], ex.prefix_vectors])
-        scores, positions = index.search_arrays(vectors, k=len(index))
+        scores, positions = index.search_arrays(vectors, k=min(len(index), RANK_DEPTH))
         keys = [C.payload_key(p.get("text"), p.get("image")) for p in index.payloads]
         rank_of = [{int(pos): r + 1 for r, pos in enumerate(row) if pos >= 0} for row in positions]
         score_of = [{int(pos): float(sc) for sc, pos in zip(srow, row) if pos >= 0} for srow, row in zip(scores,
@@ -416,9 +419,10 @@ class SearchService:
         rows = []
         for pos in shown:
             p = index.payloads[pos]
-            rows.append(RankedCandidate(p.get("label") or "", p.get("image"), pos == answer_pos, score_of[0][pos],
-                                        rank_of[0][pos], score_of[-1][pos], rank_of[-1][pos]))
-        rows.sort(key=lambda r: r.augment_rank)
+            rows.append(RankedCandidate(p.get("label") or "", p.get("image"), pos == answer_pos,
+                                        score_of[0].get(pos), rank_of[0].get(pos), score_of[-1].get(pos),
+                                        rank_of[-1].get(pos)))  # None: below RANK_DEPTH on that path
+        rows.sort(key=lambda r: r.augment_rank or RANK_DEPTH + 1)
         trajectory = []
         for i in range(len(ex.prefix_vectors)):
             top = int(positions[i + 1][0])

@@ -28,7 +28,7 @@ import numpy as np
 
 from msolomon.files import atomic_write_json
 from msolomon.index.shards import ShardStore, encode_shard
-from msolomon.index.sources import CollectionItem, Skipped, read_specs
+from msolomon.index.sources import CollectionItem, Skipped, item_key, read_specs
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class _Plan:
     n_items: int = 0
 
 
-def _plan(entries: Iterator[CollectionItem | Skipped], store: ShardStore, first: int, shard_size: int,
-          known: set[str]) -> _Plan:
+def _plan(entries: Iterator[CollectionItem | Skipped], store: ShardStore, first: int, shard_size: int) -> _Plan:
+    """Cut the entries (new items only: `read_specs` leaves out known keys) into shards and write their plans."""
     plan = _Plan()
     chunk: list[dict] = []
 
@@ -102,9 +102,6 @@ def _plan(entries: Iterator[CollectionItem | Skipped], store: ShardStore, first:
             if len(plan.skipped) < MAX_LISTED_SKIPS:
                 plan.skipped.append({"path": entry.path, "reason": entry.reason})
             continue
-        if entry.key in known:
-            continue
-        known.add(entry.key)
         chunk.append(entry.payload())
         plan.n_items += 1
         if len(chunk) == shard_size:
@@ -199,34 +196,32 @@ def _assemble(settings: BuildSettings, store: ShardStore, shards: list[int]) -> 
     total = sum(counts.values())
     if total == 0:
         raise IndexBuildError("no item could be encoded: every item was skipped (see build.json)")
-    rng = np.random.default_rng(0)
-    offsets = np.cumsum([0] + [counts[s] for s in shards])
-    train_at = np.sort(rng.choice(total, min(total, TRAIN_SAMPLE), replace=False))
-    query_at = np.sort(rng.choice(total, min(total, settings.recall_sample), replace=False))
-    index, train, queries, skipped, dim = None, [], [], {}, 0
-    for pass_ in ("sample", "add"):
+    train = queries = None
+    if _factory(settings.factory, total) != "Flat":  # approximate: a seeded sample to train on and to measure with
+        rng = np.random.default_rng(0)
+        offsets = np.cumsum([0] + [counts[s] for s in shards])
+        train_at = np.sort(rng.choice(total, min(total, TRAIN_SAMPLE), replace=False))
+        query_at = np.sort(rng.choice(total, min(total, settings.recall_sample), replace=False))
+        train_parts, query_parts = [], []
         for i, shard in enumerate(shards):
-            if not counts[shard] and pass_ == "add":
-                skipped[shard] = store.read_result(shard).skipped
-                continue
             if not counts[shard]:
                 continue
-            res = store.read_result(shard)
+            vectors = store.read_vectors(shard)  # memory-mapped: only the sampled rows are read
             lo, hi = offsets[i], offsets[i + 1]
-            if pass_ == "sample":
-                dim = res.vectors.shape[1]
-                train.append(res.vectors[train_at[(train_at >= lo) & (train_at < hi)] - lo])
-                queries.append(res.vectors[query_at[(query_at >= lo) & (query_at < hi)] - lo])
-                continue
+            train_parts.append(np.asarray(vectors[train_at[(train_at >= lo) & (train_at < hi)] - lo]))
+            query_parts.append(np.asarray(vectors[query_at[(query_at >= lo) & (query_at < hi)] - lo]))
+        train, queries = np.concatenate(train_parts), np.concatenate(query_parts)
+    index, skipped = None, {}
+    for shard in shards:
+        res = store.read_result(shard)
+        if len(res.payloads):
             if index is None:
-                index = VectorIndex.create(dim, total, settings.factory, np.concatenate(train))
-                train = []
+                index = VectorIndex.create(res.vectors.shape[1], total, settings.factory, train)
             index.add(res.vectors, res.payloads)
-            skipped[shard] = res.skipped
-        if pass_ == "sample" and _factory(settings.factory, total) == "Flat":
-            queries = []  # exact: no recall to measure
+        skipped[shard] = res.skipped
+    dim = index.dim
     index.save(Path(settings.out) / INDEX_DIR)
-    recall = _recall_at_10(index, store, shards, counts, np.concatenate(queries)) if queries else None
+    recall = _recall_at_10(index, store, shards, counts, queries) if queries is not None else None
     return index, {"encode_skipped": skipped, "recall_at_10": recall, "dim": int(dim)}
 
 
@@ -273,9 +268,9 @@ def build(settings: BuildSettings, add: bool = False) -> dict[str, Any]:
     kept: list[int] = list(previous["shards"]) if add and previous else []
     known: set[str] = set()
     for shard in kept:  # the items already in the index, so that `add` never plans one twice
-        known.update(json.dumps([p.get("text"), p.get("image")]) for p in store.read_plan(shard))
+        known.update(item_key(p.get("text"), p.get("image")) for p in store.read_plan(shard))
     first = max(kept) + 1 if kept else 0
-    plan = _plan(read_specs(list(settings.corpus)), store, first, settings.shard_size, known)
+    plan = _plan(read_specs(list(settings.corpus), known), store, first, settings.shard_size)
     shards = kept + [s for s, _ in plan.shards]
     for stale in set(store.existing()) - set(shards):  # left by an earlier, different build
         store.remove(stale)

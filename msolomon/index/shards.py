@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from msolomon.files import atomic_write_jsonl, read_jsonl, replace_dir
+from msolomon.index.sources import item_key
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 def items_digest(payloads: Sequence[dict]) -> str:
     h = hashlib.sha256()
     for p in payloads:
-        h.update(json.dumps([p.get("text"), p.get("image")]).encode())
+        h.update(item_key(p.get("text"), p.get("image")).encode())
         h.update(b"\n")
     return h.hexdigest()[:32]
 
@@ -97,6 +98,10 @@ class ShardStore:
             (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
 
         replace_dir(self.result_dir(shard), write)
+
+    def read_vectors(self, shard: int) -> np.ndarray:
+        """A shard's vectors, memory-mapped (rows are read when used)."""
+        return np.load(self.result_dir(shard) / "vectors.npy", mmap_mode="r", allow_pickle=False)
 
     def read_result(self, shard: int) -> ShardResult:
         folder = self.result_dir(shard)

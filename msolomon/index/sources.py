@@ -30,6 +30,11 @@ class SourceError(ValueError):
     """A corpus spec that cannot be read at all (not found, unknown kind, a file without the needed columns)."""
 
 
+def item_key(text: str | None, image: str | None) -> str:
+    """What makes two items the same: their text and their image's absolute path."""
+    return json.dumps([text, image])
+
+
 @dataclass(frozen=True)
 class CollectionItem:
     """One candidate: a text, an image (absolute path), or both."""
@@ -40,7 +45,7 @@ class CollectionItem:
 
     @property
     def key(self) -> str:
-        return json.dumps([self.text, self.image])
+        return item_key(self.text, self.image)
 
     def payload(self) -> dict:
         return {"text": self.text, "image": self.image, "source": self.source}
@@ -178,13 +183,14 @@ def read_spec(spec: str) -> Iterator[Entry]:
     raise SourceError(f"{path}: not a corpus (a folder, .txt, .jsonl, .parquet, an image, or mmeb:DIR)")
 
 
-def read_specs(specs: list[str]) -> Iterator[Entry]:
-    """Every spec's entries in turn; an item seen before (same key) is left out, so specs add up."""
+def read_specs(specs: list[str], seen: set[str] | None = None) -> Iterator[Entry]:
+    """Every spec's entries in turn; an item whose key is in `seen` (items read before, or already indexed) is left
+    out and every new key is added to it, so specs add up and `add` never reads an indexed item as new."""
     if not specs:
         raise SourceError("give at least one --corpus")
     for spec in specs:  # each is checked before anything is read
         read_spec(spec)
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     for spec in specs:
         for entry in read_spec(spec):
             if isinstance(entry, CollectionItem):
