@@ -92,14 +92,19 @@ def test_choose_index_by_corpus_size():
     assert choose_index(0).factory == "Flat" and choose_index(FLAT_MAX).factory == "Flat"
     mid = choose_index(FLAT_MAX + 1)
     assert mid.factory.startswith("HNSW") and mid.ef_search and mid.nprobe is None
-    big = choose_index(HNSW_MAX * 4)
-    assert big.factory == f"IVF{ivf_lists(HNSW_MAX * 4)},Flat" and big.nprobe
+    big = choose_index(HNSW_MAX * 4, dim=256)
+    assert big.factory == f"OPQ64,IVF{ivf_lists(HNSW_MAX * 4)},PQ64x8" and big.nprobe
+    assert choose_index(HNSW_MAX + 1, dim=30).factory.startswith("OPQ6,")  # PQ parts must divide the dimension
+    with pytest.raises(ValueError, match="give dim"):
+        choose_index(HNSW_MAX + 1)
     assert [ivf_lists(n) for n in (1, 10_000, 100_000, 1_000_000)] == [1, 128, 256, 1024]
     with pytest.raises(ValueError):
         choose_index(-1)
 
 
 def test_auto_factory_builds_what_the_chooser_picks_and_keeps_its_settings(tmp_path, monkeypatch):
+    import faiss
+
     from msolomon import VectorIndex
     from msolomon.index import vector as index_module
 
@@ -114,11 +119,14 @@ def test_auto_factory_builds_what_the_chooser_picks_and_keeps_its_settings(tmp_p
     hnsw.save(tmp_path / "idx")
     assert VectorIndex.load(tmp_path / "idx").index.hnsw.efSearch == index_module.HNSW_EF_SEARCH
     monkeypatch.setattr(index_module, "HNSW_MAX", 200)
-    ivf = VectorIndex.build(x, factory="auto")
-    assert ivf.factory.startswith("IVF") and ivf.index.nprobe == min(index_module.IVF_NPROBE, ivf.index.nlist)
+    ivf = VectorIndex.build(x, factory="auto")  # IVF-PQ with an OPQ rotation in front
+    lists = faiss.extract_index_ivf(ivf.index)
+    assert ivf.factory == f"OPQ4,IVF{lists.nlist},PQ4x8" and lists.nprobe == min(index_module.IVF_NPROBE, lists.nlist)
+    assert lists.code_size == 4  # 4 bytes per 16-d vector
     ivf.save(tmp_path / "ivf")
-    assert VectorIndex.load(tmp_path / "ivf").index.nprobe == ivf.index.nprobe
-    assert VectorIndex.build(x, factory="auto", nprobe=2).index.nprobe == 2  # an explicit setting wins
+    assert faiss.extract_index_ivf(VectorIndex.load(tmp_path / "ivf").index).nprobe == lists.nprobe
+    explicit = VectorIndex.build(x, factory="auto", nprobe=2).index
+    assert faiss.extract_index_ivf(explicit).nprobe == 2  # an explicit setting wins
 
 
 # --- each benchmark once, tiny ---------------------------------------------------------------------------------

@@ -75,3 +75,28 @@ def test_load_rejects_a_foreign_folder(tmp_path):
 def test_ivf_with_too_few_vectors_is_a_clear_error():
     with pytest.raises(ValueError, match="IVF needs at least"):
         VectorIndex.build(_unit(np.random.default_rng(3), 10, 8), factory="IVF256,Flat")
+
+
+def test_an_exact_index_streamed_from_blocks_is_faiss_s_own_file_and_a_short_stream_is_refused(tmp_path):
+    """`python -m msolomon.index` writes an exact index block by block (never holding it): the file must be what
+    faiss writes, load like any other, and a stream that gives fewer rows than promised must leave no index."""
+    import faiss
+
+    from msolomon.index.vector import FlatVectors, write_index
+
+    rng = np.random.default_rng(4)
+    corpus = _unit(rng, 50, 8)
+    payloads = [{"text": f"doc {i}"} for i in range(50)]
+    whole = VectorIndex.build(corpus, payloads)
+    whole.save(tmp_path / "whole")
+    blocks = FlatVectors(8, 50, lambda: (corpus[i:i + 16] for i in range(0, 50, 16)))
+    write_index(tmp_path / "streamed", blocks, 8, "Flat", enumerate(payloads))
+    assert (tmp_path / "streamed" / "index.faiss").read_bytes() == (tmp_path / "whole" / "index.faiss").read_bytes()
+    assert (tmp_path / "streamed" / "payloads.jsonl").read_text() == (tmp_path / "whole" / "payloads.jsonl").read_text()
+    loaded = VectorIndex.load(tmp_path / "streamed")
+    assert isinstance(loaded.index, faiss.IndexFlatIP) and loaded.search(corpus[7], k=1)[0].payload == payloads[7]
+    with pytest.raises(ValueError, match="40 vectors written, 50 expected"):
+        write_index(tmp_path / "short", FlatVectors(8, 50, lambda: [corpus[:40]]), 8, "Flat", enumerate(payloads))
+    with pytest.raises(ValueError, match="49 payload rows for 50 vectors"):
+        write_index(tmp_path / "short", blocks, 8, "Flat", enumerate(payloads[:49]))
+    assert not (tmp_path / "short").exists()

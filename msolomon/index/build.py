@@ -28,7 +28,7 @@ import numpy as np
 
 from msolomon.files import atomic_write_json
 from msolomon.index.shards import ShardStore, encode_shard
-from msolomon.index.sources import CollectionItem, Skipped, item_key, read_specs
+from msolomon.index.sources import CollectionItem, Skipped, item_key, key_digest, read_specs
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ def _encode_on_ray(settings: BuildSettings, store: ShardStore, todo: list[tuple[
         ray.data.DataContext.get_current().enable_progress_bars = False
         # one block per shard, so that the actors share them (a single block would go to one actor)
         ds = ray.data.from_items([{"shard": s, "digest": d} for s, d in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(RayShardEncoder, batch_size=1, concurrency=settings.workers,
+        ds = ds.map_batches(RayShardEncoder, batch_size=1,
+                            compute=ray.data.ActorPoolStrategy(size=settings.workers),
                             num_cpus=settings.threads, num_gpus=settings.gpus_per_worker or None,
                             fn_constructor_kwargs={"model": str(Path(settings.model).resolve()),
                                                    "shards_dir": str(store.root.resolve()), "signature": signature,
@@ -176,57 +177,63 @@ def _encode_on_ray(settings: BuildSettings, store: ShardStore, todo: list[tuple[
             ray.shutdown()
 
 
-def _factory(factory: str, n: int) -> str:
+def _factory(factory: str, n: int, dim: int) -> str:
     from msolomon.index.vector import choose_index
 
-    return choose_index(n).factory if factory == "auto" else factory
+    return choose_index(n, dim).factory if factory == "auto" else factory
 
 
 def _shard_count(store: ShardStore, shard: int) -> int:
     return int(json.loads((store.result_dir(shard) / "meta.json").read_text(encoding="utf-8"))["count"])
 
 
-def _assemble(settings: BuildSettings, store: ShardStore, shards: list[int]) -> tuple[Any, dict[str, Any]]:
-    """The index from the shards, one shard in memory at a time besides the index itself: the factory is chosen
-    from the total count, an IVF/PQ index is trained on a seeded sample of at most TRAIN_SAMPLE vectors, and an
-    approximate index's recall@10 is measured against exact search done shard by shard."""
-    from msolomon.index.vector import TRAIN_SAMPLE, VectorIndex
+def _assemble(settings: BuildSettings, store: ShardStore, shards: list[int]) -> dict[str, Any]:
+    """The index from the shards, one shard in memory at a time: an exact index is written straight from the shards'
+    vectors (`FlatVectors`), an approximate one is held while it is filled (the index itself: for IVF-PQ, a few
+    bytes per vector), trained on a seeded sample of at most TRAIN_SAMPLE vectors, and its recall@10 measured against
+    exact search done shard by shard. The payloads go from the shards' files to the index's file at save."""
+    from msolomon.index.vector import TRAIN_SAMPLE, FlatVectors, VectorIndex, write_index
 
     counts = {s: _shard_count(store, s) for s in shards}
     total = sum(counts.values())
     if total == 0:
         raise IndexBuildError("no item could be encoded: every item was skipped (see build.json)")
-    train = queries = None
-    if _factory(settings.factory, total) != "Flat":  # approximate: a seeded sample to train on and to measure with
-        rng = np.random.default_rng(0)
-        offsets = np.cumsum([0] + [counts[s] for s in shards])
-        train_at = np.sort(rng.choice(total, min(total, TRAIN_SAMPLE), replace=False))
-        query_at = np.sort(rng.choice(total, min(total, settings.recall_sample), replace=False))
-        train_parts, query_parts = [], []
-        for i, shard in enumerate(shards):
-            if not counts[shard]:
-                continue
-            vectors = store.read_vectors(shard)  # memory-mapped: only the sampled rows are read
-            lo, hi = offsets[i], offsets[i + 1]
-            train_parts.append(np.asarray(vectors[train_at[(train_at >= lo) & (train_at < hi)] - lo]))
-            query_parts.append(np.asarray(vectors[query_at[(query_at >= lo) & (query_at < hi)] - lo]))
-        train, queries = np.concatenate(train_parts), np.concatenate(query_parts)
-    index, skipped = None, {}
-    for shard in shards:
-        res = store.read_result(shard)
-        if len(res.payloads):
-            if index is None:
-                index = VectorIndex.create(res.vectors.shape[1], total, settings.factory, train)
-            index.add(res.vectors, res.payloads)
-        skipped[shard] = res.skipped
-    dim = index.dim
-    index.save(Path(settings.out) / INDEX_DIR)
-    recall = _recall_at_10(index, store, shards, counts, queries) if queries is not None else None
-    return index, {"encode_skipped": skipped, "recall_at_10": recall, "dim": int(dim)}
+    filled = [s for s in shards if counts[s]]
+    dim = int(store.read_vectors(filled[0]).shape[1])
+    skipped = {shard: store.read_skipped(shard) for shard in shards}
+
+    def rows() -> Iterator[tuple[int, dict]]:
+        position = 0
+        for shard in filled:
+            for payload in store.read_payloads(shard):
+                yield position, payload
+                position += 1
+
+    factory = _factory(settings.factory, total, dim)
+    if factory == "Flat":
+        flat = FlatVectors(dim, total, lambda: (store.read_vectors(s) for s in filled))
+        write_index(Path(settings.out) / INDEX_DIR, flat, dim, factory, rows())
+        return {"encode_skipped": skipped, "recall_at_10": None, "dim": dim, "count": total, "factory": factory}
+    # approximate: a seeded sample to train on and to measure recall with
+    rng = np.random.default_rng(0)
+    offsets = np.cumsum([0] + [counts[s] for s in filled])
+    train_at = np.sort(rng.choice(total, min(total, TRAIN_SAMPLE), replace=False))
+    query_at = np.sort(rng.choice(total, min(total, settings.recall_sample), replace=False))
+    train_parts, query_parts = [], []
+    for i, shard in enumerate(filled):
+        vectors = store.read_vectors(shard)  # memory-mapped: only the sampled rows are read
+        lo, hi = offsets[i], offsets[i + 1]
+        train_parts.append(np.asarray(vectors[train_at[(train_at >= lo) & (train_at < hi)] - lo]))
+        query_parts.append(np.asarray(vectors[query_at[(query_at >= lo) & (query_at < hi)] - lo]))
+    index = VectorIndex.create(dim, total, settings.factory, np.concatenate(train_parts))
+    for shard in filled:
+        index.index.add(np.ascontiguousarray(store.read_vectors(shard), dtype=np.float32))
+    write_index(Path(settings.out) / INDEX_DIR, index.index, dim, index.factory, rows())
+    recall = _recall_at_10(index, store, filled, np.concatenate(query_parts))
+    return {"encode_skipped": skipped, "recall_at_10": recall, "dim": dim, "count": total, "factory": index.factory}
 
 
-def _recall_at_10(index: Any, store: ShardStore, shards: list[int], counts: dict[int, int],
-                  queries: np.ndarray) -> float | None:
+def _recall_at_10(index: Any, store: ShardStore, shards: list[int], queries: np.ndarray) -> float | None:
     """recall@10 of an approximate index against exact search over every vector, done shard by shard, queried
     with a sample of the corpus's own vectors."""
     import faiss
@@ -238,9 +245,7 @@ def _recall_at_10(index: Any, store: ShardStore, shards: list[int], counts: dict
     best_i = np.full((len(queries), k), -1, dtype=np.int64)
     offset = 0
     for shard in shards:
-        if not counts[shard]:
-            continue
-        vectors = store.read_result(shard).vectors
+        vectors = store.read_vectors(shard)
         exact = faiss.IndexFlatIP(vectors.shape[1])
         exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
         s, i = exact.search(queries, min(k, len(vectors)))
@@ -266,9 +271,9 @@ def build(settings: BuildSettings, add: bool = False) -> dict[str, Any]:
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     kept: list[int] = list(previous["shards"]) if add and previous else []
-    known: set[str] = set()
+    known: set[bytes] = set()
     for shard in kept:  # the items already in the index, so that `add` never plans one twice
-        known.update(item_key(p.get("text"), p.get("image")) for p in store.read_plan(shard))
+        known.update(key_digest(item_key(p.get("text"), p.get("image"))) for p in store.read_plan(shard))
     first = max(kept) + 1 if kept else 0
     plan = _plan(read_specs(list(settings.corpus), known), store, first, settings.shard_size)
     shards = kept + [s for s, _ in plan.shards]
@@ -287,14 +292,14 @@ def build(settings: BuildSettings, add: bool = False) -> dict[str, Any]:
                 _encode_here(settings, store, todo, signature, progress)
     times["encode_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    index, assembled = _assemble(settings, store, shards)
+    assembled = _assemble(settings, store, shards)
     times["assemble_s"] = time.perf_counter() - t2
     new = {s for s, _ in plan.shards}
     skipped = ((previous or {}).get("skipped", []) if add else []) + plan.skipped + [
         item for shard, items in assembled["encode_skipped"].items() if shard in new for item in items]
     report = {
-        "model": settings.model, "signature": signature, "count": len(index), "dim": assembled["dim"],
-        "factory": index.factory, "recall_at_10": assembled["recall_at_10"], "shards": shards,
+        "model": settings.model, "signature": signature, "count": assembled["count"], "dim": assembled["dim"],
+        "factory": assembled["factory"], "recall_at_10": assembled["recall_at_10"], "shards": shards,
         "n_skipped": len(skipped) + max(plan.n_skipped - len(plan.skipped), 0), "skipped": skipped[:MAX_LISTED_SKIPS],
         "new_items": plan.n_items, "encoded_shards": len(todo), "times_s": {k: round(v, 3) for k, v in times.items()},
         "settings": asdict(settings), "corpus_history": ((previous or {}).get("corpus_history", []) if add else [])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,14 +41,6 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@dataclass
-class ShardResult:
-    shard: int
-    vectors: np.ndarray
-    payloads: list[dict]
-    skipped: list[dict]
 
 
 class ShardStore:
@@ -103,13 +94,16 @@ class ShardStore:
         """A shard's vectors, memory-mapped (rows are read when used)."""
         return np.load(self.result_dir(shard) / "vectors.npy", mmap_mode="r", allow_pickle=False)
 
-    def read_result(self, shard: int) -> ShardResult:
-        folder = self.result_dir(shard)
-        vectors = np.load(folder / "vectors.npy", allow_pickle=False)
-        payloads = read_jsonl(folder / "items.jsonl", strict=True)
-        if len(payloads) != len(vectors):
-            raise ValueError(f"shard {shard}: {len(vectors)} vectors but {len(payloads)} payloads")
-        return ShardResult(shard, vectors, payloads, read_jsonl(folder / "skipped.jsonl", strict=True))
+    def read_payloads(self, shard: int) -> list[dict]:
+        """The payloads of a shard's encoded items, in the order of its vectors."""
+        payloads = read_jsonl(self.result_dir(shard) / "items.jsonl", strict=True)
+        count = len(self.read_vectors(shard))
+        if len(payloads) != count:
+            raise ValueError(f"shard {shard}: {count} vectors but {len(payloads)} payloads")
+        return payloads
+
+    def read_skipped(self, shard: int) -> list[dict]:
+        return read_jsonl(self.result_dir(shard) / "skipped.jsonl", strict=True)
 
     def existing(self) -> list[int]:
         """Shard numbers that have a plan on disk."""
