@@ -5,7 +5,7 @@
 - the driver's peak memory (its own RSS, with two Ray actors doing the encoding) for 10k against 40k text items;
 - the time from the command to the first finished shard, for a folder of 20k images.
 
-    python bench/index_build.py [--images 2000] [--json FILE] [--model assets/model]
+    python bench/index_build.py [--images 10000] [--json FILE] [--model assets/model]
 
 Prints each figure and the ratios against the targets (two workers >= 1.6x one; memory 40k / 10k <= 1.2x).
 """
@@ -40,7 +40,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "count": report["count"], 
 
 @dataclass
 class IndexBuildBenchSettings:
-    images: int = option(2000, "images encoded by each throughput configuration")
+    images: int = option(10_000, "images encoded by each throughput configuration")
     texts: list[int] = option([10_000, 40_000], "text items for the driver-memory runs")
     folder: int = option(20_000, "images in the folder for the time to a first result")
     model: str = option(str(ROOT / "assets" / "model"), "the model to encode with")

@@ -191,10 +191,13 @@ def test_bench_throughput_tiny(tmp_path, restore_threads):
 def test_bench_index_tiny(tmp_path, restore_threads):
     out = tmp_path / "index.json"
     assert _bench("index").main(["--tiny", "--threads", "1", "--sizes", "1000,3000", "--queries", "20",
-                                 "--json", str(out)]) == 0
+                                 "--pq-min", "3000", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     kinds = {(r["n"], r["kind"]) for r in data["rows"]}
-    assert kinds == {(n, k) for n in (1000, 3000) for k in ("Flat", "HNSW", "IVF")}
+    assert kinds == {(n, k) for n in (1000, 3000) for k in ("Flat", "HNSW", "IVF")} | {(3000, "IVF-PQ")}
+    pq = data["best"]["3000"]["IVF-PQ"]  # the setting factory="auto" uses, in 16 bytes per 64-d vector
+    assert pq["factory"] == "OPQ16,IVF64,PQ16x8" and pq["setting"] == "nprobe=64"
+    assert data["ratios"]["ivf-pq_memory_vs_exact_at_3000"] < 0.5
     exact = [r for r in data["rows"] if r["kind"] == "Flat"]
     assert all(r["recall_at_10"] == 1.0 for r in exact)
     assert any(b is not None for b in data["best"]["3000"].values())

@@ -67,6 +67,13 @@ def pq_subquantizers(dim: int) -> int:
     return next(m for m in range(max(dim // 4, 1), 0, -1) if dim % m == 0)
 
 
+def ivf_pq_factory(n: int, dim: int) -> str:
+    """The IVF-PQ index `choose_index` builds for n vectors of dimension dim: an OPQ rotation (so that each PQ part
+    carries a similar share of the variance), √n lists, PQ codes of `pq_subquantizers(dim)` bytes."""
+    m = pq_subquantizers(dim)
+    return f"OPQ{m},IVF{ivf_lists(n)},PQ{m}x8"
+
+
 def choose_index(n: int, dim: int | None = None) -> IndexChoice:
     """The index for a corpus of n vectors: exact (`Flat`) while a search of every vector stays fast, HNSW (the
     fastest at recall@10 ≥ 0.95, memory ≈ the vectors plus about 260 bytes each, slow to build) in the middle,
@@ -82,7 +89,7 @@ def choose_index(n: int, dim: int | None = None) -> IndexChoice:
     if dim is None:
         raise ValueError(f"{n} vectors call for an IVF-PQ index, whose codes depend on the dimension: give dim")
     lists, m = ivf_lists(n), pq_subquantizers(dim)
-    return IndexChoice(f"OPQ{m},IVF{lists},PQ{m}x8", nprobe=min(IVF_NPROBE, lists),
+    return IndexChoice(ivf_pq_factory(n, dim), nprobe=min(IVF_NPROBE, lists),
                        reason=f"{n} vectors > {HNSW_MAX}: IVF-PQ holds {m} bytes per vector (the vectors would "
                               f"take {4 * dim})")
 
