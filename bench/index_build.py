@@ -58,10 +58,12 @@ def _run(settings: dict, threads: int) -> dict:
 
 
 def _images(data: Path, n: int) -> list[Path]:
+    """n image paths from the MiniMMEB folder, the same image again under another name once they run out (each
+    link is its own item: the index has one entry per path)."""
     found = sorted(p for p in (data / "images").rglob("*.png"))
-    if len(found) < n:
-        raise SystemExit(f"{data} has {len(found)} images; --images {n} needs more (make MiniMMEB first)")
-    return found[:n]
+    if not found:
+        raise SystemExit(f"{data} has no images (make MiniMMEB first)")
+    return [found[i % len(found)] for i in range(n)]
 
 
 def steady_rate(shards: Path) -> float:
@@ -94,13 +96,13 @@ def first_result_seconds(model: str, folder: Path, out: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     args, _ = parse_settings(IndexBuildBenchSettings, argv, description=__doc__.split("\n")[0], config_file=False)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    images = _images(Path(args.data), max(args.images, 1))
+    images = _images(Path(args.data), args.images)
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = tmp / "images"
         corpus.mkdir()
-        for i, src in enumerate(images[: args.images]):  # links: distinct items, no copies
+        for i, src in enumerate(images):  # links: distinct items, no copies
             (corpus / f"{i:06d}.png").symlink_to(src.resolve())
         base = {"model": args.model, "corpus": [str(corpus)], "shard_size": 128}
         for name, extra, threads in (("one worker, one thread", {"workers": 1, "threads": 1}, 1),
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                         res["seconds"])
         folder = tmp / "folder"
         folder.mkdir()
-        pool = _images(Path(args.data), min(args.folder, 20_000))
+        pool = _images(Path(args.data), args.folder)
         for i in range(args.folder):
             (folder / f"{i:06d}.png").symlink_to(pool[i % len(pool)].resolve())
         first = first_result_seconds(args.model, folder, tmp / "first")

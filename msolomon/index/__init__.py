@@ -14,7 +14,8 @@ from msolomon.index.vector import (
     VectorIndex,
     choose_index,
     ivf_lists,
+    ivf_pq_factory,
 )
 
 __all__ = ["FLAT_MAX", "HNSW_EF_SEARCH", "HNSW_MAX", "IVF_NPROBE", "Hit", "IndexChoice", "VectorIndex",
-           "choose_index", "ivf_lists"]
+           "choose_index", "ivf_lists", "ivf_pq_factory"]
