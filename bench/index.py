@@ -1,7 +1,8 @@
 """faiss exact search against HNSW, IVF and IVF-PQ at 10k, 100k and 1M vectors of the model's dimension.
 
     python bench/index.py [--threads 1] [--build-threads N] [--sizes 10000,100000,1000000] [--queries 200]
-                          [--vectors model|powerlaw] [--model PATH] [--json FILE] [--tiny]
+                          [--vectors model|powerlaw] [--model PATH] [--hnsw-max N] [--pq-min N|none]
+                          [--json FILE] [--tiny]
 
 For each corpus size: build time, search latency p50 at one query per call (the demo's case), recall@10 against
 exact search, and the index's size in memory (its serialised bytes), for `Flat` (exact), `HNSW32` at several
@@ -128,8 +129,12 @@ def bench_size(n: int, dist: Distribution, queries: np.ndarray, build_threads: i
     truth = built["Flat"].index.search(queries, K)[1]
     faiss.omp_set_num_threads(threads)
     # every (kind, setting) searched one query at a time, interleaved: query i runs them in a rotated order
-    variants = [("Flat", None)] + [(kind, p) for kind in ("IVF", "IVF-PQ") if kind in built
-                                   for p in IVF_NPROBE if p <= ivf_lists(n)]
+    from msolomon.index.vector import ivf_pq_nprobe
+
+    auto_nprobe = ivf_pq_nprobe(ivf_lists(n))  # what factory="auto" sets on its IVF-PQ index
+    variants = [("Flat", None)] + [("IVF", p) for p in IVF_NPROBE if p <= ivf_lists(n)]
+    if "IVF-PQ" in built:
+        variants += [("IVF-PQ", p) for p in sorted(set(IVF_NPROBE) | {auto_nprobe}) if p <= ivf_lists(n)]
     if "HNSW" in built:
         variants += [("HNSW", ef) for ef in HNSW_EF]
     times = {v: [] for v in variants}
@@ -162,10 +167,7 @@ def bench_size(n: int, dist: Distribution, queries: np.ndarray, build_threads: i
         ok = [r for r in rows if r["kind"] == kind and r["recall_at_10"] >= RECALL_GOAL]
         best[kind] = min(ok, key=lambda r: r["p50_ms"]) if ok else None
     if "IVF-PQ" in built:  # compressed codes rarely reach the goal: the row of the setting factory="auto" uses
-        from msolomon.index.vector import IVF_NPROBE as AUTO_NPROBE
-
-        auto = f"nprobe={min(AUTO_NPROBE, ivf_lists(n))}"
-        best["IVF-PQ"] = next((r for r in rows if r["kind"] == "IVF-PQ" and r["setting"] == auto), None)
+        best["IVF-PQ"] = next(r for r in rows if r["kind"] == "IVF-PQ" and r["setting"] == f"nprobe={auto_nprobe}")
     del built, corpus
     return rows, best
 

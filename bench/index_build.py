@@ -58,12 +58,28 @@ def _run(settings: dict, threads: int) -> dict:
 
 
 def _images(data: Path, n: int) -> list[Path]:
-    """n image paths from the MiniMMEB folder, the same image again under another name once they run out (each
-    link is its own item: the index has one entry per path)."""
+    """n image paths from the MiniMMEB folder, in turn: past the folder's count the same files come again (see
+    `_populate`)."""
     found = sorted(p for p in (data / "images").rglob("*.png"))
     if not found:
         raise SystemExit(f"{data} has no images (make MiniMMEB first)")
     return [found[i % len(found)] for i in range(n)]
+
+
+def _populate(folder: Path, images: list[Path]) -> None:
+    """Put the images in `folder` as distinct items: a link to each file the first time, a copy after (an item is
+    its image's resolved path, so a second link to the same file would be the same item and indexed once)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    linked: set[Path] = set()
+    for i, src in enumerate(images):
+        dst, src = folder / f"{i:06d}.png", src.resolve()
+        if src in linked:
+            shutil.copyfile(src, dst)
+        else:
+            dst.symlink_to(src)
+            linked.add(src)
 
 
 def steady_rate(shards: Path) -> float:
@@ -101,15 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = tmp / "images"
-        corpus.mkdir()
-        for i, src in enumerate(images):  # links: distinct items, no copies
-            (corpus / f"{i:06d}.png").symlink_to(src.resolve())
+        _populate(corpus, images)
         base = {"model": args.model, "corpus": [str(corpus)], "shard_size": 128}
         for name, extra, threads in (("one worker, one thread", {"workers": 1, "threads": 1}, 1),
                                      ("two Ray actors, one thread each", {"workers": 2, "threads": 1}, 1),
                                      ("one process, two threads", {"workers": 1, "threads": 2}, 2)):
             out = tmp / name.replace(" ", "_")
             res = _run({**base, **extra, "out": str(out)}, threads)
+            if res["count"] != len(images):
+                raise RuntimeError(f"{name}: {res['count']} items indexed of {len(images)} images")
             rows[name] = {"items_per_s": res["count"] / res["times_s"]["encode_s"],
                           "steady_items_per_s": steady_rate(out / "shards"), **res}
             logger.info("%-34s %7.1f items/s over the whole encode stage (%.1f s of %.1f s), %.1f items/s "
@@ -125,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%6d text items: driver peak RSS %.0f MB (%.1f s)", n, res["driver_peak_rss_mb"],
                         res["seconds"])
         folder = tmp / "folder"
-        folder.mkdir()
-        pool = _images(Path(args.data), args.folder)
-        for i in range(args.folder):
-            (folder / f"{i:06d}.png").symlink_to(pool[i % len(pool)].resolve())
+        _populate(folder, _images(Path(args.data), args.folder))
         first = first_result_seconds(args.model, folder, tmp / "first")
         logger.info("first finished shard of a %d-image folder after %.1f s", args.folder, first)
     one = rows["one worker, one thread"]["items_per_s"]

@@ -93,8 +93,11 @@ def test_choose_index_by_corpus_size():
     mid = choose_index(FLAT_MAX + 1)
     assert mid.factory.startswith("HNSW") and mid.ef_search and mid.nprobe is None
     big = choose_index(HNSW_MAX * 4, dim=256)
-    assert big.factory == f"OPQ64,IVF{ivf_lists(HNSW_MAX * 4)},PQ64x8" and big.nprobe
-    assert choose_index(HNSW_MAX + 1, dim=30).factory.startswith("OPQ6,")  # PQ parts must divide the dimension
+    lists = ivf_lists(HNSW_MAX * 4)
+    assert big.factory == f"OPQ64,IVF{lists},PQ64x8" and big.nprobe == lists // 16  # a sixteenth, as at 1M
+    # PQ cuts the vector into equal parts: OPQ rotates a 30-d vector onto 28 dimensions for 7 one-byte codes
+    odd = choose_index(HNSW_MAX + 1, dim=30).factory
+    assert odd.startswith("OPQ7_28,IVF") and odd.endswith(",PQ7x8")
     with pytest.raises(ValueError, match="give dim"):
         choose_index(HNSW_MAX + 1)
     assert [ivf_lists(n) for n in (1, 10_000, 100_000, 1_000_000)] == [1, 128, 256, 1024]
@@ -106,6 +109,7 @@ def test_auto_factory_builds_what_the_chooser_picks_and_keeps_its_settings(tmp_p
     import faiss
 
     from msolomon import VectorIndex
+    from msolomon.index import ivf_lists
     from msolomon.index import vector as index_module
 
     rng = np.random.default_rng(0)
@@ -119,10 +123,12 @@ def test_auto_factory_builds_what_the_chooser_picks_and_keeps_its_settings(tmp_p
     hnsw.save(tmp_path / "idx")
     assert VectorIndex.load(tmp_path / "idx").index.hnsw.efSearch == index_module.HNSW_EF_SEARCH
     monkeypatch.setattr(index_module, "HNSW_MAX", 200)
-    ivf = VectorIndex.build(x, factory="auto")  # IVF-PQ with an OPQ rotation in front
+    # IVF-PQ with an OPQ rotation in front; 4-bit codes here, as 8-bit ones take faiss a minute to train
+    monkeypatch.setattr(index_module, "ivf_pq_factory", lambda n, dim: f"OPQ4,IVF{ivf_lists(n)},PQ4x4")
+    ivf = VectorIndex.build(x, factory="auto")
     lists = faiss.extract_index_ivf(ivf.index)
-    assert ivf.factory == f"OPQ4,IVF{lists.nlist},PQ4x8" and lists.nprobe == min(index_module.IVF_NPROBE, lists.nlist)
-    assert lists.code_size == 4  # 4 bytes per 16-d vector
+    assert ivf.factory == f"OPQ4,IVF{lists.nlist},PQ4x4" and lists.nprobe == index_module.ivf_pq_nprobe(lists.nlist)
+    assert lists.code_size == 2  # 4 codes of 4 bits per 16-d vector
     ivf.save(tmp_path / "ivf")
     assert faiss.extract_index_ivf(VectorIndex.load(tmp_path / "ivf").index).nprobe == lists.nprobe
     explicit = VectorIndex.build(x, factory="auto", nprobe=2).index
@@ -188,15 +194,19 @@ def test_bench_throughput_tiny(tmp_path, restore_threads):
     assert q["one_at_a_time"]["speedup"] == c["batch1"]["speedup"] == 1.0
 
 
-def test_bench_index_tiny(tmp_path, restore_threads):
+def test_bench_index_tiny(tmp_path, restore_threads, monkeypatch):
     out = tmp_path / "index.json"
+    from msolomon.index import vector
+
+    # the bench builds what factory="auto" builds beyond 5M; 4-bit codes here, as 8-bit ones take faiss a minute
+    monkeypatch.setattr(vector, "ivf_pq_factory", lambda n, dim: f"OPQ16,IVF{vector.ivf_lists(n)},PQ16x4")
     assert _bench("index").main(["--tiny", "--threads", "1", "--sizes", "1000,3000", "--queries", "20",
                                  "--pq-min", "3000", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     kinds = {(r["n"], r["kind"]) for r in data["rows"]}
     assert kinds == {(n, k) for n in (1000, 3000) for k in ("Flat", "HNSW", "IVF")} | {(3000, "IVF-PQ")}
-    pq = data["best"]["3000"]["IVF-PQ"]  # the setting factory="auto" uses, in 16 bytes per 64-d vector
-    assert pq["factory"] == "OPQ16,IVF64,PQ16x8" and pq["setting"] == "nprobe=64"
+    pq = data["best"]["3000"]["IVF-PQ"]  # the setting factory="auto" uses
+    assert pq["factory"] == "OPQ16,IVF64,PQ16x4" and pq["setting"] == f"nprobe={vector.ivf_pq_nprobe(64)}"
     assert data["ratios"]["ivf-pq_memory_vs_exact_at_3000"] < 0.5
     exact = [r for r in data["rows"] if r["kind"] == "Flat"]
     assert all(r["recall_at_10"] == 1.0 for r in exact)

@@ -141,6 +141,13 @@ def test_add_equals_a_build_of_the_union_and_adds_nothing_twice(model_dir, corpu
     assert hnsw["factory"] == "HNSW8" and hnsw["recall_at_10"] == 1.0  # 16 vectors: HNSW finds them all
     ivf = build(_settings(model_dir, tmp_path / "ivf", corpus, extra, shard_size=4, factory="IVF4,Flat"))
     assert 0.0 < ivf["recall_at_10"] <= 1.0 and VectorIndex.load(tmp_path / "ivf" / "index").factory == "IVF4,Flat"
+    # IVF-PQ (OPQ in front, as --factory auto builds beyond 5M, needs 256 vectors), from the same shards: nothing
+    # re-encoded
+    pq = build(_settings(model_dir, tmp_path / "ivf", corpus, extra, shard_size=4, factory="IVF2,PQ4x4"))
+    assert pq["encoded_shards"] == 0 and 0.0 < pq["recall_at_10"] <= 1.0
+    assert VectorIndex.load(tmp_path / "ivf" / "index").factory == "IVF2,PQ4x4"
+    with pytest.raises(IndexBuildError, match="IVF needs at least.*shards are kept"):  # 16 vectors, 64 lists
+        build(_settings(model_dir, tmp_path / "ivf", corpus, extra, shard_size=4, factory="IVF64,Flat"))
 
 
 def test_an_index_of_another_model_is_refused(model_dir, corpus, tmp_path):

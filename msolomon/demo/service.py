@@ -343,7 +343,8 @@ class SearchService:
         t0 = time.perf_counter()
         k = min(int(req.top_k), len(index))
         example = self._example_for(req)
-        hits = index.search(np.asarray(result.embedding, dtype=np.float32), k=len(index) if example else k)
+        depth = min(len(index), RANK_DEPTH) if example else k  # an example's answer is looked for to RANK_DEPTH
+        hits = index.search(np.asarray(result.embedding, dtype=np.float32), k=depth)
         search_ms = (time.perf_counter() - t0) * 1e3
         positive_rank = None
         if example is not None:

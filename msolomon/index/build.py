@@ -187,7 +187,7 @@ def _shard_count(store: ShardStore, shard: int) -> int:
     return int(json.loads((store.result_dir(shard) / "meta.json").read_text(encoding="utf-8"))["count"])
 
 
-def _assemble(settings: BuildSettings, store: ShardStore, shards: list[int]) -> dict[str, Any]:
+def _assemble(settings: BuildSettings, store: ShardStore, shards: list[int], new: set[int]) -> dict[str, Any]:
     """The index from the shards, one shard in memory at a time: an exact index is written straight from the shards'
     vectors (`FlatVectors`), an approximate one is held while it is filled (the index itself: for IVF-PQ, a few
     bytes per vector), trained on a seeded sample of at most TRAIN_SAMPLE vectors, and its recall@10 measured against
@@ -200,7 +200,7 @@ def _assemble(settings: BuildSettings, store: ShardStore, shards: list[int]) -> 
         raise IndexBuildError("no item could be encoded: every item was skipped (see build.json)")
     filled = [s for s in shards if counts[s]]
     dim = int(store.read_vectors(filled[0]).shape[1])
-    skipped = {shard: store.read_skipped(shard) for shard in shards}
+    skipped = {shard: store.read_skipped(shard) for shard in shards if shard in new}  # older ones: in build.json
 
     def rows() -> Iterator[tuple[int, dict]]:
         position = 0
@@ -225,7 +225,11 @@ def _assemble(settings: BuildSettings, store: ShardStore, shards: list[int]) -> 
         lo, hi = offsets[i], offsets[i + 1]
         train_parts.append(np.asarray(vectors[train_at[(train_at >= lo) & (train_at < hi)] - lo]))
         query_parts.append(np.asarray(vectors[query_at[(query_at >= lo) & (query_at < hi)] - lo]))
-    index = VectorIndex.create(dim, total, settings.factory, np.concatenate(train_parts))
+    try:
+        index = VectorIndex.create(dim, total, settings.factory, np.concatenate(train_parts))
+    except ValueError as err:  # a bad --factory, or too few vectors to train it
+        raise IndexBuildError(f"{err}. The encoded shards are kept: rerun with another --factory and only the "
+                              "index is assembled again") from None
     for shard in filled:
         index.index.add(np.ascontiguousarray(store.read_vectors(shard), dtype=np.float32))
     write_index(Path(settings.out) / INDEX_DIR, index.index, dim, index.factory, rows())
@@ -292,11 +296,14 @@ def build(settings: BuildSettings, add: bool = False) -> dict[str, Any]:
                 _encode_here(settings, store, todo, signature, progress)
     times["encode_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    assembled = _assemble(settings, store, shards)
-    times["assemble_s"] = time.perf_counter() - t2
     new = {s for s, _ in plan.shards}
+    assembled = _assemble(settings, store, shards, new)
+    times["assemble_s"] = time.perf_counter() - t2
+    if previous and previous.get("factory") != assembled["factory"]:
+        logger.warning("the index is now %s (it was %s): --factory %s chose it for %d vectors", assembled["factory"],
+                       previous.get("factory"), settings.factory, assembled["count"])
     skipped = ((previous or {}).get("skipped", []) if add else []) + plan.skipped + [
-        item for shard, items in assembled["encode_skipped"].items() if shard in new for item in items]
+        item for items in assembled["encode_skipped"].values() for item in items]
     report = {
         "model": settings.model, "signature": signature, "count": assembled["count"], "dim": assembled["dim"],
         "factory": assembled["factory"], "recall_at_10": assembled["recall_at_10"], "shards": shards,

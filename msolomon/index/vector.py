@@ -61,25 +61,31 @@ def ivf_lists(n: int) -> int:
 
 
 def pq_subquantizers(dim: int) -> int:
-    """PQ codes of about dim / 4 bytes (16x smaller than the float32 vectors): the largest divisor of dim up to
-    dim / 4, as PQ cuts the vector into that many equal parts."""
-    dim = check_count(dim, "dim")
-    return next(m for m in range(max(dim // 4, 1), 0, -1) if dim % m == 0)
+    """PQ codes of dim / 4 bytes (rounded down, at least 1): 16x smaller than the float32 vectors."""
+    return max(check_count(dim, "dim") // 4, 1)
+
+
+def ivf_pq_nprobe(lists: int) -> int:
+    """IVF-PQ's nprobe: a sixteenth of the lists (at least IVF_NPROBE), the share measured at 1M vectors
+    (docs/perf/index_pq.json), so that recall does not fall as the lists grow with √n."""
+    return min(max(IVF_NPROBE, lists // 16), lists)
 
 
 def ivf_pq_factory(n: int, dim: int) -> str:
     """The IVF-PQ index `choose_index` builds for n vectors of dimension dim: an OPQ rotation (so that each PQ part
-    carries a similar share of the variance), √n lists, PQ codes of `pq_subquantizers(dim)` bytes."""
+    carries a similar share of the variance; onto 4m dimensions when dim is not a multiple of 4, as PQ cuts the
+    vector into m equal parts), √n lists, PQ codes of m = `pq_subquantizers(dim)` bytes."""
     m = pq_subquantizers(dim)
-    return f"OPQ{m},IVF{ivf_lists(n)},PQ{m}x8"
+    rotation = f"OPQ{m}" if dim == 4 * m or dim < 4 else f"OPQ{m}_{4 * m}"
+    return f"{rotation},IVF{ivf_lists(n)},PQ{m}x8"
 
 
 def choose_index(n: int, dim: int | None = None) -> IndexChoice:
     """The index for a corpus of n vectors: exact (`Flat`) while a search of every vector stays fast, HNSW (the
     fastest at recall@10 ≥ 0.95, memory ≈ the vectors plus about 260 bytes each, slow to build) in the middle,
-    and for the largest corpora IVF-PQ with an OPQ rotation (`OPQ{m},IVF{lists},PQ{m}x8`: m bytes per vector,
-    1/16 of the vectors' memory; recall@10 about 0.9 on the model's embeddings, docs/performance.md). The PQ
-    factory depends on the vectors' dimension `dim`."""
+    and for the largest corpora IVF-PQ with an OPQ rotation (`OPQ{m},IVF{lists},PQ{m}x8`: codes of m = dim / 4
+    bytes per vector, 1/16 of the vectors; recall@10 0.857 at 1M of the shipped model's embeddings,
+    docs/performance.md). The PQ factory depends on the vectors' dimension `dim`."""
     n = check_count(n, "n", minimum=0)
     if n <= FLAT_MAX:
         return IndexChoice("Flat", reason=f"{n} vectors <= {FLAT_MAX}: exact search is fast enough")
@@ -89,7 +95,7 @@ def choose_index(n: int, dim: int | None = None) -> IndexChoice:
     if dim is None:
         raise ValueError(f"{n} vectors call for an IVF-PQ index, whose codes depend on the dimension: give dim")
     lists, m = ivf_lists(n), pq_subquantizers(dim)
-    return IndexChoice(ivf_pq_factory(n, dim), nprobe=min(IVF_NPROBE, lists),
+    return IndexChoice(ivf_pq_factory(n, dim), nprobe=ivf_pq_nprobe(lists),
                        reason=f"{n} vectors > {HNSW_MAX}: IVF-PQ holds {m} bytes per vector (the vectors would "
                               f"take {4 * dim})")
 
@@ -177,7 +183,8 @@ class VectorIndex:
                 index.train(_as_matrix(train, int(dim), "training vectors"))
             except RuntimeError as err:
                 raise ValueError(f"cannot train faiss index {factory!r} on {len(train)} vectors (IVF needs at "
-                                 f"least as many vectors as lists): {str(err).splitlines()[0]}") from None
+                                 "least as many vectors as lists; PQ and OPQ 2^bits, 256 for 8-bit codes): "
+                                 f"{str(err).splitlines()[0]}") from None
         self = cls(index, int(dim), factory)
         self.set_search_params(nprobe=nprobe, ef_search=ef_search)
         return self
@@ -394,7 +401,7 @@ def _check_index_file(file: Path, dim: int, count: int, factory: str) -> None:
         return
     # approximate indexes: raw vectors or codes, ids, graph links and coarse centroids stay well under this
     lists = max((int(n) for n in re.findall(r"(\d+)", factory)), default=0)
-    bound = (1 << 20) + count * (4 * dim + 4096) + lists * 4 * dim
+    bound = (1 << 20) + count * (4 * dim + 4096) + lists * 4 * dim + 4 * dim * dim + 4 * 256 * dim  # + OPQ, PQ
     if size > bound or size < 16:
         raise ValueError(f"{file}: {size} bytes is implausible for a {factory!r} index of {count} vectors of dim "
                          f"{dim} (meta.json)")
