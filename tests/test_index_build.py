@@ -80,6 +80,14 @@ def test_sources_read_lazily_name_bad_items_and_add_up(corpus, tmp_path):
     assert skipped[f"{jsonl}:4"] == "neither text nor image"
     with pytest.raises(ValueError, match="corpus not found"):
         list(read_specs([str(tmp_path / "nowhere")]))
+    # a folder is walked one listing at a time, in the order of its sorted paths (part by part: 'a/...' first)
+    tree = tmp_path / "tree"
+    for name in ("a/z.txt", "a-b.txt", "a/b/c.txt", "b.txt", "A.txt"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(name + "\n", encoding="utf-8")
+    walked = [e.text for e in read_specs([str(tree)])]
+    assert walked == [str(p.relative_to(tree)) for p in sorted(tree.rglob("*.txt"))]
+    assert walked == ["A.txt", "a/b/c.txt", "a/z.txt", "a-b.txt", "b.txt"]
 
 
 def test_build_skips_bad_items_by_name_and_searches(model_dir, corpus, tmp_path, capsys):

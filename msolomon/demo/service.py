@@ -408,13 +408,13 @@ class SearchService:
         example = self._example_for(req)
         vectors = np.vstack([ex.embed_vector[None], ex.prefix_vectors])
         scores, positions = index.search_arrays(vectors, k=min(len(index), RANK_DEPTH))
-        keys = [C.payload_key(p.get("text"), p.get("image")) for p in index.payloads]
         rank_of = [{int(pos): r + 1 for r, pos in enumerate(row) if pos >= 0} for row in positions]
         score_of = [{int(pos): float(sc) for sc, pos in zip(srow, row) if pos >= 0} for srow, row in zip(scores,
                                                                                                         positions)]
         answer_pos = None
-        if example is not None:
-            answer_pos = next((i for i, k in enumerate(keys) if k == example.positive_key), None)
+        if example is not None:  # only an example has a known answer: looked up in its corpus, never a whole index
+            answer_pos = next((i for i, p in enumerate(index.payloads)
+                               if C.payload_key(p.get("text"), p.get("image")) == example.positive_key), None)
         shown = list(dict.fromkeys([int(p) for p in positions[0][:candidates]] + [int(p) for p in positions[-1][
             :candidates]] + ([answer_pos] if answer_pos is not None else [])))
         rows = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -96,8 +97,21 @@ def _text_lines(path: Path) -> Iterator[Entry]:
         yield Skipped(str(path), f"not UTF-8 text ({err.reason} at byte {err.start}); lines after it not read")
 
 
+def _walk(folder: Path) -> Iterator[Path]:
+    """The files under `folder` in the order of `sorted(folder.rglob("*"))` (paths compare part by part), with one
+    folder's listing in memory at a time, not every path of the collection; folders behind symbolic links are not
+    entered."""
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=lambda e: e.name)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path))
+        elif entry.is_file():
+            yield Path(entry.path)
+
+
 def _folder(root: Path) -> Iterator[Entry]:
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in _walk(root):
         if path.suffix.lower() in IMAGE_SUFFIXES:
             yield _image_item(path, str(path))
         elif path.suffix.lower() == ".txt":
