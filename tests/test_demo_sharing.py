@@ -87,6 +87,24 @@ def test_the_cap_per_visitor_holds_under_concurrent_requests(service, handlers, 
     assert handlers.delete_corpus(C.ALL_MINIMMEB, key)[0].startswith("⚠")  # shared corpora stay
 
 
+def test_concurrent_uploads_of_the_same_content_encode_it_once(tmp_path):
+    """The cache entry of one content is written by one request at a time (two writers of one folder used to
+    delete each other's staging folder, and a visitor saw 'Not indexed')."""
+    cache = C.IndexCache(tmp_path / "cache")
+    payloads = [{"text": t, "image": None} for t in ("one", "two")]
+    calls = []
+
+    def encode(chunk):
+        calls.append(len(chunk))
+        time.sleep(0.05)  # long enough for every thread to arrive while the first encodes
+        return np.eye(len(chunk), 4, dtype=np.float32)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: cache.get(payloads, encode, "m"), range(8)))
+    assert calls == [2]  # encoded once; the seven others read the cached index
+    assert [cached for _, cached in results].count(False) == 1 and all(len(index) == 2 for index, _ in results)
+
+
 def test_retention_budget_and_half_written_corpora(tmp_path, tiny_model, caplog):
     from msolomon.index import VectorIndex
 

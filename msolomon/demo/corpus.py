@@ -10,10 +10,12 @@ changed model or corpus never reuses stale vectors.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -127,6 +129,16 @@ class IndexCache:
     def __init__(self, folder: Path | None, chunk: int = 64):
         self.folder = Path(folder) if folder is not None else None
         self.chunk = chunk
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def _lock(self, where: Path | None) -> threading.Lock | contextlib.nullcontext:
+        """One lock per cache entry: concurrent requests for the same content encode it once and never write the
+        same folder at the same time (the second waits, then reads what the first saved)."""
+        if where is None:
+            return contextlib.nullcontext()
+        with self._locks_lock:
+            return self._locks.setdefault(where, threading.Lock())
 
     def path(self, mkey: str | None, ckey: str) -> Path | None:
         return self.folder / f"{mkey}-{ckey}" if self.folder is not None and mkey else None
@@ -134,8 +146,12 @@ class IndexCache:
     def get(self, payloads: list[dict], encode: Encode, mkey: str | None,
             progress: Progress | None = None) -> tuple[VectorIndex, bool]:
         """The index of `payloads` and whether it came from the cache."""
-        ckey = content_key(payloads)
-        where = self.path(mkey, ckey)
+        where = self.path(mkey, content_key(payloads))
+        with self._lock(where):
+            return self._get(payloads, encode, where, progress)
+
+    def _get(self, payloads: list[dict], encode: Encode, where: Path | None,
+             progress: Progress | None) -> tuple[VectorIndex, bool]:
         if where is not None and (where / "meta.json").is_file():
             try:
                 index = VectorIndex.load(where)
@@ -152,7 +168,10 @@ class IndexCache:
                 progress(done / len(payloads), f"encoded {done} / {len(payloads)} candidates")
         index = VectorIndex.build(np.concatenate(vectors, 0), payloads)
         if where is not None:
-            index.save(where)
+            try:
+                index.save(where)
+            except (OSError, ValueError) as err:  # the cache is an optimisation: the index itself is complete
+                logger.warning("could not cache the index at %s: %s", where, err)
         return index, False
 
 
