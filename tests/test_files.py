@@ -3,7 +3,9 @@
 The kill tests run the save in a child process that counts the file-system steps of the save (every os.replace,
 os.rename, shutil.rmtree and mkdir: a kill between two of them stands for a kill anywhere between them, e.g. halfway
 through writing the staging folder) and SIGKILLs itself just before step k, for every k; the
-parent then loads the folder and finds the old version or the new one, never neither.
+parent then loads the folder and finds the old version or the new one, never neither. One child imports and sets up
+once, then forks a process per k that runs the save and is killed there (a fresh interpreter per k cost about 3 s
+of imports each).
 """
 from __future__ import annotations
 
@@ -30,14 +32,16 @@ from msolomon.files import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# a child that installs the step counter, then runs SAVE; with KILL_AT=k it SIGKILLs itself before step k
-COUNTER = textwrap.dedent("""
-    import os, shutil, signal, sys
-    kill_at = int(os.environ.get("KILL_AT", "0"))
+# a child that installs the step counter and runs the test's SETUP (which defines `save(target)`) once; then, for each
+# plan it reads from stdin (a JSON list of [k, target]), it forks one process per entry that saves to target and
+# SIGKILLs itself just before step k (k = 0: never), and answers with the step counts and exit statuses
+CHILD = textwrap.dedent("""
+    import json, os, shutil, signal, sys
+    kill_at = [0]
     steps = [0]
     def step(name):
         steps[0] += 1
-        if steps[0] == kill_at:
+        if steps[0] == kill_at[0]:
             os.kill(os.getpid(), signal.SIGKILL)
     def wrap(mod, attr):
         real = getattr(mod, attr)
@@ -48,35 +52,61 @@ COUNTER = textwrap.dedent("""
     for attr in ("replace", "rename", "mkdir"):
         wrap(os, attr)
     wrap(shutil, "rmtree")
-    def done():
-        sys.stdout.write(f"STEPS {steps[0]}\\n")
+    SETUP
+    for line in sys.stdin:
+        answer = {}
+        for k, target in json.loads(line):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    kill_at[0], steps[0] = k, 0  # count the save only
+                    save(target)
+                    os.write(write, str(steps[0]).encode())
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write)
+            _, status = os.waitpid(pid, 0)
+            counted = os.read(read, 64).decode()
+            os.close(read)
+            answer[k] = [-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), counted]
+        sys.stdout.write(json.dumps(answer) + "\\n")
+        sys.stdout.flush()
 """)
 
 
-def _run_child(body: str, kill_at: int, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "KILL_AT": str(kill_at), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-c", body], env=env, capture_output=True, text=True, timeout=300)
+def _kill_at_every_step(setup: str, check, prepare) -> int:
+    """Run the save once unkilled to count its steps, then once per step killed there, each on its own copy:
+    `prepare(k)` returns the folder save k writes; `check(k, target, killed)` after each."""
+    body = CHILD.replace("SETUP", textwrap.dedent(setup).strip())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-c", body], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
 
+    def ask(plan: dict[int, Path]) -> dict[int, list]:
+        child.stdin.write(json.dumps([[k, str(t)] for k, t in plan.items()]) + "\n")
+        child.stdin.flush()
+        line = child.stdout.readline()
+        assert line, child.stderr.read()[-2000:]
+        return {int(k): v for k, v in json.loads(line).items()}
 
-def _kill_at_every_step(body: str, check, prepare, workers: int = 2) -> int:
-    """Run `body` once unkilled to count its steps, then once per step killed there, `workers` children at a time,
-    each on its own copy: `prepare(k)` returns the folder child k writes (its $TARGET); `check(k, target, killed)`
-    after each."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    first = prepare(0)
-    full = _run_child(body, 0, {"TARGET": str(first)})
-    assert full.returncode == 0, full.stderr[-2000:]
-    n = int(full.stdout.split("STEPS")[-1])
-    check(0, first, killed=False)
-    assert n >= 3
-    targets = {k: prepare(k) for k in range(1, n + 1)}
-    with ThreadPoolExecutor(workers) as pool:
-        procs = dict(zip(targets, pool.map(lambda k: _run_child(body, k, {"TARGET": str(targets[k])}), targets)))
-    for k, proc in procs.items():
-        assert proc.returncode == -9, (k, proc.returncode, proc.stderr[-2000:])
-        check(k, targets[k], killed=True)
+    try:
+        first = prepare(0)
+        status, counted = ask({0: first})[0]
+        assert status == 0, status
+        n = int(counted)
+        check(0, first, killed=False)
+        assert n >= 3
+        targets = {k: prepare(k) for k in range(1, n + 1)}
+        answers = ask(targets)
+    finally:
+        child.stdin.close()
+        child.wait(60)
+    for k, target in targets.items():
+        assert answers[k][0] == -9, (k, answers[k])
+        check(k, target, killed=True)
     return n
 
 
@@ -141,13 +171,12 @@ def test_a_kill_at_any_step_of_save_pretrained_leaves_the_old_or_the_new_model(t
     text = ["three"]
     want_old, want_new = old.encode_candidates(text), new.encode_candidates(text)
     assert np.abs(want_old - want_new).max() > 1e-3
-    body = COUNTER + textwrap.dedent(f"""
+    setup = f"""
         from msolomon import MSolomon
         model = MSolomon.from_pretrained({str(tmp_path / "new")!r})
-        steps[0] = 0  # count the save only
-        model.save_pretrained(os.environ["TARGET"])
-        done()
-    """)
+        def save(target):
+            model.save_pretrained(target)
+    """
 
     def prepare(k):
         target = tmp_path / f"run{k}" / "target"
@@ -163,7 +192,7 @@ def test_a_kill_at_any_step_of_save_pretrained_leaves_the_old_or_the_new_model(t
         assert which is not None, f"killed before step {k}: neither the old nor the new model"
         seen.add(which)
 
-    n = _kill_at_every_step(body, check, prepare)
+    n = _kill_at_every_step(setup, check, prepare)
     assert seen == {"old", "new"}, (n, seen)
 
 
@@ -176,14 +205,13 @@ def test_a_kill_at_any_step_of_an_index_save_leaves_the_old_or_the_new_index(tmp
     np.save(tmp_path / "new.npy", new_vecs)
     old = VectorIndex.load(tmp_path / "old")
     new = VectorIndex.build(new_vecs, [{"i": i} for i in range(30)])
-    body = COUNTER + textwrap.dedent(f"""
+    setup = f"""
         import numpy as np
         from msolomon.index import VectorIndex
         index = VectorIndex.build(np.load({str(tmp_path / "new.npy")!r}), [{{"i": i}} for i in range(30)])
-        steps[0] = 0
-        index.save(os.environ["TARGET"])
-        done()
-    """)
+        def save(target):
+            index.save(target)
+    """
 
     def prepare(k):
         target = tmp_path / f"run{k}" / "target"
@@ -201,5 +229,5 @@ def test_a_kill_at_any_step_of_an_index_save_leaves_the_old_or_the_new_index(tmp
         assert json.loads((target / "meta.json").read_text())["count"] == len(index)
         seen.add(len(index))
 
-    _kill_at_every_step(body, check, prepare)
+    _kill_at_every_step(setup, check, prepare)
     assert seen == {20, 30}
