@@ -452,3 +452,29 @@ def test_bench_grounding_on_tiny_data(tmp_path, restore_threads):
         assert cos[f"{k}_only_pairs"] == len(values)
         if values:
             assert cos[f"{k}_only"] == pytest.approx(np.mean(values), abs=1e-3)
+
+
+def test_template_routing_learns_a_decision_per_question_template():
+    """Two templates of one dataset where augmenting helps one and hurts the other: the template rule routes each
+    to its better path (learned on the other half of the queries), the dataset rule cannot."""
+    tr = _bench("template_routing")
+    train = [f"<|image_1|> Represent the image with the following question: What colour is bar {c}?" for c in "ABCD"]
+    train += [f"<|image_1|> Represent the image with the following question: How many bars are above {k}?"
+              for k in range(6)]
+    templates = tr.Templates(train, min_doc_freq=0.2)
+    colour, count = templates(train[0]), templates(train[4])
+    assert colour == "what colour is bar _ ?" and count == "how many bars are above _ ?"  # letters and numbers masked
+    val = [colour, count, count, colour] * 20  # each half (even, odd positions) has both
+    never = {"Charts": [t == count for t in val]}  # the count questions right without augmenting only
+    always = {"Charts": [t == colour for t in val]}  # the colour questions right with it only
+    rules = {kind: tr.cross_fitted({"Charts": val}, never, always, min_group=10, margin=1.0,
+                                   by_template=kind == "template") for kind in ("dataset", "template")}
+    assert rules["template"]["Charts"] == [t == colour for t in val]
+    assert len(set(rules["dataset"]["Charts"])) == 1  # one decision for the whole set
+    result = tr.compare(never, always, rules)
+    assert result["template"]["p_at_1"] == 100.0 and result["dataset"]["p_at_1"] == 50.0
+    assert result["template_minus_dataset"]["gain"] == 50.0 and result["template_minus_dataset"]["ci95"][0] > 0
+    assert result["oracle"] == 100.0
+    # a template with too few queries takes its dataset's decision
+    dataset, groups = tr.group_rule(val[:6], never["Charts"][:6], always["Charts"][:6], min_group=10, margin=1.0)
+    assert all(g["augment"] == dataset and not g["own_decision"] for g in groups.values())
