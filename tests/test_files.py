@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -82,14 +83,18 @@ def _kill_at_every_step(setup: str, check, prepare) -> int:
     `prepare(k)` returns the folder save k writes; `check(k, target, killed)` after each."""
     body = CHILD.replace("SETUP", textwrap.dedent(setup).strip())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full stderr pipe would block the child
     child = subprocess.Popen([sys.executable, "-c", body], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=errors, text=True)
 
     def ask(plan: dict[int, Path]) -> dict[int, list]:
         child.stdin.write(json.dumps([[k, str(t)] for k, t in plan.items()]) + "\n")
         child.stdin.flush()
         line = child.stdout.readline()
-        assert line, child.stderr.read()[-2000:]
+        if not line:
+            child.wait(60)
+            errors.seek(0)
+            raise AssertionError(f"the child stopped: {errors.read()[-2000:]}")
         return {int(k): v for k, v in json.loads(line).items()}
 
     try:
@@ -104,6 +109,7 @@ def _kill_at_every_step(setup: str, check, prepare) -> int:
     finally:
         child.stdin.close()
         child.wait(60)
+        errors.close()
     for k, target in targets.items():
         assert answers[k][0] == -9, (k, answers[k])
         check(k, target, killed=True)
