@@ -305,7 +305,11 @@ class MSolomon:
         return positions
 
     def forward_hidden(self, batch: dict, cache=None, position_ids=None):
-        """Last-layer hidden states (B, L, H) of a collated batch; `cache` is filled when given."""
+        """Last-layer hidden states (B, L, H) of a collated batch; `cache` is filled when given. A batch from
+        `Encoder.collate_by_length` with length chunks runs chunk by chunk (less padding to compute) and comes back
+        in its rows' order at the full batch's width; padded positions hold zeros there."""
+        if batch.get("chunks") and cache is None and position_ids is None:
+            return self._forward_chunks(batch)
         core = unwrap(self.model).model
         device = self.device
         if position_ids is None:
@@ -324,6 +328,21 @@ class MSolomon:
             use_cache=cache is not None,
         )
         return out.last_hidden_state
+
+    def _forward_chunks(self, batch: dict):
+        import torch
+        import torch.nn.functional as F
+
+        width = batch["input_ids"].shape[1]
+        left = batch.get("padding_side") == "left"
+        parts, rows = [], []
+        for index, sub in batch["chunks"]:
+            h = self.forward_hidden(sub)
+            pad = width - h.shape[1]
+            parts.append(F.pad(h, (0, 0, pad, 0) if left else (0, 0, 0, pad)))
+            rows.append(index)
+        order = torch.cat(rows).to(parts[0].device)
+        return torch.cat(parts)[torch.argsort(order)]
 
     def logits(self, hidden):
         """Language-model logits for selected hidden states only (the full-vocab head is costly)."""

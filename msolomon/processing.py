@@ -300,3 +300,20 @@ class Encoder:
         if has_labels:
             batch["labels"] = labels
         return batch
+
+    def collate_by_length(self, items: Sequence[ItemEncoding], padding_side: str = "left", chunks: int = 1) -> dict:
+        """`collate(items)`, plus, when `chunks` > 1, the same rows sorted by length in that many sub-batches
+        (`batch["chunks"]`: (row indices, sub-batch) pairs), each padded only to its own longest row. A training
+        batch mixes short and long sequences (about a third of its positions are padding); `forward_hidden` runs
+        the sub-batches and returns the full batch's hidden states, with the same values at every real position."""
+        import torch
+
+        batch = self.collate(items, padding_side)
+        if chunks > 1 and len(items) >= 2 * chunks:
+            order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+            size = -(-len(items) // chunks)
+            groups = [order[i:i + size] for i in range(0, len(order), size)]
+            batch["chunks"] = [(torch.tensor(rows), self.collate([items[i] for i in rows], padding_side))
+                               for rows in groups]
+            batch["padding_side"] = padding_side
+        return batch

@@ -217,9 +217,11 @@ def test_bench_index_tiny(tmp_path, restore_threads, monkeypatch):
 def test_bench_train_tiny(tmp_path, restore_threads):
     out = tmp_path / "train.json"
     mod = _bench("train")
-    assert mod.main(["--tiny", "--threads", "1", "--steps", "1", "--json", str(out)]) == 0
+    assert mod.main(["--tiny", "--threads", "1", "--steps", "1", "--length-chunks", "2", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert abs(data["first_batch_loss"]["selective"] - data["first_batch_loss"]["full"]) < 1e-3
+    assert abs(data["first_batch_loss"]["selective"] - data["first_batch_loss"]["chunked"]) < 1e-4
+    assert data["padding_share"]["2_chunks"] <= data["padding_share"]["one_batch"]  # never more padding
     # --tiny: 8 rows of each tiny dataset, of which only ScenesVQA's augment (the fixed tiny split)
     n_sets = len(mod.C.TINY_DATASETS)
     assert data["examples"] == 8 * n_sets and data["augment_share"] == pytest.approx(1 / n_sets, abs=1e-4)

@@ -64,6 +64,40 @@ def test_labels_cover_segment_and_terminal_only():
     assert batch["target"]["input_ids"].shape[0] == 4 + 2  # positives, then the two hard negatives
 
 
+def test_length_chunks_give_the_same_losses_and_gradients_with_less_padding():
+    """`--length-chunks`: the query and target batches run as sub-batches of rows of similar length; the hidden
+    states at every real position, the loss and the gradients are those of the one padded batch."""
+    from training.collator import CollatorSettings
+    from training.trainer import embedder_loss
+
+    model = MSolomon.tiny(seed=0, **SMALL)
+    rows = _rows(8)
+    ex = assign_labels(rows, "adaptive", {r.id: "the digit seven comes after six" for r in rows},
+                       {"augment": ["after"], "embed": ["cls"]})
+    whole = Collator(model.encoder, CollatorSettings(length_chunks=1))(ex)
+    chunked = Collator(model.encoder, CollatorSettings(length_chunks=2))(ex)
+    q, qc = whole["query"], chunked["query"]
+    assert "chunks" not in q and len(qc["chunks"]) == 2
+    assert sorted(torch.cat([rows for rows, _ in qc["chunks"]]).tolist()) == list(range(len(ex)))
+    padded = sum(sub["attention_mask"].numel() for _, sub in qc["chunks"])
+    assert padded < q["attention_mask"].numel()  # the image rows and the text rows differ in length
+    loop = LoopSettings()
+    with torch.no_grad():
+        h, hc = model.forward_hidden(q), model.forward_hidden(qc)
+    assert hc.shape == h.shape
+    real = q["attention_mask"].bool()
+    assert torch.allclose(h[real], hc[real], atol=1e-5)
+    grads = []
+    for batch in (whole, chunked):
+        model.model.zero_grad()
+        loss, _ = embedder_loss(model, batch, loop)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in model.model.parameters() if p.grad is not None]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
+    assert len(grads[0][1]) == len(grads[1][1]) and all(
+        torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0][1], grads[1][1]))
+
+
 def test_augmented_twins_train_the_augmented_path_of_embed_rows_without_teaching_augment():
     model = MSolomon.tiny(seed=0, **SMALL)
     rows = _rows(8)

@@ -161,6 +161,8 @@ class CollatorSettings:
     max_segment_tokens: int = option(48, "teacher-answer tokens kept in a training segment")
     padding_side: str = option("right", "where batches are padded", choices=("right", "left"))
     use_negatives: bool = option(True, "encode the rows' hard negatives as extra targets")
+    length_chunks: int = option(4, "run the query and the target batch in this many sub-batches of rows of "
+                                   "similar length (less padding to compute; the same losses)")
 
 
 def target_keys(examples: Sequence[TrainingExample], use_negatives: bool = True) -> torch.Tensor:
@@ -194,8 +196,8 @@ class Collator:
         negatives = [enc.encode_candidate(ex.row.negative) for ex in examples
                      if s.use_negatives and ex.row.negative is not None]
         return {
-            "query": enc.collate(queries, s.padding_side),
-            "target": enc.collate(targets + negatives, s.padding_side),
+            "query": enc.collate_by_length(queries, s.padding_side, s.length_chunks),
+            "target": enc.collate_by_length(targets + negatives, s.padding_side, s.length_chunks),
             "target_keys": target_keys(examples, s.use_negatives),
             "n_augment": sum(ex.decision == prompts.AUGMENT and ex.learn_segment for ex in examples),
         }

@@ -91,7 +91,7 @@ class PretrainSettings:
 
 # the embedder's loop settings that next-token pretraining never reads: no flag, so --help lists only what acts
 PRETRAIN_UNUSED = ("temperature", "gen_weight", "mask_false_negatives", "max_segment_tokens", "padding_side",
-                   "use_negatives")
+                   "use_negatives", "length_chunks")
 
 
 PROG = "python -m training.pretrain"

@@ -114,6 +114,8 @@ def settings_problem(config: TrainSettings) -> str | None:
         return "--labeling adaptive needs --split (the output of training.pilot)"
     if config.labeling == "query" and not config.labels:
         return "--labeling query needs --labels (the labels.jsonl of training.query_labels)"
+    if config.loop.collator.length_chunks < 1:
+        return f"--length-chunks must be 1 or more, got {config.loop.collator.length_chunks}"
     from training.rehearsal import rehearsal_problem
 
     return (augmented_twins_problem(config.augmented_twins, config.labeling)
