@@ -96,6 +96,19 @@ def test_length_chunks_give_the_same_losses_and_gradients_with_less_padding():
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
     assert len(grads[0][1]) == len(grads[1][1]) and all(
         torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[0][1], grads[1][1]))
+    # pretraining and replayed rows too: the next-token loss is the one padded batch's
+    from PIL import Image
+
+    from training.pretrain import PretrainCollator, pretrain_loss
+
+    pre = [{"prompt": "What is shown?" if i % 2 else "Describe the picture in a few words, please.",
+            "response": " ".join(NAMES[: 1 + 2 * i]), "image": Image.new("RGB", (28 * (1 + i % 2), 56), (9 * i, 80, 3))}
+           for i in range(6)]
+    one, four = (PretrainCollator(model.encoder, length_chunks=k)(pre) for k in (1, 3))
+    assert "chunks" not in one and len(four["chunks"]) == 3
+    with torch.no_grad():
+        assert pretrain_loss(model, one, loop)[0].item() == pytest.approx(pretrain_loss(model, four, loop)[0].item(),
+                                                                        abs=1e-5)
 
 
 def test_augmented_twins_train_the_augmented_path_of_embed_rows_without_teaching_augment():

@@ -161,8 +161,8 @@ class CollatorSettings:
     max_segment_tokens: int = option(48, "teacher-answer tokens kept in a training segment")
     padding_side: str = option("right", "where batches are padded", choices=("right", "left"))
     use_negatives: bool = option(True, "encode the rows' hard negatives as extra targets")
-    length_chunks: int = option(4, "run the query and the target batch in this many sub-batches of rows of "
-                                   "similar length (less padding to compute; the same losses)")
+    length_chunks: int = option(4, "run each batch (queries, targets, replayed or pretraining rows) in this many "
+                                   "sub-batches of rows of similar length: less padding to compute, the same losses")
 
 
 def target_keys(examples: Sequence[TrainingExample], use_negatives: bool = True) -> torch.Tensor:

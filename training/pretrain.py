@@ -91,7 +91,7 @@ class PretrainSettings:
 
 # the embedder's loop settings that next-token pretraining never reads: no flag, so --help lists only what acts
 PRETRAIN_UNUSED = ("temperature", "gen_weight", "mask_false_negatives", "max_segment_tokens", "padding_side",
-                   "use_negatives", "length_chunks")
+                   "use_negatives")
 
 
 PROG = "python -m training.pretrain"
@@ -102,6 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainSettings:
                                  unused=PRETRAIN_UNUSED)
     if not settings.out:
         usage_error(PROG, "--out is required")
+    if settings.loop.collator.length_chunks < 1:
+        usage_error(PROG, f"--length-chunks must be 1 or more, got {settings.loop.collator.length_chunks}")
     settings.backbone = {**BASE_BACKBONE, **settings.backbone}
     given = typed_flags(argv)
     if "--epochs" in given and "--max-steps" not in given:  # the default step budget must not silently win
@@ -115,10 +117,11 @@ def parse_args(argv: Sequence[str] | None = None) -> PretrainSettings:
 class PretrainCollator:
     """prompt(image, question) + answer + terminal, labels on the answer and the terminal token only."""
 
-    def __init__(self, encoder, max_response_tokens: int = 48, padding_side: str = "right"):
+    def __init__(self, encoder, max_response_tokens: int = 48, padding_side: str = "right", length_chunks: int = 4):
         self.encoder = encoder
         self.max_response_tokens = max_response_tokens
         self.padding_side = padding_side
+        self.length_chunks = length_chunks  # sub-batches of similar length (`Encoder.collate_by_length`)
 
     def encode(self, row: dict):
         from msolomon.inputs import Query
@@ -130,7 +133,7 @@ class PretrainCollator:
         return prompt.extended(tail, labels=tail)
 
     def __call__(self, rows: Sequence[dict]) -> dict:
-        return self.encoder.collate([self.encode(r) for r in rows], self.padding_side)
+        return self.encoder.collate_by_length([self.encode(r) for r in rows], self.padding_side, self.length_chunks)
 
 
 def pretrain_loss(model, batch: dict, loop) -> tuple[Any, dict]:
@@ -351,7 +354,7 @@ def stage_train(s: PretrainSettings, out: Path, data: Path, extend: bool = False
     resume = out / CHECKPOINT if (out / CHECKPOINT / STATE).is_file() else None
     model = build_base(s, rows, resume)
     loop = s.loop
-    collator = PretrainCollator(model.encoder, s.max_response_tokens)
+    collator = PretrainCollator(model.encoder, s.max_response_tokens, length_chunks=loop.collator.length_chunks)
     trainer = Trainer(model, rows, out, loop, extra_state={"pretrain": flat_settings(s)}, collator=collator,
                       loss_fn=pretrain_loss)
     logger.info("pretraining on %d examples for %d steps", len(rows), trainer.steps)

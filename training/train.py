@@ -285,7 +285,8 @@ def rehearsal_parts(model, config: TrainSettings, replay_rows: list[dict]):
     logger.info("rehearsal: %d pretraining examples, %d replayed per micro-batch at weight %g", len(replay_rows),
                 r.replay_batch, r.replay_weight)
     collator = RehearsalCollator(Collator(model.encoder, config.loop.collator),
-                                 PretrainCollator(model.encoder, padding_side=config.loop.collator.padding_side),
+                                 PretrainCollator(model.encoder, padding_side=config.loop.collator.padding_side,
+                                                  length_chunks=config.loop.collator.length_chunks),
                                  replay_rows, r.replay_batch, seed=config.loop.seed)
     return collator, rehearsal_loss(r.replay_weight)
 
