@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         examples, labels = training_examples(args, folder, Path(tmp), per_ds)
         loop = LoopSettings(batch_size=batch, max_steps=steps + 1, seed=0, temperature=REPRODUCE["temperature"],
-                            gen_weight=REPRODUCE["gen_weight"], optim=OptimSettings(lr=REPRODUCE["lr"]))
+                            gen_weight=REPRODUCE["gen_weight"], optim=OptimSettings(lr=REPRODUCE["lr"]),
+                            collator=CollatorSettings(length_chunks=1))  # the one padded batch
         chunked_loop = copy.deepcopy(loop)
         chunked_loop.collator = CollatorSettings(length_chunks=args.length_chunks)
 
@@ -154,6 +155,8 @@ def main(argv=None) -> int:
         for name, value in (("full", b), ("chunked", c)):
             if abs(a - value) > 1e-3 * max(1.0, abs(a)):
                 raise SystemExit(f"the losses differ: selective {a:.6f}, {name} {value:.6f}")
+        if first["query"].get("chunks") or first["target"].get("chunks"):
+            raise SystemExit("the one-batch variants were chunked: their loop must set length_chunks=1")
         padding = {"one_batch": padding_share(first), f"{args.length_chunks}_chunks": padding_share(first_chunked)}
         for name, tr in trainers.items():  # warm-up step
             tr.train_step(0)

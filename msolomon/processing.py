@@ -304,8 +304,9 @@ class Encoder:
     def collate_by_length(self, items: Sequence[ItemEncoding], padding_side: str = "left", chunks: int = 1) -> dict:
         """`collate(items)`, plus, when `chunks` > 1, the same rows sorted by length in that many sub-batches
         (`batch["chunks"]`: (row indices, sub-batch) pairs), each padded only to its own longest row. A training
-        batch mixes short and long sequences (about a third of its positions are padding); `forward_hidden` runs
-        the sub-batches and returns the full batch's hidden states, with the same values at every real position."""
+        batch mixes short and long sequences, so part of it is padding; `forward_hidden` runs the sub-batches and
+        returns the full batch's hidden states, with the same values at every real position. The full batch then
+        keeps no image tensors (each chunk holds its own rows'), so the images are not held twice."""
         import torch
 
         batch = self.collate(items, padding_side)
@@ -316,4 +317,5 @@ class Encoder:
             batch["chunks"] = [(torch.tensor(rows), self.collate([items[i] for i in rows], padding_side))
                                for rows in groups]
             batch["padding_side"] = padding_side
+            batch["pixel_values"] = batch["image_grid_thw"] = None
         return batch

@@ -221,7 +221,9 @@ def test_bench_train_tiny(tmp_path, restore_threads):
     data = json.loads(out.read_text())
     assert abs(data["first_batch_loss"]["selective"] - data["first_batch_loss"]["full"]) < 1e-3
     assert abs(data["first_batch_loss"]["selective"] - data["first_batch_loss"]["chunked"]) < 1e-4
-    assert data["padding_share"]["2_chunks"] <= data["padding_share"]["one_batch"]  # never more padding
+    # never more padding (the tiny rows are nearly equal in length; test_training checks a real cut); the bench
+    # refuses to run when its one-batch variants come chunked
+    assert data["padding_share"]["2_chunks"] <= data["padding_share"]["one_batch"]
     # --tiny: 8 rows of each tiny dataset, of which only ScenesVQA's augment (the fixed tiny split)
     n_sets = len(mod.C.TINY_DATASETS)
     assert data["examples"] == 8 * n_sets and data["augment_share"] == pytest.approx(1 / n_sets, abs=1e-4)

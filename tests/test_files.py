@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import stat
 import subprocess
 import sys
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # plan it reads from stdin (a JSON list of [k, target]), it forks one process per entry that saves to target and
 # SIGKILLs itself just before step k (k = 0: never), and answers with the step counts and exit statuses
 CHILD = textwrap.dedent("""
-    import json, os, shutil, signal, sys
+    import json, os, shutil, signal, sys, traceback
     kill_at = [0]
     steps = [0]
     def step(name):
@@ -62,10 +63,13 @@ CHILD = textwrap.dedent("""
             if pid == 0:
                 code = 1
                 try:
+                    signal.alarm(120)  # a save that hangs ends with SIGALRM (status -14), never a hung suite
                     kill_at[0], steps[0] = k, 0  # count the save only
                     save(target)
                     os.write(write, str(steps[0]).encode())
                     code = 0
+                except BaseException:
+                    traceback.print_exc()
                 finally:
                     os._exit(code)
             os.close(write)
@@ -87,20 +91,27 @@ def _kill_at_every_step(setup: str, check, prepare) -> int:
     child = subprocess.Popen([sys.executable, "-c", body], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=errors, text=True)
 
+    def failed(why: str) -> AssertionError:
+        child.kill()
+        child.wait(60)
+        errors.seek(0)
+        return AssertionError(f"{why}: {errors.read()[-2000:]}")
+
     def ask(plan: dict[int, Path]) -> dict[int, list]:
         child.stdin.write(json.dumps([[k, str(t)] for k, t in plan.items()]) + "\n")
         child.stdin.flush()
+        if not select.select([child.stdout], [], [], 300)[0]:
+            raise failed("no answer from the child in 300 s")
         line = child.stdout.readline()
         if not line:
-            child.wait(60)
-            errors.seek(0)
-            raise AssertionError(f"the child stopped: {errors.read()[-2000:]}")
+            raise failed("the child stopped")
         return {int(k): v for k, v in json.loads(line).items()}
 
     try:
         first = prepare(0)
         status, counted = ask({0: first})[0]
-        assert status == 0, status
+        if status != 0:
+            raise failed(f"the unkilled save ended with status {status}")
         n = int(counted)
         check(0, first, killed=False)
         assert n >= 3
@@ -108,7 +119,10 @@ def _kill_at_every_step(setup: str, check, prepare) -> int:
         answers = ask(targets)
     finally:
         child.stdin.close()
-        child.wait(60)
+        try:
+            child.wait(60)
+        except subprocess.TimeoutExpired:
+            child.kill()
         errors.close()
     for k, target in targets.items():
         assert answers[k][0] == -9, (k, answers[k])

@@ -64,7 +64,8 @@ def test_labels_cover_segment_and_terminal_only():
     assert batch["target"]["input_ids"].shape[0] == 4 + 2  # positives, then the two hard negatives
 
 
-def test_length_chunks_give_the_same_losses_and_gradients_with_less_padding():
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_length_chunks_give_the_same_losses_and_gradients_with_less_padding(side):
     """`--length-chunks`: the query and target batches run as sub-batches of rows of similar length; the hidden
     states at every real position, the loss and the gradients are those of the one padded batch."""
     from training.collator import CollatorSettings
@@ -74,10 +75,11 @@ def test_length_chunks_give_the_same_losses_and_gradients_with_less_padding():
     rows = _rows(8)
     ex = assign_labels(rows, "adaptive", {r.id: "the digit seven comes after six" for r in rows},
                        {"augment": ["after"], "embed": ["cls"]})
-    whole = Collator(model.encoder, CollatorSettings(length_chunks=1))(ex)
-    chunked = Collator(model.encoder, CollatorSettings(length_chunks=2))(ex)
+    whole = Collator(model.encoder, CollatorSettings(length_chunks=1, padding_side=side))(ex)
+    chunked = Collator(model.encoder, CollatorSettings(length_chunks=2, padding_side=side))(ex)
     q, qc = whole["query"], chunked["query"]
     assert "chunks" not in q and len(qc["chunks"]) == 2
+    assert qc["pixel_values"] is None and any(sub["pixel_values"] is not None for _, sub in qc["chunks"])  # once
     assert sorted(torch.cat([rows for rows, _ in qc["chunks"]]).tolist()) == list(range(len(ex)))
     padded = sum(sub["attention_mask"].numel() for _, sub in qc["chunks"])
     assert padded < q["attention_mask"].numel()  # the image rows and the text rows differ in length
@@ -104,7 +106,7 @@ def test_length_chunks_give_the_same_losses_and_gradients_with_less_padding():
     pre = [{"prompt": "What is shown?" if i % 2 else "Describe the picture in a few words, please.",
             "response": " ".join(NAMES[: 1 + 2 * i]), "image": Image.new("RGB", (28 * (1 + i % 2), 56), (9 * i, 80, 3))}
            for i in range(6)]
-    one, four = (PretrainCollator(model.encoder, length_chunks=k)(pre) for k in (1, 3))
+    one, four = (PretrainCollator(model.encoder, padding_side=side, length_chunks=k)(pre) for k in (1, 3))
     assert "chunks" not in one and len(four["chunks"]) == 3
     with torch.no_grad():
         assert pretrain_loss(model, one, loop)[0].item() == pytest.approx(pretrain_loss(model, four, loop)[0].item(),

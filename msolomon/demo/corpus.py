@@ -170,7 +170,7 @@ class IndexCache:
         if where is not None:
             try:
                 index.save(where)
-            except (OSError, ValueError) as err:  # the cache is an optimisation: the index itself is complete
+            except (OSError, ValueError, RuntimeError) as err:  # a cache is an optimisation: the index is complete
                 logger.warning("could not cache the index at %s: %s", where, err)
         return index, False
 
