@@ -10,14 +10,18 @@ already evaluated, on validation only.
 Per-query labels did not transfer between models (docs/decisions.md, section 4); the fallback proposed there is a
 decision per group of queries whose evidence agrees, such as a question template ("What colour is bar _?"). A
 query's template is its text after the instruction, lower-cased, with every word that fewer than
---min-doc-freq of its dataset's training queries contain (names, colours, values) and every number replaced by `_`.
+--min-doc-freq of its dataset's training queries contain (names, colours, values), every number and every single
+letter (bar and field letters) replaced by `_`.
 
 Two ways to learn the rule "augment this group when `always` beats `never` in it by more than --margin points":
 1. from the training queries' cross-fitted labels (`training.query_labels`: fold models that did not train on a
    query ranked it both ways), groups of at least --min-group training queries, scored on validation by the fold
    models' paths and by each --pair of paths (a `never` and an `always` report);
 2. from the judge's own paths on one half of validation, scored on the other half and the reverse (groups of at
-   least --min-group-val queries): what a rule could reach if its evidence came from the model that is routed.
+   least --min-group-val queries): roughly what a rule could reach if its evidence came from the model that is
+   routed (a noisy estimate: half of validation per rule).
+The JSON also holds each judge's gain of `always` over `never` per template on validation (templates with at least
+--min-group-val queries), so a claim about a template traces to it.
 Each is set against the per-dataset rule learned the same way, with a paired 95% interval (same queries).
 """
 from __future__ import annotations
@@ -71,7 +75,7 @@ class Templates:
     def __init__(self, train_texts: Sequence[str], min_doc_freq: float):
         counts = Counter(w for t in train_texts for w in set(words(t)))
         n = max(len(train_texts), 1)
-        self.kept = {w for w, k in counts.items() if k / n >= min_doc_freq and not w.isdigit()}
+        self.kept = {w for w, k in counts.items() if k / n >= min_doc_freq and not w.isdigit() and len(w) > 1}
 
     def __call__(self, text: str) -> str:
         return " ".join(w if w in self.kept else "_" for w in words(text))
@@ -210,14 +214,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"--pair: {spec!r} is not NAME=NEVER_REPORT:MODE,ALWAYS_REPORT:MODE")
         judges[name] = (report_bits(never_spec), report_bits(always_spec))
     for name, (never, always) in judges.items():
-        missing = [n for n in names if n not in never or len(never[n]) != len(val_tpl[n]) or n not in always]
+        missing = [n for n in names if n not in never or n not in always
+                   or not len(never[n]) == len(always[n]) == len(val_tpl[n])]
         if missing:
             raise SystemExit(f"judge {name!r} has no or other validation queries for {missing}")
 
     results: dict[str, dict] = {"from_training_labels": {}, "cross_fitted_on_validation": {}}
+    per_template: dict[str, dict] = {}
     for name, (never, always) in judges.items():
         never = {n: never[n] for n in names}
         always = {n: always[n] for n in names}
+        per_template[name] = {}
+        for n in names:
+            members: dict[str, list[int]] = defaultdict(list)
+            for i, t in enumerate(val_tpl[n]):
+                members[t].append(i)
+            per_template[name][n] = {t: {"n": len(ix), "gain": round(gain_points([never[n][i] for i in ix],
+                                                                                [always[n][i] for i in ix]), 2)}
+                                     for t, ix in sorted(members.items(), key=lambda kv: -len(kv[1]))
+                                     if len(ix) >= args.min_group_val}
         results["from_training_labels"][name] = compare(never, always, rules)
         own = {kind: cross_fitted(val_tpl, never, always, args.min_group_val, args.margin, kind == "template")
                for kind in ("dataset", "template")}
@@ -226,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {"min_doc_freq": args.min_doc_freq, "min_group": args.min_group, "min_group_val": args.min_group_val,
                 "margin": args.margin}
     payload = {"machine": C.machine(0), "data": str(data), "labels": args.labels, "folds": args.folds,
-               "pairs": args.pair or [], "settings": settings, "split": "val", "results": results, "templates": learned}
+               "pairs": args.pair or [], "settings": settings, "split": "val", "results": results, "templates": learned,
+               "validation_gain_per_template": per_template}
     rows = []
     for how, per in results.items():
         for judge, r in per.items():
