@@ -103,6 +103,7 @@ def test_concurrent_uploads_of_the_same_content_encode_it_once(tmp_path):
         results = list(pool.map(lambda _: cache.get(payloads, encode, "m"), range(8)))
     assert calls == [2]  # encoded once; the seven others read the cached index
     assert [cached for _, cached in results].count(False) == 1 and all(len(index) == 2 for index, _ in results)
+    assert cache._locks == {}  # no lock kept once no request uses it
 
 
 def test_retention_budget_and_half_written_corpora(tmp_path, tiny_model, caplog):

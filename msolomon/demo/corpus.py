@@ -18,7 +18,7 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -129,16 +129,28 @@ class IndexCache:
     def __init__(self, folder: Path | None, chunk: int = 64):
         self.folder = Path(folder) if folder is not None else None
         self.chunk = chunk
-        self._locks: dict[Path, threading.Lock] = {}
+        self._locks: dict[Path, list] = {}  # cache entry -> [its lock, requests holding or awaiting it]
         self._locks_lock = threading.Lock()
 
-    def _lock(self, where: Path | None) -> threading.Lock | contextlib.nullcontext:
+    @contextlib.contextmanager
+    def _lock(self, where: Path | None) -> Iterator[None]:
         """One lock per cache entry: concurrent requests for the same content encode it once and never write the
-        same folder at the same time (the second waits, then reads what the first saved)."""
+        same folder at the same time (the second waits, then reads what the first saved). An entry's lock is
+        forgotten when no request uses it, so a long-running demo keeps none for past uploads."""
         if where is None:
-            return contextlib.nullcontext()
+            yield
+            return
         with self._locks_lock:
-            return self._locks.setdefault(where, threading.Lock())
+            entry = self._locks.setdefault(where, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._locks_lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[where]
 
     def path(self, mkey: str | None, ckey: str) -> Path | None:
         return self.folder / f"{mkey}-{ckey}" if self.folder is not None and mkey else None
