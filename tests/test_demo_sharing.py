@@ -106,6 +106,37 @@ def test_concurrent_uploads_of_the_same_content_encode_it_once(tmp_path):
     assert cache._locks == {}  # no lock kept once no request uses it
 
 
+def test_an_upload_is_not_failed_by_housekeeping_that_trips_on_another_save(service, handlers, tmp_path,
+                                                                              monkeypatch):
+    """Other requests save and rename corpus folders while one prunes: a file that vanishes during the size walk
+    counts as nothing, and a prune that still fails after a corpus is saved leaves the upload indexed (CI saw a
+    visitor told "Not indexed" for a corpus that was saved)."""
+    from msolomon.demo import visitors
+
+    folder = tmp_path / "sizes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.bin").write_bytes(b"x" * 10)
+    (folder / "sub" / "gone.bin").write_bytes(b"x" * 7)
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith("gone.bin"):
+            raise FileNotFoundError(path)  # renamed away by another request between the listing and the stat
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(visitors.os, "stat", stat)
+    assert visitors._folder_size(folder) == 10
+    monkeypatch.undo()
+
+    def prune():
+        raise FileNotFoundError("a folder another request just renamed")
+
+    monkeypatch.setattr(service, "prune", prune)
+    key = new_key()
+    status = handlers.index_corpus("kept", None, _lines(tmp_path, "k.txt", "one", "two"), key)[0]
+    assert status.startswith("Indexed") and C.CUSTOM_PREFIX + "kept" in service.private_corpora(key)
+
+
 def test_retention_budget_and_half_written_corpora(tmp_path, tiny_model, caplog):
     from msolomon.index import VectorIndex
 

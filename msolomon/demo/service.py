@@ -614,7 +614,10 @@ class SearchService:
             self._private.setdefault(vid, {})[full] = corpus
         for slot in [k for k in self._baseline_indexes if k[1] == vid and k[2] == full]:
             del self._baseline_indexes[slot]
-        self.prune()
+        try:
+            self.prune()
+        except OSError as err:  # the corpus is saved: housekeeping that trips on a concurrent save waits for later
+            logger.warning("pruning the cache after an upload failed (%s); the next upload prunes again", err)
         return corpus
 
     def delete_custom_corpus(self, key: str | None, name: str) -> bool:

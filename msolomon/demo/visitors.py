@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -68,7 +69,16 @@ class StoredCorpus:
 
 
 def _folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes under `path`. Other requests save and rename corpus folders meanwhile, so a file or folder that goes
+    away during the walk counts as nothing (os.walk skips a folder it can no longer list)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 class CorpusStore:
@@ -116,6 +126,8 @@ class CorpusStore:
         out: list[StoredCorpus] = []
         folder = self.visitor_dir(vid)
         for sub in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if ".tmp-" in sub.name or ".old-" in sub.name:  # being written or replaced by another request now
+                continue
             stored = self._read(sub)
             if stored is not None:
                 out.append(stored)
