@@ -196,8 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset, groups = group_rule([templates[n](train_texts[n][i]) for i in ix],
                                      [ev[i]["correct_never"] for i in ix], [ev[i]["correct_always"] for i in ix],
                                      args.min_group, args.margin)
+        own = {t: g for t, g in sorted(groups.items(), key=lambda kv: -kv[1]["n"]) if g["own_decision"]}
         learned[n] = {"dataset_augments": dataset, "templates": len(groups),
-                      "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1]["n"]))}
+                      "templates_taking_the_datasets_decision": len(groups) - len(own), "groups": own}
         by_dataset[n] = [dataset] * len(val_tpl[n])
         by_template[n] = [groups[t]["augment"] if t in groups else dataset for t in val_tpl[n]]
     rules = {"never": {n: [False] * len(v) for n, v in val_tpl.items()},

@@ -309,6 +309,8 @@ class Encoder:
         keeps no image tensors (each chunk holds its own rows'), so the images are not held twice."""
         import torch
 
+        if chunks < 1:
+            raise ValueError(f"length chunks must be 1 or more, got {chunks}")
         batch = self.collate(items, padding_side)
         if chunks > 1 and len(items) >= 2 * chunks:
             order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
