@@ -410,7 +410,7 @@ def command_line(prog: str, settings, first: Sequence[str] = ("out",), last: Seq
             return f"{flag} {','.join(map(str, value))}"
         if isinstance(value, dict):
             return f"{flag} '{json.dumps(value)}'"
-        return f"{flag} {value}"
+        return f"{flag} {'none' if value is None else value}"  # a setting that takes none (e.g. --latency-budget)
 
     parts = [prog] + [arg(k, values[k]) for k in first]
     parts += [arg(k, v) for k, v in values.items() if k not in (*first, *last) and v != defaults.get(k)]

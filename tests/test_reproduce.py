@@ -20,7 +20,8 @@ def test_reproduce_smoke(tmp_path):
     out = tmp_path / "rep"
     settings = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
                                              eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET,
-                                             ship=str(tmp_path / "assets"), force_ship=True))  # flat names
+                                             latency_budget=0.01, latency_queries=1, ship=str(tmp_path / "assets"),
+                                             force_ship=True))  # flat names
     result = run(settings)
     report = json.loads((out / "report.json").read_text())
     # the comparison that decides shipping was made on validation and written before any test evaluation
@@ -50,6 +51,10 @@ def test_reproduce_smoke(tmp_path):
         assert ev["noaug_p_at_1"] == pilot_noaug[name]["p_at_1"]
         assert (ev["assignment"] == "augment") == (ev["delta"] > split["margin"])
     assert split["require_significant"] is False and "more than 1.0 points" in (out / "report.md").read_text()
+    # a latency budget out of reach (no split is that fast) keeps the rule's split and says so, not a failed run
+    assert split["latency_budget"] == 0.01 and "no split is predicted within 0.01x" in split["budget_unmet"]
+    assert "The latency budget of 0.01x AlwaysAug's was out of reach" in (out / "report.md").read_text()
+    assert report["settings"]["replay"] == "auto" and report["replay_data"] is None  # from scratch: nothing to replay
     assert (out / "report.md").read_text().startswith("# M-Solomon on MiniMMEB")
     assert (out / "report.png").stat().st_size > 1000
     assert (out / "msolomon" / "final" / "model.safetensors").is_file()
@@ -98,7 +103,7 @@ def test_reproduce_smoke(tmp_path):
     # only moves sets from D^A to D^E, until the predicted latency fits
     budget = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
                                            eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET, latency_budget=0.9))
-    with pytest.raises(SystemExit, match="latency budget None"):
+    with pytest.raises(SystemExit, match="latency budget 0.01"):
         run(budget)
     (out / "split.json").unlink()
     shutil.rmtree(out / "msolomon")
@@ -119,7 +124,7 @@ def test_bad_evaluation_settings_fail_before_any_training(tmp_path, flags, capsy
     assert not (tmp_path / "run").exists()  # nothing generated or trained
 
 
-@pytest.mark.parametrize("flags, message", [(["--latency-budget", "1.5"], "must be in \\(0, 1\\]"),
+@pytest.mark.parametrize("flags, message", [(["--latency-budget", "1.5"], "in \\(0, 1\\] or none, got 1.5"),
                                             (["--latency-budget", "0.5", "--latency-queries", "0"],
                                              "needs --latency-queries >= 1"),
                                             (["--augmented-twins", "2"], "between 0 and 1")])
@@ -141,7 +146,7 @@ def test_reproduce_with_per_query_decisions(tmp_path):
     settings = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
                                              eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET[:3] + ["DigitsR"],
                                              decisions="query", margins=[0.0, 0.02], eval_batch_size=4,
-                                             latency_queries=1))
+                                             latency_queries=1, latency_budget=None, augmented_twins=0.0))
     run(settings)
     report = json.loads((out / "report.json").read_text())
     assert report["decisions"] == "query"
@@ -166,7 +171,8 @@ def test_reproduce_with_per_query_decisions(tmp_path):
     # asking for the paper's per-dataset decisions on this folder is refused, not silently served this model
     other = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
                                           eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET[:3] + ["DigitsR"],
-                                          eval_batch_size=4, latency_queries=1))
+                                          eval_batch_size=4, latency_queries=1, latency_budget=None,
+                                          augmented_twins=0.0))
     with pytest.raises(SystemExit, match="labeling query"):
         run(other)
 
@@ -205,3 +211,67 @@ def test_the_validation_rule_ships_only_a_model_that_beats_noaug_and_is_level_wi
     # reports of different queries cannot be compared
     with pytest.raises(ValueError, match="different queries"):
         validation_comparison(_report("auto", {"A": "1" * (n - 1)}), noaug, always, "val")
+
+
+def test_the_defaults_are_the_recipe_that_shipped():
+    """`python -m training.reproduce --out DIR` with no other flag trains by the recipe recorded in the shipped
+    model's report: every setting the shipped run recorded, but its folders and threads, is today's default."""
+    from pathlib import Path
+
+    from msolomon.settings import flat_settings
+
+    shipped = json.loads((Path(__file__).parents[1] / "assets" / "model" / "report.json").read_text())["settings"]
+    defaults = flat_settings(ReproduceSettings(out="x"))
+    run_specific = {"out", "ship", "threads", "replay"}
+    differ = {k: (v, defaults.get(k)) for k, v in shipped.items() if k not in run_specific and defaults.get(k) != v}
+    assert not differ, differ
+    assert (shipped["latency_budget"], shipped["augmented_twins"], shipped["epochs"]) == (0.5, 1.0, 6.0)
+    # the shipped run replayed its base's pretraining data from a folder of that machine; the default makes it again
+    assert shipped["replay"] and defaults["replay"] == "auto" and shipped["replay_batch"] == 16
+
+
+def test_replay_auto_makes_the_inits_own_pretraining_data_again(tmp_path):
+    """`--replay auto` regenerates the pretraining data its init's pretrain_report.json describes (its seed, size
+    and world builders), once, apart from this run's benchmark; nothing to replay from scratch or without a record."""
+    from pathlib import Path
+
+    from msolomon.data.minimmeb import generate
+    from training.pretrain_data import load_rows
+    from training.reproduce import stage_rehearsal_data
+
+    data = tmp_path / "minimmeb"
+    generate(data, seed=0, scale="tiny", datasets=["DigitsCLS", "ScenesT2I"], progress=False)
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "pretrain_report.json").write_text(json.dumps({"settings": {
+        "n_per_dataset": 3, "n_heldout": 2, "seed": 7, "datasets": ["DigitsCLS", "ShapesCLS"]}}))
+    out = tmp_path / "run"
+    settings = build(ReproduceSettings, dict(out=str(out), init=str(base), scale="tiny"))
+    made = stage_rehearsal_data(settings, data, out)
+    assert made == str(out / "pretrain-data")
+    meta = json.loads((out / "pretrain-data" / "pretrain.json").read_text())
+    assert meta["settings"]["n_per_dataset"] == 3 and sorted(meta["settings"]["datasets"]) == ["DigitsCLS", "ShapesCLS"]
+    assert meta["benchmark"] == str(data)  # this run's own MiniMMEB images are the ones kept out
+    rows = load_rows(made, "train")
+    assert 0 < len(rows) <= 6 and {r["dataset"] for r in rows} <= {"DigitsCLS", "ShapesCLS"}
+    stamp = (out / "pretrain-data" / "train.jsonl").stat().st_mtime_ns
+    assert stage_rehearsal_data(settings, data, out) == made  # made once: a rerun reuses it
+    assert (out / "pretrain-data" / "train.jsonl").stat().st_mtime_ns == stamp
+    # the seed is the base's: made again, the same examples
+    again = stage_rehearsal_data(build(ReproduceSettings, dict(out=str(tmp_path / "run2"), init=str(base))), data,
+                                 tmp_path / "run2")
+    assert [r["response"] for r in load_rows(again, "train")] == [r["response"] for r in rows]
+    other = tmp_path / "other-base"
+    other.mkdir()
+    (other / "pretrain_report.json").write_text((base / "pretrain_report.json").read_text().replace('"seed": 7',
+                                                                                                   '"seed": 8'))
+    seeded = stage_rehearsal_data(build(ReproduceSettings, dict(out=str(tmp_path / "run3"), init=str(other))), data,
+                                  tmp_path / "run3")
+    assert [Path(r["image"]).read_bytes() for r in load_rows(seeded, "train")] != [
+        Path(r["image"]).read_bytes() for r in rows]  # another base's seed: other examples
+    assert stage_rehearsal_data(build(ReproduceSettings, dict(out=str(out), init="tiny")), data, out) is None
+    assert stage_rehearsal_data(build(ReproduceSettings, dict(out=str(out), init=str(tmp_path))), data, out) is None
+    assert stage_rehearsal_data(build(ReproduceSettings, dict(out=str(out), init=str(base), replay="none")),
+                                data, out) is None
+    assert stage_rehearsal_data(build(ReproduceSettings, dict(out=str(out), init=str(base), replay=made)),
+                                data, out) == made

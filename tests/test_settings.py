@@ -61,7 +61,7 @@ def test_the_loop_settings_are_declared_once_and_shared_with_other_defaults():
     for cls in (TrainSettings, ReproduceSettings, PretrainSettings):
         own = {f.name for f in dataclasses.fields(cls)}
         assert not (own & loop_fields), (cls.__name__, own & loop_fields)  # not copied: nested
-    assert ReproduceSettings().loop.epochs == 2.0 and ReproduceSettings().loop.optim.lr == 5e-4
+    assert ReproduceSettings().loop.epochs == 6.0 and ReproduceSettings().loop.optim.lr == 5e-4
     assert TrainSettings().loop.epochs == 1.0 and TrainSettings().loop.max_steps is None
     assert PretrainSettings().loop.max_steps == 6000 and PretrainSettings().loop.optim.warmup_steps == 200
     assert TrainSettings().loop.collator.max_segment_tokens == 48  # one default, where the collator declares it
@@ -93,13 +93,22 @@ def test_config_file_flat_or_nested_and_the_command_line_wins(tmp_path):
                                               "--tiny", '{"num_layers": 1}'], prog="x")
     assert s.loop.batch_size == 8 and s.loop.optim.lr == 0.02 and s.scale == "tiny" and s.all_modes
     assert s.datasets == ["A", "B"] and s.model.tiny == {"num_layers": 1}
-    assert s.loop.epochs == 2.0  # reproduce's default, not the loop's
+    assert s.loop.epochs == 6.0  # reproduce's default (the shipped recipe's), not the loop's
     flat = flat_settings(s)
     assert flat["batch_size"] == 8 and flat["lr"] == 0.02 and "loop" not in flat
     # the recorded command line parses back to the same settings
     cmd = command_line(s).split(" ", 3)[3]
     again, _ = parse_settings(ReproduceSettings, ["--out", "o"] + shlex.split(cmd), prog="x")
     assert flat_settings(again) == flat
+    # the paper's plain recipe, away from the defaults: none turns the budget and the rehearsal off, and the
+    # recorded command says so in words that parse back
+    plain, _ = parse_settings(ReproduceSettings, ["--out", "o", "--latency-budget", "none", "--replay", "none",
+                                                  "--augmented-twins", "0", "--epochs", "2"], prog="x")
+    assert plain.latency_budget is None and plain.loop.epochs == 2.0
+    cmd = command_line(plain)
+    assert "--latency-budget none" in cmd and "--replay none" in cmd
+    back, _ = parse_settings(ReproduceSettings, shlex.split(cmd)[3:], prog="x")
+    assert flat_settings(back) == flat_settings(plain)
     with pytest.raises(SystemExit):
         parse_settings(ReproduceSettings, ["--tiny", "[1]"], prog="x")
     with pytest.raises(SystemExit):

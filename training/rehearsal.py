@@ -25,8 +25,9 @@ class RehearsalSettings:
     """Which pretraining examples are replayed, how many per step, and their loss weight."""
 
     replay: str | None = option(None, "a pretraining data folder (training.pretrain's OUT/data) whose train "
-                                "examples are replayed with the next-token loss while fine-tuning (default: none)",
-                                metavar="DIR")
+                                "examples are replayed with the next-token loss while fine-tuning (training.reproduce "
+                                "also takes auto: the init's own pretraining data, made again from its "
+                                "pretrain_report.json; and none)", metavar="DIR")
     replay_batch: int = option(8, "pretraining examples replayed per micro-batch")
     replay_weight: float = option(1.0, "μ, the weight of the replayed examples' next-token loss")
 

@@ -21,7 +21,9 @@ def pilot_rule(split: dict) -> str:
         rule += " and the gain's paired 95% bootstrap interval lies above 0 (a gain within noise counts as comparable)"
     rule += "; D^E: the rest (NoAug better or comparable)."
     budget = split.get("latency_budget")
-    if budget is not None:
+    if budget is not None and split.get("budget_unmet"):
+        rule += f" The latency budget of {budget}x AlwaysAug's was out of reach: {split['budget_unmet']}."
+    elif budget is not None:
         predicted = split.get("predicted") or {}
         rule += (f" Then, for a latency budget of {budget}x AlwaysAug's, datasets moved from D^A to D^E: the most "
                  "accurate split predicted within the budget")

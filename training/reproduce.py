@@ -2,10 +2,12 @@
 
     1. generate MiniMMEB (train + val + test)         DIR/minimmeb/
     2. synthesise augmentations with the oracle       DIR/synthesis.jsonl
+    2b. the base's own pretraining data made again, replayed against forgetting (`--replay auto`)  DIR/pretrain-data/
     3. fine-tune NoAug and AlwaysAug from the base    DIR/noaug/, DIR/alwaysaug/
     4. pilot: evaluate both on the validation split (carved from train; the test sets are not touched) and
        split the in-distribution datasets into D^A / D^E                                   DIR/split.json
-       (`--latency-budget 0.5`: then move sets from D^A to D^E until the predicted latency is half AlwaysAug's)
+       (`--latency-budget 0.5`, the default: then move sets from D^A to D^E until the predicted latency is half
+       AlwaysAug's; `none`: the margin's split alone, the paper's)
     5. fine-tune M-Solomon with the pilot's split     DIR/msolomon/
        (`--decisions query`: with per-query labels instead, from cross-fitted fold models   DIR/labels/,
        `training.query_labels`; the pilot's split is still made and reported beside them)
@@ -19,6 +21,8 @@
        assets/baselines/noaug, assets/baselines/alwaysaug; only when the validation rule held (or `--force-ship`);
        otherwise the report records the test figures as those of a candidate that was not shipped
 
+The defaults are the recipe of the shipped models (6 epochs, rehearsal, the 0.5x budget split, augmented twins);
+`--epochs 2 --latency-budget none --augmented-twins 0 --replay none` is the paper's plain recipe, about 3x faster.
 The three models fine-tune the shipped pretrained base (assets/base, `training.pretrain`) as the paper fine-tunes
 Qwen2-VL; `--init tiny` trains them from scratch instead, for comparison. Every stage skips what is already done,
 so a killed run resumes. Deterministic for a seed. `--scale tiny --init tiny` is the smoke run of the tests.
@@ -28,7 +32,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -52,8 +56,30 @@ ALL_MODES = AUGMENT_MODES
 
 
 def reproduce_loop() -> LoopSettings:
-    """The loop of the three fine-tuning runs: the training loop's settings with reproduce's defaults."""
-    return LoopSettings(epochs=2.0, save_every=500, log_every=20, optim=OptimSettings(lr=5e-4))
+    """The loop of the three fine-tuning runs: the shipped recipe's 6 epochs (the training loop's other settings)."""
+    return LoopSettings(epochs=6.0, save_every=500, log_every=20, optim=OptimSettings(lr=5e-4))
+
+
+REPLAY_AUTO = "auto"  # --replay auto: the init's own pretraining data, made again (stage_rehearsal_data)
+NO_REPLAY = "none"
+
+
+def reproduce_rehearsal() -> RehearsalSettings:
+    """The shipped recipe's rehearsal: 16 of the base's own pretraining examples replayed per step."""
+    return RehearsalSettings(replay=REPLAY_AUTO, replay_batch=16)
+
+
+def parse_budget(value) -> float | None:
+    """--latency-budget: a fraction of AlwaysAug's latency in (0, 1], or none (the pilot's rule alone)."""
+    if value is None or str(value).strip().lower() == NO_REPLAY:
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = None
+    if budget is None or not 0 < budget <= 1:
+        raise ValueError(f"a fraction of AlwaysAug's latency in (0, 1] or none, got {value}")
+    return budget
 
 
 @dataclass
@@ -67,13 +93,14 @@ class ReproduceSettings:
     margin: float = option(1.0, "the pilot's margin: augment a dataset when AlwaysAug beats NoAug by more (points)")
     require_significant: bool = option(False, "the pilot also requires AlwaysAug's gain to be significant (paired "
                                        "95% bootstrap interval above 0) to augment a dataset")
-    latency_budget: float | None = option(None, "after the pilot's rule, move datasets from D^A to D^E until the "
-                                          "predicted latency is at most this fraction of AlwaysAug's (e.g. 0.5; the "
-                                          "pilot then times --latency-queries validation queries per dataset)")
+    latency_budget: float | None = option(0.5, "after the pilot's rule, move datasets from D^A to D^E until the "
+                                          "predicted latency is at most this fraction of AlwaysAug's (the pilot "
+                                          "then times --latency-queries validation queries per dataset); none: the "
+                                          "pilot's rule alone, the paper's split", parse=parse_budget)
     decisions: str = option("dataset", "how M-Solomon's decisions are labelled: dataset (the paper: the pilot's "
                             "D^A / D^E split) or query (per-query labels from cross-fitted fold models, "
                             "training.query_labels)", choices=tuple(DECISIONS))
-    augmented_twins: float = option(0.0, "M-Solomon: the share of /embed rows also trained as an augmented twin (query "
+    augmented_twins: float = option(1.0, "M-Solomon: the share of /embed rows also trained as an augmented twin (query "
                                     "+ teacher augmentation, L_rep only; training.train --augmented-twins)")
     embedded_twins: float = option(0.0, "M-Solomon: the share of /augment rows also trained as an /embed twin (L_rep "
                                    "only; training.train --embedded-twins)")
@@ -94,7 +121,7 @@ class ReproduceSettings:
                               "the report say so)")
     labels: LabelRule = field(default_factory=LabelRule)
     model: ModelSettings = field(default_factory=ModelSettings)
-    rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
+    rehearsal: RehearsalSettings = field(default_factory=reproduce_rehearsal)
     loop: LoopSettings = field(default_factory=reproduce_loop)
 
 
@@ -117,6 +144,40 @@ def stage_synthesis(s: ReproduceSettings, data: Path, out: Path) -> Path:
     synthesize(SynthesisSettings(data=str(data), out=str(path), backend="oracle", error_rate=s.error_rate,
                                  seed=s.loop.seed, progress=False))
     return path
+
+
+def stage_rehearsal_data(s: ReproduceSettings, data: Path, out: Path) -> str | None:
+    """The folder the fine-tunes replay (None: no rehearsal). `--replay auto` makes the init's own pretraining data
+    again, from the settings its `pretrain_report.json` records (`training.pretrain` writes one beside every base),
+    into DIR/pretrain-data, excluding this run's MiniMMEB images; an init without that record (`--init tiny`, a
+    hub checkpoint) has nothing to rehearse."""
+    replay = s.rehearsal.replay
+    if replay is None or replay == NO_REPLAY:
+        return None
+    if replay != REPLAY_AUTO:
+        return replay
+    if s.model.init == "tiny":
+        return None
+    from training.pretrain_data import PretrainDataSettings, generate, is_pretrain_data
+    from training.train import resolve_init
+
+    record = read_json(Path(resolve_init(s.model.init)) / "pretrain_report.json")
+    made = record.get("settings") if isinstance(record, dict) else None
+    if not isinstance(made, dict):
+        logger.info("--replay auto: %s has no pretrain_report.json, so no rehearsal", s.model.init)
+        return None
+    path = out / "pretrain-data"
+    if not is_pretrain_data(path):
+        from msolomon.data.minimmeb import load_minimmeb
+
+        meta = load_minimmeb(data)
+        logger.info("making the base's pretraining data again for rehearsal (%s per world builder, seed %s)",
+                    made["n_per_dataset"], made["seed"])
+        generate(path, PretrainDataSettings(
+            n_per_dataset=made["n_per_dataset"], n_heldout_per_dataset=made["n_heldout"], seed=made["seed"],
+            benchmark_seed=meta.get("seed", s.loop.seed), benchmark_scale=meta.get("scale", s.scale),
+            datasets=tuple(made["datasets"]) if made.get("datasets") else None), data, progress=False)
+    return str(path)
 
 
 def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, split: Path | None, out: Path,
@@ -149,8 +210,6 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
 def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out: Path, modes: Sequence[str],
                datasets: Sequence[str] | None = None, tag: str = "", split: str = "test", timed: bool = True) -> dict:
     """Evaluate one model; `timed=False` (the pilot) measures accuracy only, in batches."""
-    from dataclasses import replace
-
     from msolomon.evaluation import EvalSettings, StaleResultsError, evaluate
 
     report_path = out / "eval" / f"{name}{tag}.json"
@@ -204,7 +263,11 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
     settings = PilotSettings(margin=s.margin, datasets=ind, require_significant=s.require_significant)
     result = pilot_split(noaug, always, settings)
     if s.latency_budget is not None:
-        result = budget_split(result, split_frontier(noaug, always, settings), s.latency_budget)
+        try:
+            result = budget_split(result, split_frontier(noaug, always, settings), s.latency_budget)
+        except ValueError as err:  # out of reach (short augmentations): the rule's split, not a failed run
+            logger.warning("%s: M-Solomon trains on the pilot's rule alone", err)
+            result = dict(result, latency_budget=s.latency_budget, budget_unmet=f"{err}; the pilot's rule kept")
     result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}
     write_json_atomic(path, result)
     logger.info("pilot split: D^A=%s D^E=%s", result["augment"], result["embed"])
@@ -268,6 +331,11 @@ def run(s: ReproduceSettings) -> dict:
     t = time.perf_counter()
     synthesis = stage_synthesis(s, data, out)
     timings["synthesis_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    replay = stage_rehearsal_data(s, data, out)
+    timings["rehearsal_data_s"] = time.perf_counter() - t
+    recorded = s  # the settings as asked (the report's and the card's command); the stages get the replay folder
+    s = replace(s, rehearsal=replace(s.rehearsal, replay=replay))
     finals: dict[str, Path] = {}
     for name in ("noaug", "alwaysaug"):
         t = time.perf_counter()
@@ -303,13 +371,14 @@ def run(s: ReproduceSettings) -> dict:
     if labels is not None:
         split_data = dict(split_data, labels=read_json(labels.parent / "labels.summary.json"),
                           labels_file=str(labels.relative_to(out)))
-    result = {"split": split_data, "models": reports, "settings": flat_settings(s), "decisions": s.decisions,
+    result = {"split": split_data, "models": reports, "settings": flat_settings(recorded), "replay_data": replay,
+              "decisions": s.decisions,
               "validation": validation, "shipping": shipping,
               "mirrors": mirror_sets(load_minimmeb(data)["datasets"]),
               "timings_s": accumulate_timings(out / "timings.json", timings)}
     write_reproduce_report(result, out)
     if shipping["shipped"]:
-        ship_models(result, finals, Path(s.ship), command_line(s))
+        ship_models(result, finals, Path(s.ship), command_line(recorded))
     elif shipping["asked"]:
         logger.warning("%s", shipping["note"])
     return result
@@ -351,9 +420,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_error(PROG, "--out is required")
     if settings.eval_batch_size < 1 or settings.latency_queries < 0:  # fail now, not after the fine-tuning
         usage_error(PROG, "--eval-batch-size must be >= 1 and --latency-queries >= 0")
-    if settings.latency_budget is not None and not 0 < settings.latency_budget <= 1:
-        usage_error(PROG, "--latency-budget must be in (0, 1], a fraction of AlwaysAug's latency, got "
-                          f"{settings.latency_budget}")
     if settings.latency_budget is not None and settings.latency_queries < 1 and settings.eval_batch_size > 1:
         usage_error(PROG, "--latency-budget needs --latency-queries >= 1 (the pilot times each dataset)")
     from training.collator import augmented_twins_problem, embedded_twins_problem
@@ -368,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_error(PROG, f"--data {settings.data}: no such folder")
     from training.rehearsal import rehearsal_problem
 
-    problem = rehearsal_problem(settings.rehearsal)
+    asked = settings.rehearsal
+    problem = rehearsal_problem(replace(asked, replay=None) if asked.replay in (REPLAY_AUTO, NO_REPLAY) else asked)
     if problem:
         usage_error(PROG, problem)
     process_environment(settings.threads)
