@@ -61,7 +61,7 @@ def reproduce_loop() -> LoopSettings:
 
 
 REPLAY_AUTO = "auto"  # --replay auto: the init's own pretraining data, made again (stage_rehearsal_data)
-NO_REPLAY = "none"
+OFF = "none"  # --replay none, --latency-budget none
 
 
 def reproduce_rehearsal() -> RehearsalSettings:
@@ -71,7 +71,7 @@ def reproduce_rehearsal() -> RehearsalSettings:
 
 def parse_budget(value) -> float | None:
     """--latency-budget: a fraction of AlwaysAug's latency in (0, 1], or none (the pilot's rule alone)."""
-    if value is None or str(value).strip().lower() == NO_REPLAY:
+    if value is None or str(value).strip().lower() == OFF:
         return None
     try:
         budget = float(value)
@@ -152,7 +152,7 @@ def stage_rehearsal_data(s: ReproduceSettings, data: Path, out: Path) -> str | N
     into DIR/pretrain-data, excluding this run's MiniMMEB images; an init without that record (`--init tiny`, a
     hub checkpoint) has nothing to rehearse."""
     replay = s.rehearsal.replay
-    if replay is None or replay == NO_REPLAY:
+    if replay is None or replay == OFF:
         return None
     if replay != REPLAY_AUTO:
         return replay
@@ -171,10 +171,11 @@ def stage_rehearsal_data(s: ReproduceSettings, data: Path, out: Path) -> str | N
         from msolomon.data.minimmeb import load_minimmeb
 
         meta = load_minimmeb(data)
-        logger.info("making the base's pretraining data again for rehearsal (%s per world builder, seed %s)",
-                    made["n_per_dataset"], made["seed"])
+        logger.info("making %s's pretraining data again for rehearsal (%s)", s.model.init, path)
+        plain = PretrainDataSettings()
         generate(path, PretrainDataSettings(
-            n_per_dataset=made["n_per_dataset"], n_heldout_per_dataset=made["n_heldout"], seed=made["seed"],
+            n_per_dataset=made.get("n_per_dataset", plain.n_per_dataset),
+            n_heldout_per_dataset=made.get("n_heldout", plain.n_heldout_per_dataset), seed=made.get("seed", plain.seed),
             benchmark_seed=meta.get("seed", s.loop.seed), benchmark_scale=meta.get("scale", s.scale),
             datasets=tuple(made["datasets"]) if made.get("datasets") else None), data, progress=False)
     return str(path)
@@ -435,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.rehearsal import rehearsal_problem
 
     asked = settings.rehearsal
-    problem = rehearsal_problem(replace(asked, replay=None) if asked.replay in (REPLAY_AUTO, NO_REPLAY) else asked)
+    problem = rehearsal_problem(replace(asked, replay=None) if asked.replay in (REPLAY_AUTO, OFF) else asked)
     if problem:
         usage_error(PROG, problem)
     process_environment(settings.threads)
