@@ -483,3 +483,44 @@ def test_template_routing_learns_a_decision_per_question_template():
     # a template with too few queries takes its dataset's decision
     dataset, groups = tr.group_rule(val[:6], never["Charts"][:6], always["Charts"][:6], min_group=10, margin=1.0)
     assert all(g["augment"] == dataset and not g["own_decision"] for g in groups.values())
+
+
+def test_confidence_routing_scores_each_rule_by_hand(tmp_path):
+    """A hand-made validation file: the skip, add and more-confident rules route each query as their definitions
+    say, and the figures are those worked out by hand below."""
+
+    def row(dataset, index, mode, correct, margin, decision="/embed"):
+        return {"dataset": dataset, "index": index, "mode": mode, "correct": correct, "decision": decision,
+                "top": [{"score": 0.9}, {"score": 0.9 - margin}]}
+
+    # A: the model augments every query; (never correct, never margin, always correct, always margin)
+    a = [(True, 0.2, False, 0.1), (False, 0.01, True, 0.3), (False, 0.3, True, 0.05), (True, 0.05, True, 0.2)]
+    # B: the model embeds every query
+    b = [(False, 0.005, True, 0.3), (True, 0.5, False, 0.1)]
+    rows = []
+    for name, queries, decision in (("A", a, "/augment"), ("B", b, "/embed")):
+        for i, (nc, nm, ac, am) in enumerate(queries):
+            rows += [row(name, i, "auto", ac if decision == "/augment" else nc, am if decision == "/augment" else nm,
+                         decision),
+                     row(name, i, "never", nc, nm), row(name, i, "always", ac, am)]
+    preds = tmp_path / "m.val.predictions.jsonl"
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = tmp_path / "m.val.json"
+    report.write_text(json.dumps({"modes": {
+        "never": {"datasets": {"A": {"latency_ms_mean": 10}, "B": {"latency_ms_mean": 20}}},
+        "always": {"datasets": {"A": {"latency_ms_mean": 100}, "B": {"latency_ms_mean": 200}}}}}))
+    out = tmp_path / "c.json"
+    assert _bench("confidence_routing").main(["--predictions", str(preds), "--report", str(report), "--thresholds",
+                                              "0.01,0.1", "--json", str(out)]) == 0
+    rules = json.loads(out.read_text())["rules"]
+    # auto: A's always path (1 of 4 wrong), B's never path (1 of 2 wrong); A costs 100 ms, B 20 ms
+    assert (rules["auto"]["p_at_1"], rules["auto"]["latency_ms_est"]) == (62.5, 60.0)
+    # skip at 0.1: A's sure queries 0 and 2 take the embedded path (right, then wrong): 3 of 4 still; two of A's
+    # four queries cost 10 ms instead of 100
+    assert (rules["skip at 0.1"]["p_at_1"], rules["skip at 0.1"]["latency_ms_est"]) == (62.5, 37.5)
+    assert rules["skip at 0.1"]["augment_rate"] == round(2 / 6, 3)
+    # add at 0.01: B's unsure query 0 (margin 0.005) is augmented and becomes right: B 2 of 2
+    assert rules["add at 0.01"]["p_at_1"] == 87.5 and rules["add at 0.01"]["gain_over_auto"] == 25.0
+    # the more confident path: A keeps never, always, never, always (3 of 4); B always, never (2 of 2)
+    assert rules["the more confident path (margin)"]["p_at_1"] == 87.5
+    assert rules["own oracle"]["p_at_1"] == 100.0
