@@ -49,9 +49,11 @@ class ConfidenceRoutingSettings(C.BenchSettings):
 
 
 def top1_margin(prediction: Mapping) -> float:
-    """The first candidate's score minus the second's (the whole score when there is one candidate)."""
-    top = prediction["top"]
-    return top[0]["score"] - (top[1]["score"] if len(top) > 1 else 0.0)
+    """The first candidate's score minus the second's, as `msolomon.gate.MarginGate` reads it (a lone candidate's
+    infinite margin is kept at 2, the widest two cosines can differ)."""
+    from msolomon.gate import top1_margin as margin_of
+
+    return min(margin_of([t["score"] for t in prediction["top"]]), 2.0)
 
 
 def read_paths(path: Path) -> Paths:

@@ -98,6 +98,7 @@ class QueryResult:
     embedding: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)  # the generated segment incl. terminal token
+    gated: bool = False  # the model asked to augment; `encode_queries(gate=...)` kept the embedded result
 
     @property
     def augmented(self) -> bool:

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, get_args, overload
+from typing import Any, Callable, Iterator, Literal, Sequence, get_args, overload
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from msolomon.processing import Encoder, ImageLimits, ItemEncoding
 
 logger = logging.getLogger(__name__)
 
+QueryGate = Callable[[list[int], np.ndarray], Sequence[bool]]  # encode_queries(gate=...): see there
 AugmentMode = Literal["auto", "never", "always"]  # the model decides; force `/embed` (NoAug); force `/augment`
 AUGMENT_MODES: tuple[str, ...] = get_args(AugmentMode)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "model"
@@ -394,28 +395,38 @@ class MSolomon:
     @overload
     def encode_queries(self, queries: Query | str, augment: AugmentMode = ..., threshold: float | None = ...,
                        batch_size: int = ..., max_new_tokens: int = ...,
-                       show_progress_bar: bool | None = ...) -> QueryResult: ...
+                       show_progress_bar: bool | None = ..., gate: QueryGate | None = ...) -> QueryResult: ...
 
     @overload
     def encode_queries(self, queries: Sequence[Query | str], augment: AugmentMode = ...,
                        threshold: float | None = ..., batch_size: int = ..., max_new_tokens: int = ...,
-                       show_progress_bar: bool | None = ...) -> list[QueryResult]: ...
+                       show_progress_bar: bool | None = ..., gate: QueryGate | None = ...) -> list[QueryResult]: ...
 
     def encode_queries(self, queries, augment: AugmentMode = "auto", threshold: float | None = None,
-                       batch_size: int = 8, max_new_tokens: int = 64, show_progress_bar: bool | None = None):
+                       batch_size: int = 8, max_new_tokens: int = 64, show_progress_bar: bool | None = None,
+                       gate: QueryGate | None = None):
         """Decide, augment when needed, embed. Returns one `QueryResult` per query (a single one for a
         single input). `augment`: "auto" (the model decides, p_augment ≥ threshold), "never" (force `/embed`,
-        the NoAug path) or "always" (force `/augment`, the AlwaysAug path)."""
+        the NoAug path) or "always" (force `/augment`, the AlwaysAug path).
+
+        `gate` makes a cascade: before any query is augmented, it is called once per batch with the positions (in
+        `queries`) of the rows about to augment and their `/embed`-path embeddings (L2-normalised float32, one row
+        each), and returns one bool per row; a row it answers True for keeps its embedded result and writes
+        nothing (`QueryResult.gated`). A search with those embeddings that is already sure is the usual gate
+        (`msolomon.gate.MarginGate`). Left padding or a batch of one gets the embeddings from the decision's own
+        prefill; otherwise they cost one cached step for the rows about to augment."""
         import torch
 
         threshold = self._check_query_args(augment, threshold, max_new_tokens, batch_size)
+        if gate is not None and not callable(gate):
+            raise InputTypeError(f"gate must be callable (positions, embeddings) -> bools, got {type(gate).__name__}")
         batch_size, max_new_tokens = int(batch_size), int(max_new_tokens)
         single, items = _items(queries, as_query, "query")
         results: list[QueryResult] = []
         with torch.inference_mode():
             for start in self._progress(range(0, len(items), batch_size), show_progress_bar, len(items), "queries"):
                 results.extend(self._encode_query_batch(items[start:start + batch_size], augment, threshold,
-                                                        max_new_tokens))
+                                                        max_new_tokens, gate, start))
         return results[0] if single else results
 
     def stream_query(self, query: Query | str, augment: AugmentMode = "auto", threshold: float | None = None,
@@ -533,7 +544,7 @@ class MSolomon:
         return tqdm(iterable, desc=f"encoding {what}", unit="batch")
 
     def _encode_query_batch(self, queries: list[Query], augment: str, threshold: float,
-                            max_new_tokens: int) -> list[QueryResult]:
+                            max_new_tokens: int, gate: QueryGate | None = None, offset: int = 0) -> list[QueryResult]:
         import torch
         from transformers import DynamicCache
 
@@ -573,6 +584,24 @@ class MSolomon:
         embed_rows = (~wants).nonzero().flatten().tolist()
         aug_rows = wants.nonzero().flatten().tolist()
         outcomes: dict[int, RowOutcome] = {}
+        gated: set[int] = set()
+        if gate is not None and aug_rows:  # the cascade: rows whose embedded result the gate accepts write nothing
+            if fused:  # the speculative tail already holds their `/embed` states
+                states = hidden[aug_rows, last_index[aug_rows]].float().cpu()
+                trial = [RowOutcome(states[j], [self.embed_id, self.terminal_id], t_decide, 0.0, 0.0)
+                         for j in range(len(aug_rows))]
+            else:  # one cached step on a copy of their rows; the prompt cache stays for decoding
+                trial = self._embed_directly(select_cache_rows(cache, aug_rows), mask[aug_rows], next_pos[aug_rows],
+                                             t_decide)
+            vectors = self.normalize(torch.stack([t.embedding for t in trial])).numpy().astype(np.float32)
+            verdicts = list(gate([offset + r for r in aug_rows], vectors))
+            if len(verdicts) != len(aug_rows):
+                raise ValueError(f"the gate returned {len(verdicts)} answers for {len(aug_rows)} rows")
+            for r, keep, t in zip(aug_rows, verdicts, trial):
+                if keep:
+                    outcomes[r] = t
+                    gated.add(r)
+            aug_rows = [r for r in aug_rows if r not in gated]
         if embed_rows and fused:  # embedded by the prefill itself
             states = hidden[embed_rows, last_index[embed_rows]].float().cpu()
             outcomes.update((r, RowOutcome(states[j], [self.embed_id, self.terminal_id], t_decide, 0.0, 0.0))
@@ -586,16 +615,17 @@ class MSolomon:
             if fused:  # without the speculative `/embed` + terminal positions
                 sub = select_cache_rows(cache, aug_rows, prompt_len)
             else:
-                sub = cache if not embed_rows else select_cache_rows(cache, aug_rows)
+                sub = cache if not embed_rows and not gated else select_cache_rows(cache, aug_rows)
             *_, (_, done) = self._decode_steps(sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
                                                t_gen0)  # drained: the last state has every row's outcome
             outcomes.update(zip(aug_rows, done))
         embeddings = torch.stack([outcomes[i].embedding for i in range(n)])
         vectors = self.normalize(embeddings).numpy().astype(np.float32)
-        return [self._query_result(outcomes[i], float(p_aug[i]), vectors[i], t0, t_pre, t_decide) for i in range(n)]
+        return [self._query_result(outcomes[i], float(p_aug[i]), vectors[i], t0, t_pre, t_decide, i in gated)
+                for i in range(n)]
 
     def _query_result(self, out: RowOutcome, p_aug: float, vector: np.ndarray, t0: float, t_pre: float,
-                      t_decide: float) -> QueryResult:
+                      t_decide: float, gated: bool = False) -> QueryResult:
         """One query's result from its row's outcome, so the batch and the streaming path report alike."""
         seg = out.segment
         augmented = bool(seg) and seg[0] == self.augment_id
@@ -610,7 +640,8 @@ class MSolomon:
             "total": (out.finished - t0) * 1e3,
         }
         return QueryResult(decision=prompts.AUGMENT if augmented else prompts.EMBED, p_augment=p_aug,
-                           augmentation=augmentation, embedding=vector, timings=timings, token_ids=list(seg))
+                           augmentation=augmentation, embedding=vector, timings=timings, token_ids=list(seg),
+                           gated=gated)
 
     def _step(self, ids, mask, positions, cache):
         core = unwrap(self.model).model

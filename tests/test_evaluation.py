@@ -597,3 +597,22 @@ def test_batched_evaluation_of_the_tiny_model_matches_one_at_a_time(bench, tiny_
             b = batched["modes"][mode]["datasets"][name]
             assert (b["correct_bits"], b["augment_rate"]) == (d["correct_bits"], d["augment_rate"]), (mode, name)
             assert b["latency_ms_mean"] > 0
+
+
+def test_the_gate_margin_runs_auto_as_a_cascade(bench, tiny_model):
+    """--gate-margin: with every query wanting to augment (threshold 0), a margin every search clears gives the
+    never path's results and augments nothing; one no search clears gives the always path's."""
+    data, _, _ = bench
+    kw = dict(limit=3, max_new_tokens=4, threshold=0.0, show_progress_bar=False)
+    plain = ev.evaluate(tiny_model, data, ev.EvalSettings(modes="never,always", **kw), model_name="tiny")
+    sure = ev.evaluate(tiny_model, data, ev.EvalSettings(modes="auto", gate_margin=0.0, **kw), model_name="tiny")
+    unsure = ev.evaluate(tiny_model, data, ev.EvalSettings(modes="auto", gate_margin=3.0, **kw), model_name="tiny")
+    for name, never in plain["modes"]["never"]["datasets"].items():
+        gated = sure["modes"]["auto"]["datasets"][name]
+        assert (gated["correct_bits"], gated["augment_rate"]) == (never["correct_bits"], 0.0), name
+        kept = unsure["modes"]["auto"]["datasets"][name]
+        assert (kept["correct_bits"], kept["augment_rate"]) == (
+            plain["modes"]["always"]["datasets"][name]["correct_bits"], 1.0), name
+    assert sure["settings"]["gate_margin"] == 0.0 and plain["settings"]["gate_margin"] is None
+    with pytest.raises(ev.EvaluationError, match="--gate-margin must be a number >= 0"):
+        ev.EvalSettings(gate_margin=-1)

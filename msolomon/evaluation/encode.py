@@ -71,11 +71,18 @@ def encode_candidates_once(model: Any, candidates: Sequence[Candidate], settings
     return vecs
 
 
-def _encode(model: Any, queries: Sequence[Query], mode: str, settings: EvalSettings) -> tuple[list[Any], float]:
-    """Encode queries in one `encode_queries` call; returns the results and the wall time in ms."""
+def _encode(model: Any, queries: Sequence[Query], mode: str, settings: EvalSettings,
+            pools: Sequence[np.ndarray] | None = None) -> tuple[list[Any], float]:
+    """Encode queries in one `encode_queries` call; returns the results and the wall time in ms. `pools`: each
+    query's candidate vectors, for the cascade's gate (auto mode with `settings.gate_margin`)."""
+    extra = {}
+    if mode == "auto" and settings.gate_margin is not None and pools is not None:
+        from msolomon.gate import MarginGate
+
+        extra["gate"] = MarginGate(settings.gate_margin, lambda position: pools[position])
     t0 = time.perf_counter()
     out = model.encode_queries(list(queries), augment=mode, threshold=settings.threshold, batch_size=len(queries),
-                               max_new_tokens=settings.max_new_tokens, show_progress_bar=False)
+                               max_new_tokens=settings.max_new_tokens, show_progress_bar=False, **extra)
     wall = (time.perf_counter() - t0) * 1000.0
     out = list(out) if isinstance(out, (list, tuple)) else [out]
     if len(out) != len(queries):
@@ -94,14 +101,14 @@ def timed_rows(n: int, k: int | None) -> set[int]:
 
 
 def encode_rows(model: Any, rows: Sequence[EvalRow], mode: str, settings: EvalSettings,
-                progress: Any = None) -> list[tuple[Any, float | None]]:
+                progress: Any = None, pools: Sequence[np.ndarray] | None = None) -> list[tuple[Any, float | None]]:
     """Each row's query result and its latency in ms, in row order. The timed rows (`timed_rows`) are encoded
     alone, batch size 1, as a user of the demo would; the rest in batches of `settings.batch_size`, untimed (None).
     Whether a row is timed does not change its decision: the throughput bench counts no flips across batch sizes."""
     timed = timed_rows(len(rows), settings.timed_per_dataset)
     out: list[tuple[Any, float | None] | None] = [None] * len(rows)
     for i in sorted(timed):
-        (res,), wall = _encode(model, [rows[i].query], mode, settings)
+        (res,), wall = _encode(model, [rows[i].query], mode, settings, None if pools is None else [pools[i]])
         total = _float_or_none((getattr(res, "timings", None) or {}).get("total"))
         out[i] = (res, total if total is not None else wall)
         if progress is not None:
@@ -109,7 +116,8 @@ def encode_rows(model: Any, rows: Sequence[EvalRow], mode: str, settings: EvalSe
     rest = [i for i in range(len(rows)) if i not in timed]
     for start in range(0, len(rest), settings.batch_size):
         chunk = rest[start:start + settings.batch_size]
-        results, _ = _encode(model, [rows[i].query for i in chunk], mode, settings)
+        results, _ = _encode(model, [rows[i].query for i in chunk], mode, settings,
+                             None if pools is None else [pools[i] for i in chunk])
         for i, res in zip(chunk, results):
             out[i] = (res, None)
         if progress is not None:
@@ -125,12 +133,13 @@ def evaluate_dataset_mode(model: Any, rows: Sequence[EvalRow], info: DatasetInfo
 
     res = DatasetModeResult(dataset=info.name, mode=mode, meta_task=info.meta_task, ood=bool(info.ood),
                             indices=[], correct=[], augmented=[], p_augment=[], latency_ms=[], n_candidates=[],
-                            settings={"threshold": settings.threshold, "max_new_tokens": settings.max_new_tokens})
+                            settings={"threshold": settings.threshold, "max_new_tokens": settings.max_new_tokens,
+                                      "gate_margin": settings.gate_margin if mode == "auto" else None})
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     disable = None if settings.show_progress_bar is None else not settings.show_progress_bar
     with tqdm(total=len(rows), desc=f"{info.name} [{mode}]", leave=False, disable=disable, unit="query") as bar:
-        encoded = encode_rows(model, rows, mode, settings, bar)
+        encoded = encode_rows(model, rows, mode, settings, bar, [cand_vecs[idx] for idx in row_index])
     for row, idx, (qr, latency) in zip(rows, row_index, encoded):
         emb = np.asarray(qr.embedding, dtype=np.float32).reshape(-1)
         scores = cand_vecs[idx] @ emb
@@ -155,6 +164,7 @@ def evaluate_dataset_mode(model: Any, rows: Sequence[EvalRow], info: DatasetInfo
             "dataset": info.name, "index": int(row.index), "mode": mode,
             "query": q.text, "image": _image_str(q.image), "instruction": getattr(q, "instruction", None),
             "decision": qr.decision, "p_augment": p_aug, "augmentation": qr.augmentation,
+            "gated": bool(getattr(qr, "gated", False)),
             "correct": ok, "latency_ms": None if latency is None else round(float(latency), 3),
             "n_candidates": len(idx),
             "positive_score": float(scores[0]),

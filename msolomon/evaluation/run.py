@@ -114,7 +114,7 @@ def evaluate_benchmark(model: Any, bench: Benchmark, settings: EvalSettings, out
                        "image_root": str(bench.image_root.resolve()), "split": settings.split,
                        "limit": settings.limit, "threshold": settings.threshold,
                        "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
-                       "timed_per_dataset": settings.timed_per_dataset}
+                       "timed_per_dataset": settings.timed_per_dataset, "gate_margin": settings.gate_margin}
         sidecar = Sidecar(paths["parts"], paths["predictions"], fingerprint)
         sidecar.prepare(resume=not settings.fresh)
 
@@ -194,7 +194,8 @@ def build_report(results: Mapping[str, Mapping[str, DatasetModeResult]], setting
         "image_root": str(bench.image_root), "benchmark": bench.kind,
         "settings": {"modes": list(settings.modes), "limit": settings.limit, "threshold": settings.threshold,
                      "max_new_tokens": settings.max_new_tokens, "datasets": list(names),
-                     "batch_size": settings.batch_size, "timed_per_dataset": settings.timed_per_dataset},
+                     "batch_size": settings.batch_size, "timed_per_dataset": settings.timed_per_dataset,
+                     "gate_margin": settings.gate_margin},
         "metric": {"precision_at_1": TIE_RULE, "macro": "overall, ind, ood and by_meta_task average datasets equally",
                    "augment_rate": "fraction of all queries (micro); augment_rate_macro averages datasets",
                    "latency_ms": latency_note(settings),

@@ -72,6 +72,10 @@ class EvalSettings:
     thresholds: tuple[float, ...] | None = option(
         None, "decision thresholds to sweep for auto mode, computed from the never/always runs (default: no sweep)")
     max_new_tokens: int = option(64, "cap on the generated augmentation")
+    gate_margin: float | None = option(
+        None, "auto mode as a cascade: a query the model would augment keeps its embedded result when that search "
+              "over its own candidates is sure, top-1 margin at least this, msolomon.gate.MarginGate (default: no "
+              "gate)", metavar="M")
     candidate_batch_size: int = option(32, "candidates encoded per batch")
     batch_size: int = option(1, "queries encoded per batch for accuracy; above 1, only --latency-queries queries per "
                                 "dataset are timed, one at a time (default: 1, every query timed)")
@@ -104,6 +108,13 @@ class EvalSettings:
                 raise EvaluationError(f"--thresholds must be comma-separated numbers, got {shown!r}") from None
             if not self.thresholds or not all(math.isfinite(t) for t in self.thresholds):
                 raise EvaluationError(f"--thresholds must be finite numbers, got {self.thresholds!r}")
+        if self.gate_margin is not None:
+            try:
+                self.gate_margin = float(self.gate_margin)
+            except (TypeError, ValueError):
+                raise EvaluationError(f"--gate-margin must be a number >= 0, got {self.gate_margin!r}") from None
+            if not self.gate_margin >= 0 or not math.isfinite(self.gate_margin):
+                raise EvaluationError(f"--gate-margin must be a number >= 0, got {self.gate_margin!r}")
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise EvaluationError(f"--threshold must be in [0, 1], got {self.threshold!r}")
         if not _positive_int(self.max_new_tokens):
