@@ -157,6 +157,8 @@ class LatencySettings(C.BenchSettings):
     passes: int | None = C.option(None, "interleaved passes over the queries (default: 3)")
     n_augmented: int | None = C.option(None, "augmented queries taken apart (default: 30; --tiny: 3)")
     max_new_tokens: int | None = C.option(None, "augmentation cap (default: 64, as the evaluation's; --tiny: 8)")
+    gate_margin: float | None = C.option(None, "auto mode as a cascade (msolomon.gate.MarginGate over each query's "
+                                               "own candidates, its search timed with it; default: no gate)")
 
 
 def main(argv=None) -> int:
@@ -176,18 +178,26 @@ def main(argv=None) -> int:
     for n in names:
         cand_keys[n], cand_vecs[n] = candidate_vectors(model, rows[n])
 
-    def encode(query, mode):
-        return model.encode_queries(query, augment=mode, batch_size=1, max_new_tokens=mnt)
+    def pool(n, row):
+        return cand_vecs[n][[cand_keys[n][C.candidate_key(c)] for c in row.candidates]]
 
-    for _, row in order[:2]:  # warm up every path
+    def encode(n, row, mode):
+        gate = None
+        if mode == "auto" and args.gate_margin is not None:
+            from msolomon.gate import MarginGate
+
+            gate = MarginGate(args.gate_margin, lambda _: pool(n, row))  # the search is timed with the query
+        return model.encode_queries(row.query, augment=mode, batch_size=1, max_new_tokens=mnt, gate=gate)
+
+    for n, row in order[:2]:  # warm up every path
         for mode in MODES:
-            encode(row.query, mode)
+            encode(n, row, mode)
     lat = {m: np.zeros((passes, len(order))) for m in MODES}
     first = {m: [None] * len(order) for m in MODES}
     for r in range(passes):
-        for i, (_, row) in enumerate(order):
+        for i, (n, row) in enumerate(order):
             for mode in C.rotations(MODES, i + r):
-                ms, res = C.timed(lambda: encode(row.query, mode))
+                ms, res = C.timed(lambda: encode(n, row, mode))
                 lat[mode][r, i] = ms
                 if first[mode][i] is None:
                     first[mode][i] = res
@@ -195,9 +205,7 @@ def main(argv=None) -> int:
                     raise SystemExit(f"query {i}: decision changed between passes ({mode})")
 
     def correct(mode, i) -> bool:
-        n, row = order[i]
-        idx = [cand_keys[n][C.candidate_key(c)] for c in row.candidates]
-        return is_correct(cand_vecs[n][idx] @ first[mode][i].embedding)
+        return is_correct(pool(*order[i]) @ first[mode][i].embedding)
 
     ok = {m: np.array([correct(m, i) for i in range(len(order))]) for m in MODES}
     ds_of = np.array([n for n, _ in order])
@@ -236,7 +244,8 @@ def main(argv=None) -> int:
             ref = refs[i]
             for v in C.rotations(VARIANTS, i + r):
                 if v == "shipped":
-                    ms, got = C.timed(lambda: encode(q, "always"))
+                    ms, got = C.timed(lambda: model.encode_queries(q, augment="always", batch_size=1,
+                                                                   max_new_tokens=mnt))
                     same = got.token_ids == ref.token_ids and np.allclose(got.embedding, ref.embedding, atol=1e-4)
                 elif v == "parts":
                     got = parts(model, q, ref.token_ids, mnt)
@@ -284,7 +293,8 @@ def main(argv=None) -> int:
                       "mismatches": mismatches}
     result = {"machine": C.machine(threads), "model": model_name, "model_size": C.model_summary(model),
               "data": str(folder), "queries": len(order), "limit_per_dataset": limit, "passes": passes,
-              "max_new_tokens": mnt, "augment_rate_auto": float(augmented.mean()),
+              "max_new_tokens": mnt, "augment_rate_auto": float(augmented.mean()), "gate_margin": args.gate_margin,
+              "gated_auto": float(np.mean([bool(first["auto"][i].gated) for i in range(len(order))])),
               "ratios": ratios, "p_at_1": macro, "p_at_1_micro": {m: p_at_1(m) for m in MODES},
               "mean_ms": {m: float(np.median(lat[m].mean(1))) for m in MODES},
               "p50_ms": {m: float(np.median(lat[m])) for m in MODES},
