@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     args = C.parse(ForgettingSettings, argv, __doc__, model=False, data=False)
     logging.basicConfig(level=logging.WARNING)
     threads = C.start(args)
-    from training.pretrain_data import exact_match
+    from msolomon.metrics import paired_gain_ci
+    from training.pretrain_data import exact_match, normalise_answer
 
     rows = heldout_rows(args)
     specs = [m.strip() for m in (args.models or ("tiny" if args.tiny else DEFAULT_MODELS)).split(",") if m.strip()]
@@ -100,10 +101,17 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - t0
         per_world = {w: exact_match([a for a, r in zip(answers, rows) if r["dataset"] == w],
                                     [r["response"] for r in rows if r["dataset"] == w]) for w in worlds}
+        right = [normalise_answer(a) == normalise_answer(r["response"]) for a, r in zip(answers, rows)]
+        bits = {w: [ok for ok, r in zip(right, rows) if r["dataset"] == w] for w in worlds}
         results.append({"model": spec, "exact_match": per_world,
+                        "correct_bits": {w: "".join("1" if b else "0" for b in v) for w, v in bits.items()},
                         "overall": exact_match(answers, [r["response"] for r in rows]), "seconds": seconds,
                         "examples": [{"dataset": r["dataset"], "reference": r["response"], "answer": a}
                                      for r, a in list(zip(rows, answers))[:: max(1, len(rows) // 12)]]})
+    first = {w: [c == "1" for c in results[0]["correct_bits"][w]] for w in worlds} if results else {}
+    for r in results[1:]:  # the same questions: a paired interval against the first model, macro over worlds
+        gain = paired_gain_ci({w: [c == "1" for c in r["correct_bits"][w]] for w in worlds}, first)
+        r["vs_first"] = {"model": results[0]["model"], "macro_gain": gain["gain"], "ci95": gain["ci95"]}
     table = C.table(["model", *worlds, "overall", "s"],
                     [[r["model"], *(round(r["exact_match"][w], 1) for w in worlds), round(r["overall"], 1),
                       round(r["seconds"])] for r in results])

@@ -366,7 +366,13 @@ def test_bench_forgetting_tiny(tmp_path, restore_threads, monkeypatch):
     assert sorted(r["dataset"] for r in asked) == ["DigitsR", "DigitsR", "ShapesCLS", "ShapesCLS"]  # --limit 2
     (model,) = data["models"]
     assert model["exact_match"] == {"DigitsR": 100.0, "ShapesCLS": 0.0} and model["overall"] == 50.0
+    assert model["correct_bits"] == {"DigitsR": "11", "ShapesCLS": "00"}
     assert [e["reference"] for e in model["examples"]] == [r["response"] for r in asked]
+    # two models on the same questions: the second is paired against the first (here the same answers: no gain)
+    assert _bench("forgetting").main(["--tiny", "--models", "tiny,tiny", "--threads", "1", "--limit", "2", "--json",
+                                      str(out)]) == 0
+    second = json.loads(out.read_text())["models"][1]
+    assert second["vs_first"]["macro_gain"] == 0.0 and second["vs_first"]["ci95"] == [0.0, 0.0]
     with pytest.raises(SystemExit, match="not a pretraining data folder"):
         _bench("forgetting").main(["--threads", "1", "--pretrain-data", str(tmp_path)])
 
