@@ -607,7 +607,7 @@ class MSolomon:
             outcomes.update((r, RowOutcome(states[j], [self.embed_id, self.terminal_id], t_decide, 0.0, 0.0))
                             for j, r in enumerate(embed_rows))
         elif embed_rows:  # `/embed` + terminal in one cached step: these rows never wait on generation
-            sub = cache if not aug_rows else select_cache_rows(cache, embed_rows)
+            sub = cache if len(embed_rows) == n else select_cache_rows(cache, embed_rows)
             outcomes.update(zip(embed_rows, self._embed_directly(sub, mask[embed_rows], next_pos[embed_rows],
                                                                  t_decide)))
         if aug_rows:
@@ -615,7 +615,7 @@ class MSolomon:
             if fused:  # without the speculative `/embed` + terminal positions
                 sub = select_cache_rows(cache, aug_rows, prompt_len)
             else:
-                sub = cache if not embed_rows and not gated else select_cache_rows(cache, aug_rows)
+                sub = cache if len(aug_rows) == n else select_cache_rows(cache, aug_rows)
             *_, (_, done) = self._decode_steps(sub, mask[aug_rows], next_pos[aug_rows], max_new_tokens,
                                                t_gen0)  # drained: the last state has every row's outcome
             outcomes.update(zip(aug_rows, done))

@@ -52,6 +52,36 @@ def test_a_gate_keeps_the_embedded_result_of_the_rows_it_accepts(model, sample_i
         assert abs(g.p_augment - a.p_augment) < 1e-4  # the model's own wish is still reported
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_batch_of_embedded_augmented_and_gated_rows(model, sample_images, side):
+    """auto mode splitting one batch three ways (embedded by the decision, gated, augmenting): each row's result is
+    what its path gives alone, whatever the padding."""
+    queries = _queries(sample_images)
+    p = [r.p_augment for r in model.encode_queries(queries, augment="never")]
+    threshold = float(np.median(p))  # some rows embed, the others want to augment
+    wants = [x >= threshold for x in p]
+    assert any(wants) and not all(wants)
+    model.padding_side = side
+    try:
+        never = model.encode_queries(queries, augment="never", batch_size=5)
+        always = model.encode_queries(queries, augment="always", max_new_tokens=6, batch_size=5)
+        first_only = model.encode_queries(queries, threshold=threshold, max_new_tokens=6, batch_size=5,
+                                          gate=lambda pos, v: [i == 0 for i in range(len(pos))])
+        all_gated = model.encode_queries(queries, threshold=threshold, max_new_tokens=6, batch_size=5,
+                                         gate=lambda pos, v: [True] * len(pos))
+    finally:
+        model.padding_side = "left"
+    first_wanting = wants.index(True)
+    for i in range(len(queries)):
+        takes_never = not wants[i] or i == first_wanting
+        expected = never[i] if takes_never else always[i]
+        assert first_only[i].token_ids == expected.token_ids, i
+        np.testing.assert_allclose(first_only[i].embedding, expected.embedding, atol=1e-4)
+        assert first_only[i].gated == (i == first_wanting)
+        np.testing.assert_allclose(all_gated[i].embedding, never[i].embedding, atol=1e-4)
+        assert all_gated[i].gated == wants[i] and all_gated[i].decision == EMBED
+
+
 def test_the_gate_is_not_asked_about_rows_that_embed(model, sample_images):
     queries = _queries(sample_images)
     asked = []
