@@ -597,9 +597,10 @@ class MSolomon:
             verdicts = list(gate([offset + r for r in aug_rows], vectors))
             if len(verdicts) != len(aug_rows):
                 raise ValueError(f"the gate returned {len(verdicts)} answers for {len(aug_rows)} rows")
+            t_gate = _now(device)  # an accepted row's result is ready once the gate's search has answered
             for r, keep, t in zip(aug_rows, verdicts, trial):
                 if keep:
-                    outcomes[r] = t
+                    outcomes[r] = RowOutcome(t.embedding, t.segment, t_gate, 0.0, t_gate - t_decide)
                     gated.add(r)
             aug_rows = [r for r in aug_rows if r not in gated]
         if embed_rows and fused:  # embedded by the prefill itself

@@ -350,9 +350,14 @@ def test_bench_forgetting_tiny(tmp_path, restore_threads, monkeypatch):
     real = P.generate_answers
     asked = []
 
+    calls = []
+
     def known_answers(model, rows, *args, **kwargs):
         answers = real(model, rows, *args, **kwargs)
         assert len(answers) == len(rows)
+        calls.append(len(rows))
+        if len(calls) == 3:  # the second model of the paired run below answers every question right
+            return [r["response"] for r in rows]
         asked.extend(rows)
         digits = [i for i, r in enumerate(rows) if r["dataset"] == "DigitsR"]
         return [("  " + r["response"].upper().rstrip(".") + " " if i == digits[0] else r["response"])
@@ -368,11 +373,13 @@ def test_bench_forgetting_tiny(tmp_path, restore_threads, monkeypatch):
     assert model["exact_match"] == {"DigitsR": 100.0, "ShapesCLS": 0.0} and model["overall"] == 50.0
     assert model["correct_bits"] == {"DigitsR": "11", "ShapesCLS": "00"}
     assert [e["reference"] for e in model["examples"]] == [r["response"] for r in asked]
-    # two models on the same questions: the second is paired against the first (here the same answers: no gain)
+    # two models on the same questions: the second (all right) is paired against the first (ShapesCLS wrong):
+    # DigitsR level, ShapesCLS +100 on both questions, so +50 macro in every resample
     assert _bench("forgetting").main(["--tiny", "--models", "tiny,tiny", "--threads", "1", "--limit", "2", "--json",
                                       str(out)]) == 0
     second = json.loads(out.read_text())["models"][1]
-    assert second["vs_first"]["macro_gain"] == 0.0 and second["vs_first"]["ci95"] == [0.0, 0.0]
+    assert second["correct_bits"] == {"DigitsR": "11", "ShapesCLS": "11"}
+    assert second["vs_first"]["macro_gain"] == 50.0 and second["vs_first"]["ci95"] == [50.0, 50.0]
     with pytest.raises(SystemExit, match="not a pretraining data folder"):
         _bench("forgetting").main(["--threads", "1", "--pretrain-data", str(tmp_path)])
 

@@ -57,9 +57,11 @@ def test_a_batch_of_embedded_augmented_and_gated_rows(model, sample_images, side
     """auto mode splitting one batch three ways (embedded by the decision, gated, augmenting): each row's result is
     what its path gives alone, whatever the padding."""
     queries = _queries(sample_images)
-    p = [r.p_augment for r in model.encode_queries(queries, augment="never")]
-    threshold = float(np.median(p))  # some rows embed, the others want to augment
-    wants = [x >= threshold for x in p]
+    p = sorted(r.p_augment for r in model.encode_queries(queries, augment="never"))
+    threshold = (p[2] + p[3]) / 2  # between two rows' p_augment: some rows embed, the others want to augment
+    if p[3] - p[2] < 1e-3:
+        pytest.skip("two rows too close in p_augment to split the batch by a threshold")
+    wants = [r.p_augment >= threshold for r in model.encode_queries(queries, augment="never")]
     assert any(wants) and not all(wants)
     model.padding_side = side
     try:

@@ -243,8 +243,8 @@ def test_replay_auto_makes_the_inits_own_pretraining_data_again(tmp_path):
     generate(data, seed=0, scale="tiny", datasets=["DigitsCLS", "ScenesT2I"], progress=False)
     base = tmp_path / "base"
     base.mkdir()
-    (base / "pretrain_report.json").write_text(json.dumps({"settings": {
-        "n_per_dataset": 3, "n_heldout": 2, "seed": 7, "datasets": ["DigitsCLS", "ShapesCLS"]}}))
+    (base / "pretrain_report.json").write_text(json.dumps({"settings": {"n_per_dataset": 3000}, "data": {"settings": {
+        "n_per_dataset": 3, "n_heldout_per_dataset": 2, "seed": 7, "datasets": ["DigitsCLS", "ShapesCLS"]}}}))
     out = tmp_path / "run"
     settings = build(ReproduceSettings, dict(out=str(out), init=str(base), scale="tiny"))
     made = stage_rehearsal_data(settings, data, out)

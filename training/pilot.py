@@ -170,6 +170,10 @@ def split_mask(names: Sequence[str], embed: Sequence[str]) -> int:
     return sum(1 << i for i, n in enumerate(names) if n in embed)
 
 
+class BudgetOutOfReach(ValueError):
+    """No split is predicted within the latency budget (training.reproduce then keeps the margin's split)."""
+
+
 def budget_split(split: dict, frontier: dict, budget: float) -> dict:
     """`split` re-assigned to the most accurate split within `budget` x AlwaysAug's predicted latency (the
     per-dataset evidence is kept; `latency_budget` and the prediction are recorded).
@@ -184,7 +188,7 @@ def budget_split(split: dict, frontier: dict, budget: float) -> dict:
     within = [p for p in frontier["points"] if p["latency_ratio"] <= budget
               and set(names) - set(p["embed"]) <= allowed]
     if not within:
-        raise ValueError(f"no split is predicted within {budget}x AlwaysAug's latency (NoAug alone is at "
+        raise BudgetOutOfReach(f"no split is predicted within {budget}x AlwaysAug's latency (NoAug alone is at "
                          f"{frontier['never']['latency_ratio']}x)")
     best = max(within, key=lambda p: (p["ind_p_at_1"], -p["latency_ratio"]))
     out = dict(split, embed=[n for n in names if n in best["embed"]],

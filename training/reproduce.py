@@ -162,9 +162,11 @@ def stage_rehearsal_data(s: ReproduceSettings, data: Path, out: Path) -> str | N
     from training.train import resolve_init
 
     record = read_json(Path(resolve_init(s.model.init)) / "pretrain_report.json")
-    made = record.get("settings") if isinstance(record, dict) else None
+    data_record = record.get("data") if isinstance(record, dict) else None
+    made = data_record.get("settings") if isinstance(data_record, dict) else None  # what made the base's data
     if not isinstance(made, dict):
-        logger.info("--replay auto: %s has no pretrain_report.json, so no rehearsal", s.model.init)
+        logger.warning("--replay auto: %s has no pretrain_report.json with its data settings (a fine-tuned model or "
+                       "a hub checkpoint), so no rehearsal; --replay DIR names pretraining data", s.model.init)
         return None
     path = out / "pretrain-data"
     if not is_pretrain_data(path):
@@ -173,11 +175,14 @@ def stage_rehearsal_data(s: ReproduceSettings, data: Path, out: Path) -> str | N
         meta = load_minimmeb(data)
         logger.info("making %s's pretraining data again for rehearsal (%s)", s.model.init, path)
         plain = PretrainDataSettings()
+        signature = data_record.get("signature") or {}  # the near-duplicate filter, when the base's data had it
         generate(path, PretrainDataSettings(
             n_per_dataset=made.get("n_per_dataset", plain.n_per_dataset),
-            n_heldout_per_dataset=made.get("n_heldout", plain.n_heldout_per_dataset), seed=made.get("seed", plain.seed),
-            benchmark_seed=meta.get("seed", s.loop.seed), benchmark_scale=meta.get("scale", s.scale),
-            datasets=tuple(made["datasets"]) if made.get("datasets") else None), data, progress=False)
+            n_heldout_per_dataset=made.get("n_heldout_per_dataset", plain.n_heldout_per_dataset),
+            seed=made.get("seed", plain.seed), benchmark_seed=meta.get("seed", s.loop.seed),
+            benchmark_scale=meta.get("scale", s.scale),
+            datasets=tuple(made["datasets"]) if made.get("datasets") else None,
+            near_duplicate_rms=float(signature.get("near_duplicate_rms", 0.0))), data, progress=False)
     return str(path)
 
 
@@ -241,7 +246,14 @@ def stage_labels(s: ReproduceSettings, data: Path, synthesis: Path, out: Path) -
 
 def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, Path]) -> Path:
     from msolomon.data.minimmeb import load_minimmeb
-    from training.pilot import PilotSettings, budget_split, pilot_split, split_frontier, write_json_atomic
+    from training.pilot import (
+        BudgetOutOfReach,
+        PilotSettings,
+        budget_split,
+        pilot_split,
+        split_frontier,
+        write_json_atomic,
+    )
 
     path = out / "split.json"
     asked = (s.margin, s.require_significant, s.latency_budget)
@@ -264,9 +276,10 @@ def stage_pilot(s: ReproduceSettings, data: Path, out: Path, finals: dict[str, P
     settings = PilotSettings(margin=s.margin, datasets=ind, require_significant=s.require_significant)
     result = pilot_split(noaug, always, settings)
     if s.latency_budget is not None:
+        frontier = split_frontier(noaug, always, settings)  # its own errors (no latencies) fail the run
         try:
-            result = budget_split(result, split_frontier(noaug, always, settings), s.latency_budget)
-        except ValueError as err:  # out of reach (short augmentations): the rule's split, not a failed run
+            result = budget_split(result, frontier, s.latency_budget)
+        except BudgetOutOfReach as err:  # out of reach (short augmentations): the rule's split, not a failed run
             logger.warning("%s: M-Solomon trains on the pilot's rule alone", err)
             result = dict(result, latency_budget=s.latency_budget, budget_unmet=f"{err}; the pilot's rule kept")
     result["sources"] = {"noaug": "eval/noaug.pilot.json", "alwaysaug": "eval/alwaysaug.pilot.json"}

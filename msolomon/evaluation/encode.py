@@ -139,7 +139,9 @@ def evaluate_dataset_mode(model: Any, rows: Sequence[EvalRow], info: DatasetInfo
     counts: dict[str, int] = {}
     disable = None if settings.show_progress_bar is None else not settings.show_progress_bar
     with tqdm(total=len(rows), desc=f"{info.name} [{mode}]", leave=False, disable=disable, unit="query") as bar:
-        encoded = encode_rows(model, rows, mode, settings, bar, [cand_vecs[idx] for idx in row_index])
+        gated = mode == "auto" and settings.gate_margin is not None  # each query's own candidates, for the gate
+        pools = [cand_vecs[idx] for idx in row_index] if gated else None
+        encoded = encode_rows(model, rows, mode, settings, bar, pools)
     for row, idx, (qr, latency) in zip(rows, row_index, encoded):
         emb = np.asarray(qr.embedding, dtype=np.float32).reshape(-1)
         scores = cand_vecs[idx] @ emb
