@@ -85,6 +85,11 @@ def mode_latency(report: Path) -> dict[str, dict[str, float]]:
         raise SystemExit(f"--report {report}: no per-dataset latency of never and always ({err})") from None
 
 
+def path_bits(paths: Paths) -> dict[str, dict[str, list[bool]]]:
+    """mode (never, always) -> dataset -> each query's correctness, in row order."""
+    return {m: {n: [bool(p["correct"]) for p in rows] for n, rows in paths[m].items()} for m in ("never", "always")}
+
+
 def decisions(paths: Paths, rule: Callable[[dict, dict], bool]) -> dict[str, list[bool]]:
     """Per dataset, True where the rule takes the augmented path; `rule(auto, never)` sees one query's two rows."""
     return {n: [rule(a, e) for a, e in zip(paths["auto"][n], paths["never"][n])] for n in paths["auto"]}
@@ -95,7 +100,7 @@ def score(paths: Paths, decide: Mapping[str, Sequence[bool]], latency: Mapping[s
     """Macro P@1, augment rate and estimated mean latency of a routing, and its paired gain over `reference`."""
     from msolomon.metrics import paired_gain_ci
 
-    bits = {m: {n: [bool(p["correct"]) for p in rows] for n, rows in paths[m].items()} for m in ("never", "always")}
+    bits = path_bits(paths)
     routed = route(bits["never"], bits["always"], decide)
     costs = [sum(latency["always"][n] if (both or a) else latency["never"][n] for a in d) / len(d)
              for n, d in decide.items()]
@@ -116,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = read_paths(Path(args.predictions))
     latency = mode_latency(Path(args.report))
     auto = decisions(paths, lambda a, e: a["decision"] == "/augment")
-    bits = {m: {n: [bool(p["correct"]) for p in rows] for n, rows in paths[m].items()} for m in ("never", "always")}
+    bits = path_bits(paths)
     reference = route(bits["never"], bits["always"], auto)
     rules: dict[str, dict] = {}
     rules["auto"], _ = score(paths, auto, latency, reference)

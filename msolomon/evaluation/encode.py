@@ -74,9 +74,9 @@ def encode_candidates_once(model: Any, candidates: Sequence[Candidate], settings
 def _encode(model: Any, queries: Sequence[Query], mode: str, settings: EvalSettings,
             pools: Sequence[np.ndarray] | None = None) -> tuple[list[Any], float]:
     """Encode queries in one `encode_queries` call; returns the results and the wall time in ms. `pools`: each
-    query's candidate vectors, for the cascade's gate (auto mode with `settings.gate_margin`)."""
+    query's candidate vectors, given only for the cascade's gate (auto mode with `settings.gate_margin`)."""
     extra = {}
-    if mode == "auto" and settings.gate_margin is not None and pools is not None:
+    if pools is not None:
         from msolomon.gate import MarginGate
 
         extra["gate"] = MarginGate(settings.gate_margin, lambda position: pools[position])
