@@ -111,8 +111,8 @@ def test_the_command_refuses_test_reports_and_reproduce_a_test_pilot(tmp_path, c
 def test_the_card_says_where_the_split_was_chosen():
     from training.report import pilot_sentence
 
-    assert "validation split" in pilot_sentence("val") and "touched only by the final" in pilot_sentence("val")
-    assert "overstate" in pilot_sentence("test") and "touched only" not in pilot_sentence("test")
+    assert "validation split" in pilot_sentence("val") and "only in its final evaluation" in pilot_sentence("val")
+    assert "overstate" in pilot_sentence("test") and "only in its final evaluation" not in pilot_sentence("test")
     assert "does not record" in pilot_sentence(None)
 
 

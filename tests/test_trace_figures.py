@@ -83,3 +83,10 @@ def test_a_changed_figure_and_a_stale_verdict_are_caught(tmp_path):
     assert len(problems) == 2
     assert "README.md results row" in problems[0] and cells[5] in problems[0]
     assert "assets/model/README.md table row" in problems[1]
+    # the latency sentence: its ratio is auto (latency.json) over the AlwaysAug model (latency_alwaysaug.json)
+    text = readme.read_text(encoding="utf-8")
+    assert "**0.47×**" in text
+    readme.write_text(text.replace("**0.47×**", "**0.45×**", 1), encoding="utf-8")
+    problems, _ = trace.trace(root)
+    latency = [x for x in problems if "latency sentence" in x]
+    assert len(problems) == 3 and len(latency) == 1 and "'0.45'" in latency[0] and "'0.47'" in latency[0]

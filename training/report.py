@@ -422,7 +422,7 @@ def pilot_sentence(pilot_on: str | None) -> str:
     """The card's sentence on where the split was chosen, from what the report recorded (never a fixed claim)."""
     if pilot_on == "val":
         return ("The pilot split was chosen on the validation split carved from MiniMMEB's training distribution "
-                "(val); the test sets were touched only by the final evaluation below.")
+                "(val); this run read the test sets only in its final evaluation below.")
     if pilot_on is None:
         return "The report does not record which split the pilot split was chosen on."
     return (f"The pilot split was chosen on the {pilot_on} split: the figures below were measured on data that "
