@@ -16,13 +16,21 @@ SUBSET = ["DigitsCLS", "ScenesVQA", "ScenesT2I", "DigitsR", "FashionCIR"]
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 1, "vision_dim": 32, "vision_depth": 1}
 
 
-def test_reproduce_smoke(tmp_path):
-    out = tmp_path / "rep"
-    settings = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
-                                             eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET,
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """The tiny pipeline with the dataset-level defaults, run once: the smoke test checks it, and the per-query run
+    starts from copies of its MiniMMEB, teacher file and baselines (the stages it shares)."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    settings = build(ReproduceSettings, dict(out=str(tmp_path / "rep"), scale="tiny", epochs=1, batch_size=16,
+                                             max_new_tokens=8, eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET,
                                              latency_budget=0.01, latency_queries=1, ship=str(tmp_path / "assets"),
                                              force_ship=True))  # flat names
-    result = run(settings)
+    return tmp_path, settings, run(settings)
+
+
+def test_reproduce_smoke(smoke_run):
+    tmp_path, settings, result = smoke_run
+    out = tmp_path / "rep"
     report = json.loads((out / "report.json").read_text())
     # the comparison that decides shipping was made on validation and written before any test evaluation
     validation = json.loads((out / "validation.json").read_text())
@@ -139,15 +147,22 @@ def test_a_bad_latency_budget_or_twin_share_fails_before_any_training(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-def test_reproduce_with_per_query_decisions(tmp_path):
+def test_reproduce_with_per_query_decisions(tmp_path, smoke_run):
     """`--decisions query`: the pipeline labels each training query with cross-fitted fold models, trains M-Solomon
     on those labels, and its report carries the labels' summary, the two-model oracle and M-Solomon's decisions."""
     out = tmp_path / "rep"
+    shared = smoke_run[0] / "rep"  # the stages before the split are the same: reused, as a rerun would
+    for name in ("minimmeb", "noaug", "alwaysaug"):
+        shutil.copytree(shared / name, out / name)
+    shutil.copyfile(shared / "synthesis.jsonl", out / "synthesis.jsonl")
+    trained = {p: p.stat().st_mtime_ns for p in out.glob("*/final/model.safetensors")}
+    assert len(trained) == 2
     settings = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
-                                             eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET[:3] + ["DigitsR"],
+                                             eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET,
                                              decisions="query", margins=[0.0, 0.02], eval_batch_size=4,
                                              latency_queries=1, latency_budget=None, augmented_twins=0.0))
     run(settings)
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained  # the baselines were not trained again
     report = json.loads((out / "report.json").read_text())
     assert report["decisions"] == "query"
     saved = json.loads((out / "msolomon" / "train_settings.json").read_text())["config"]
@@ -170,7 +185,7 @@ def test_reproduce_with_per_query_decisions(tmp_path):
     assert "per-query labels" in text and "Two-model oracle" in text
     # asking for the paper's per-dataset decisions on this folder is refused, not silently served this model
     other = build(ReproduceSettings, dict(out=str(out), scale="tiny", epochs=1, batch_size=16, max_new_tokens=8,
-                                          eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET[:3] + ["DigitsR"],
+                                          eval_limit=4, init="tiny", tiny=TINY, datasets=SUBSET,
                                           eval_batch_size=4, latency_queries=1, latency_budget=None,
                                           augmented_twins=0.0))
     with pytest.raises(SystemExit, match="labeling query"):
