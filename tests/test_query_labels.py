@@ -134,7 +134,21 @@ def test_bad_settings_are_refused_before_any_training(tmp_path):
         main(["--data", str(tmp_path), "--augmentations", __file__, "--out", str(tmp_path / "o"), "--folds", "1"])
     with pytest.raises(SystemExit, match="no such file"):
         main(["--data", str(tmp_path), "--augmentations", str(tmp_path / "x.jsonl"), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="--only-fold 2: a fold from 0 to 1"):
+        main(["--data", str(tmp_path), "--augmentations", __file__, "--out", str(tmp_path / "o"), "--only-fold", "2"])
     assert not (tmp_path / "o").exists()
+
+
+def test_only_fold_trains_that_fold_model_and_labels_nothing(tiny_data, tmp_path, monkeypatch):
+    """Folds run as parallel processes (`--only-fold K`), then one run without it labels from their models."""
+    import training.query_labels as ql
+
+    data, synth = tiny_data
+    trained = []
+    monkeypatch.setattr(ql, "train_fold", lambda s, k, out: trained.append(k) or out / f"fold{k}" / "final")
+    out = tmp_path / "labels"
+    assert ql.run(_settings(out, data, synth, only_fold=1)) == out / "fold1" / "final"
+    assert trained == [1] and not (out / "labels.jsonl").exists() and not (out / "timings.json").exists()
 
 
 def test_the_per_dataset_rule_is_scored_under_the_same_protocol():

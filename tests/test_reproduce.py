@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from msolomon.settings import build
 from training.reproduce import ReproduceSettings, run
@@ -122,6 +123,33 @@ def test_reproduce_smoke(smoke_run):
     assert set(budgeted["augment"]) <= set(result["split"]["augment"])
     timed = json.loads((out / "eval" / "alwaysaug.pilot.json").read_text())["modes"]["always"]["datasets"]
     assert all(timed[n]["latency_ms_mean"] > 0 for n in ind)
+
+
+def test_the_baselines_train_at_once_as_two_processes_into_the_same_models(smoke_run, tmp_path):
+    """With two threads, NoAug and AlwaysAug fine-tune as two one-thread processes: the same models as one after
+    the other (the smoke's), each run's time recorded beside the stage's wall time."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from training.reproduce import stage_baselines
+
+    smoke, settings, _ = smoke_run
+    s = replace(settings, out=str(tmp_path), threads=2, rehearsal=replace(settings.rehearsal, replay=None))
+    timings: dict[str, float] = {}
+    finals = stage_baselines(s, smoke / "rep" / "minimmeb", smoke / "rep" / "synthesis.jsonl", tmp_path, timings)
+    assert set(timings) == {"train_noaug_s", "train_alwaysaug_s", "train_baselines_wall_s"}
+    assert timings["train_baselines_wall_s"] >= max(timings["train_noaug_s"], timings["train_alwaysaug_s"])
+    for name in ("noaug", "alwaysaug"):
+        assert finals[name] == tmp_path / name / "final"
+        ours = load_file(str(finals[name] / "model.safetensors"))
+        theirs = load_file(str(smoke / "rep" / name / "final" / "model.safetensors"))
+        assert ours.keys() == theirs.keys()
+        assert all(torch.allclose(ours[k], theirs[k], atol=1e-4) for k in ours), name
+    # done runs are skipped: no process is started and nothing is trained again
+    stamp = (tmp_path / "noaug" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert stage_baselines(s, smoke / "rep" / "minimmeb", smoke / "rep" / "synthesis.jsonl", tmp_path, {}) == finals
+    assert (tmp_path / "noaug" / "final" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("flags", [["--eval-batch-size", "0"], ["--latency-queries", "-1"]])

@@ -89,6 +89,9 @@ class QueryLabelSettings:
     datasets: list[str] | None = option(None, "training datasets to label (default: all)")
     max_new_tokens: int = option(32, "generated tokens per augmentation in the always runs")
     eval_batch_size: int = option(32, "queries per batch when ranking")
+    only_fold: int | None = option(None, "train fold K's model and stop: run each fold so, as parallel processes "
+                                   "at --threads 1 (or on other machines), then once without it for the rest",
+                                   metavar="K")
     threads: int | None = threads_option()
     model: ModelSettings = field(default_factory=ModelSettings)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
@@ -103,6 +106,8 @@ def settings_problem(s: QueryLabelSettings) -> str | None:
         return f"--data {s.data}: no such folder"
     if not Path(s.augmentations).is_file():
         return f"--augmentations {s.augmentations}: no such file (make it with python -m training.synthesize)"
+    if s.only_fold is not None and not 0 <= s.only_fold < s.rule.folds:
+        return f"--only-fold {s.only_fold}: a fold from 0 to {s.rule.folds - 1} (--folds {s.rule.folds})"
     return rule_problem(s.rule)
 
 
@@ -353,7 +358,8 @@ def summary_markdown(summary: Mapping[str, Any], margin: Mapping[str, Any]) -> s
 
 
 def run(s: QueryLabelSettings) -> Path:
-    """Every stage; returns the labels file. Stages skip what is done."""
+    """Every stage; returns the labels file (with `only_fold`, that fold model's folder). Stages skip what is
+    done."""
     import time
 
     from msolomon.data.minimmeb import load_minimmeb
@@ -369,6 +375,8 @@ def run(s: QueryLabelSettings) -> Path:
     unknown = sorted(set(names) - set(list_train_datasets(data / "train")))
     if unknown:
         raise ValueError(f"datasets with no training rows in {data / 'train'}: {unknown}")
+    if s.only_fold is not None:  # one fold model only, beside the others' processes; no shared file is written
+        return train_fold(s, s.only_fold, out)
     timings: dict[str, float] = read_json(out / "timings.json", {}) or {}
     finals, evidence, ids = {}, {}, {}
     rule = s.rule
@@ -419,6 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         logger.error("%s", err)
         return 2
+    if settings.only_fold is not None:
+        sys.stdout.write(f"fold {settings.only_fold}'s model: {path} (run again without --only-fold to label)\n")
+        return 0
     sys.stdout.write((path.parent / "labels.summary.md").read_text())
     return 0
 

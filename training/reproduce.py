@@ -110,6 +110,10 @@ class ReproduceSettings:
     latency_queries: int = option(100, "test queries per dataset timed one at a time, batch size 1 (with "
                                   "--eval-batch-size > 1); the pilot times none")
     threads: int | None = threads_option("torch and faiss")
+    parallel_baselines: bool = option(True, "with --threads 2 or more, fine-tune NoAug and AlwaysAug at once as two "
+                                      "processes, each with half the threads (two one-thread trainings do more "
+                                      "steps per second on two cores than one two-thread training); "
+                                      "--no-parallel-baselines: one after the other")
     datasets: list[str] | None = option(None, "a subset of MiniMMEB's datasets (default: all 15)")
     pilot_split: str = option("val", "where the pilot measures: the validation split carved from train (test is "
                                      "kept for the final evaluation and refused)", choices=("val",))
@@ -186,18 +190,25 @@ def stage_rehearsal_data(s: ReproduceSettings, data: Path, out: Path) -> str | N
     return str(path)
 
 
-def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, split: Path | None, out: Path,
-                labels: Path | None = None) -> Path:
+def check_stage_train(s: ReproduceSettings, name: str, out: Path) -> str:
+    """Refuse to resume a run folder made with other rehearsal or labeling settings; returns the labeling."""
     from training.rehearsal import check_run_matches
-    from training.train import TrainSettings, run
 
-    final = out / name / "final"
     check_run_matches(out / name, s.rehearsal)
     labeling = DECISIONS[s.decisions] if name == "msolomon" else LABELING[name]
     made = (read_json(out / name / "train_settings.json", {}) or {}).get("config", {})
     if made and made.get("labeling") != labeling:
         raise SystemExit(f"{out / name} is a run with --labeling {made.get('labeling')}, these settings ask for "
                          f"{labeling} (--decisions {s.decisions}): use a new --out, or delete {out / name}")
+    return labeling
+
+
+def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, split: Path | None, out: Path,
+                labels: Path | None = None) -> Path:
+    from training.train import TrainSettings, run
+
+    final = out / name / "final"
+    labeling = check_stage_train(s, name, out)
     if (final / "config.json").is_file():
         return final
     config = TrainSettings(data=str(data), out=str(out / name), labeling=labeling,
@@ -211,6 +222,47 @@ def stage_train(s: ReproduceSettings, name: str, data: Path, synthesis: Path, sp
     path = run(config)
     atomic_write_text(out / name / "train_time_s.txt", f"{time.perf_counter() - t0:.1f}\n")
     return path
+
+
+def _train_in_child(s: ReproduceSettings, name: str, data: Path, synthesis: Path, out: Path, threads: int) -> Path:
+    """One baseline's fine-tune in a child process of its own (stage_baselines)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+    process_environment(threads)
+    return stage_train(replace(s, threads=threads), name, data, synthesis, None, out)
+
+
+def stage_baselines(s: ReproduceSettings, data: Path, synthesis: Path, out: Path,
+                    timings: dict[str, float]) -> dict[str, Path]:
+    """NoAug and AlwaysAug (stage 3): with `parallel_baselines` and two threads or more, as two processes at once,
+    each at half the threads; otherwise one after the other. Each run resumes and is skipped when done either way,
+    and trains the same model (the same seed and data order; float rounding may differ with the thread count)."""
+    from msolomon.runtime import default_threads
+
+    names = ("noaug", "alwaysaug")
+    threads = s.threads or default_threads()
+    todo = [n for n in names if not (out / n / "final" / "config.json").is_file()]
+    finals: dict[str, Path] = {}
+    if not s.parallel_baselines or threads < 2 or len(todo) < 2:
+        for name in names:
+            t = time.perf_counter()
+            finals[name] = stage_train(s, name, data, synthesis, None, out)
+            timings[f"train_{name}_s"] = time.perf_counter() - t
+        return finals
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    for name in names:  # the checks of a rerun with other settings, before any process starts
+        check_stage_train(s, name, out)
+    logger.info("training noaug and alwaysaug at once, two processes of %d thread(s) each", threads // 2)
+    t = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = {n: pool.submit(_train_in_child, s, n, data, synthesis, out, threads // 2) for n in names}
+        finals = {n: job.result() for n, job in jobs.items()}
+    wall = time.perf_counter() - t
+    for name in names:  # each run's own time; the stage's wall time is their maximum
+        timings[f"train_{name}_s"] = float((out / name / "train_time_s.txt").read_text())
+    timings["train_baselines_wall_s"] = wall
+    return finals
 
 
 def stage_eval(s: ReproduceSettings, name: str, model_dir: Path, data: Path, out: Path, modes: Sequence[str],
@@ -350,11 +402,7 @@ def run(s: ReproduceSettings) -> dict:
     timings["rehearsal_data_s"] = time.perf_counter() - t
     recorded = s  # the settings as asked (the report's and the card's command); the stages get the replay folder
     s = replace(s, rehearsal=replace(s.rehearsal, replay=replay))
-    finals: dict[str, Path] = {}
-    for name in ("noaug", "alwaysaug"):
-        t = time.perf_counter()
-        finals[name] = stage_train(s, name, data, synthesis, None, out)
-        timings[f"train_{name}_s"] = time.perf_counter() - t
+    finals = stage_baselines(s, data, synthesis, out, timings)
     t = time.perf_counter()
     split = stage_pilot(s, data, out, finals)
     timings["pilot_s"] = time.perf_counter() - t
