@@ -127,7 +127,7 @@ def test_reproduce_smoke(smoke_run):
 
 def test_the_baselines_train_at_once_as_two_processes_into_the_same_models(smoke_run, tmp_path):
     """With two threads, NoAug and AlwaysAug fine-tune as two one-thread processes: the same models as one after
-    the other (the smoke's), each run's time recorded beside the stage's wall time."""
+    the other (the smoke's); the stage's wall time is what the report sums, each run's own time is in its folder."""
     from dataclasses import replace
 
     from safetensors.torch import load_file
@@ -138,8 +138,8 @@ def test_the_baselines_train_at_once_as_two_processes_into_the_same_models(smoke
     s = replace(settings, out=str(tmp_path), threads=2, rehearsal=replace(settings.rehearsal, replay=None))
     timings: dict[str, float] = {}
     finals = stage_baselines(s, smoke / "rep" / "minimmeb", smoke / "rep" / "synthesis.jsonl", tmp_path, timings)
-    assert set(timings) == {"train_noaug_s", "train_alwaysaug_s", "train_baselines_wall_s"}
-    assert timings["train_baselines_wall_s"] >= max(timings["train_noaug_s"], timings["train_alwaysaug_s"])
+    own = {n: float((tmp_path / n / "train_time_s.txt").read_text()) for n in ("noaug", "alwaysaug")}
+    assert set(timings) == {"train_baselines_s"} and timings["train_baselines_s"] >= max(own.values()) > 0
     for name in ("noaug", "alwaysaug"):
         assert finals[name] == tmp_path / name / "final"
         ours = load_file(str(finals[name] / "model.safetensors"))
