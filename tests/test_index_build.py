@@ -101,6 +101,7 @@ def test_build_skips_bad_items_by_name_and_searches(model_dir, corpus, tmp_path,
     assert "not a readable image" in reasons[str(corpus / "broken.png")]
     assert reasons[f"{corpus / 'lines.txt'}:2"] == "empty line" and str(corpus / "latin1.txt") in reasons
     assert report["n_skipped"] == 3 and report["factory"] == "Flat" and report["recall_at_10"] is None
+    assert report["new_items"] == report["count"]  # an item that failed to decode is not counted as added
     assert json.loads((tmp_path / "ix" / "build.json").read_text())["signature"] == report["signature"]
     assert cli.main(["search", "--index", str(tmp_path / "ix"), "--text", "a blue star", "--k", "3", "--mode",
                      "never", "--threads", str(torch.get_num_threads())]) == 0

@@ -77,6 +77,8 @@ def test_labels_come_from_models_that_did_not_train_on_the_query(tiny_data, tmp_
     assert parts and stored_parts() == parts
     summary = json.loads((out / "labels.summary.json").read_text())
     assert summary["n"] == len(records) and set(summary["datasets"]) == set(SETS)
+    # each fold model's own training time, kept by its folder (a fold may train in a process of its own)
+    assert all(summary["timings_s"][f"train_fold{k}_s"] > 0 for k in range(2))
     assert "margin" in (out / "labels.summary.md").read_text()
 
 

@@ -308,7 +308,8 @@ def build(settings: BuildSettings, add: bool = False) -> dict[str, Any]:
         "model": settings.model, "signature": signature, "count": assembled["count"], "dim": assembled["dim"],
         "factory": assembled["factory"], "recall_at_10": assembled["recall_at_10"], "shards": shards,
         "n_skipped": len(skipped) + max(plan.n_skipped - len(plan.skipped), 0), "skipped": skipped[:MAX_LISTED_SKIPS],
-        "new_items": plan.n_items, "encoded_shards": len(todo), "times_s": {k: round(v, 3) for k, v in times.items()},
+        "new_items": plan.n_items - sum(len(items) for items in assembled["encode_skipped"].values()),
+        "encoded_shards": len(todo), "times_s": {k: round(v, 3) for k, v in times.items()},
         "settings": asdict(settings), "corpus_history": ((previous or {}).get("corpus_history", []) if add else [])
         + [list(settings.corpus)],
     }
