@@ -4,6 +4,7 @@
     2. synthesise augmentations with the oracle       DIR/synthesis.jsonl
     2b. the base's own pretraining data made again, replayed against forgetting (`--replay auto`)  DIR/pretrain-data/
     3. fine-tune NoAug and AlwaysAug from the base    DIR/noaug/, DIR/alwaysaug/
+       (with --threads 2 or more, at once: two processes of half the threads; --no-parallel-baselines)
     4. pilot: evaluate both on the validation split (carved from train; the test sets are not touched) and
        split the in-distribution datasets into D^A / D^E                                   DIR/split.json
        (`--latency-budget 0.5`, the default: then move sets from D^A to D^E until the predicted latency is half
