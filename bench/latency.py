@@ -155,7 +155,7 @@ def candidate_vectors(model, rows) -> tuple[dict, np.ndarray]:
 class LatencySettings(C.BenchSettings):
     limit: int | None = C.option(None, "test queries per dataset (default: 20; --tiny: 4)")
     passes: int | None = C.option(None, "interleaved passes over the queries (default: 3)")
-    n_augmented: int | None = C.option(None, "augmented queries taken apart (default: 30; --tiny: 3)")
+    n_augmented: int | None = C.option(None, "augmented queries taken apart (default: 30; --tiny: 3; 0: none)")
     max_new_tokens: int | None = C.option(None, "augmentation cap (default: 64, as the evaluation's; --tiny: 8)")
     gate_margin: float | None = C.option(None, "auto mode as a cascade (msolomon.gate.MarginGate over each query's "
                                                "own candidates, its search timed with it; default: no gate)")
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     args = C.parse(LatencySettings, argv, __doc__)
     limit = args.limit or (4 if args.tiny else 20)
     passes = args.passes or (1 if args.tiny else 3)
-    n_aug = args.n_augmented or (3 if args.tiny else 30)
+    n_aug = args.n_augmented if args.n_augmented is not None else (3 if args.tiny else 30)  # 0: skip part 3
     mnt = args.max_new_tokens or (8 if args.tiny else 64)
     threads = C.start(args)
     model, model_name = C.load_model(args)

@@ -175,6 +175,15 @@ def test_bench_latency_tiny(tmp_path, restore_threads):
     assert data["targets"]["naive re-encode / KV-cache reuse"]["value"] == ratios["kv_reuse_speedup"]
 
 
+def test_bench_latency_n_augmented_zero_skips_taking_queries_apart(tmp_path, restore_threads):
+    """--n-augmented 0 (a baseline's latency alone) times the three modes and takes no query apart."""
+    out = tmp_path / "latency.json"
+    assert _bench("latency").main(["--tiny", "--threads", "1", "--n-augmented", "0", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["augmented"]["n"] == 0 and data["augmented"]["mean_ms"]["shipped"] is None
+    assert data["ratios"]["kv_reuse_speedup"] is None and data["mean_ms"]["always"] > 0
+
+
 def test_bench_throughput_tiny(tmp_path, restore_threads):
     out = tmp_path / "throughput.json"
     assert _bench("throughput").main(["--tiny", "--threads", "1", "--json", str(out)]) == 0
