@@ -33,6 +33,13 @@ def pilot_rule(split: dict) -> str:
                      f"{predicted.get('ind_p_at_1', float('nan')):.1f} at {ratio:.2f}x")
             rule += "; over the budget on these reports: see `split.note`)" if ratio > budget else ")"
         rule += "."
+        edge = split.get("budget_edge") or {}
+        if edge.get("near"):
+            other = edge.get("left_out")
+            rule += (f" This choice lies within {edge.get('tolerance', 0):.0%} of the budget, about how far two "
+                     "pilots' timings differ, so another run could choose another split")
+            rule += (f" (next: augmenting {', '.join(other['augment'])}, IND {other['ind_p_at_1']:.2f} at "
+                     f"{other['latency_ratio']:.3f}x)." if other else ".")
     return rule
 
 
