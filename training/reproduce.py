@@ -8,7 +8,8 @@
     4. pilot: evaluate both on the validation split (carved from train; the test sets are not touched) and
        split the in-distribution datasets into D^A / D^E                                   DIR/split.json
        (`--latency-budget 0.5`, the default: then move sets from D^A to D^E until the predicted latency is half
-       AlwaysAug's; `none`: the margin's split alone, the paper's)
+       AlwaysAug's; `none`: the margin's split alone, the paper's; `split.json`'s `budget_edge` says how near the
+       choice lies to the budget, since pilot timings differ by about 10% between machines)
     5. fine-tune M-Solomon with the pilot's split     DIR/msolomon/
        (`--decisions query`: with per-query labels instead, from cross-fitted fold models   DIR/labels/,
        `training.query_labels`; the pilot's split is still made and reported beside them)
